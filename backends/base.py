@@ -1,0 +1,44 @@
+"""The one interface every backend implements.
+
+``Backend.compile(graph, fetches)`` returns an ``Executable`` for that fetch set;
+``Executable.run(feeds, state, counter)`` computes the fetches from placeholder values and
+variable values and returns the outputs plus the variable writes (``RunResult``). Executables are
+pure: they never mutate ``state``; the Session commits ``updates`` only when the run succeeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from graphnn.ir import Graph, Node
+
+
+@dataclass
+class RunResult:
+    """Fetched values (None for ``group`` nodes) and the new value of each written variable."""
+
+    outputs: list[np.ndarray | None]
+    updates: dict[Node, np.ndarray] = field(default_factory=dict)
+
+
+class Executable(Protocol):
+    fetches: tuple[Node, ...]
+    placeholders: tuple[Node, ...]  # the feeds this fetch set needs
+    variables: tuple[Node, ...]  # the variables it reads or writes
+
+    def run(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, np.ndarray],
+            counter: int) -> RunResult:
+        """Compute the fetches; ``counter`` is the session's run count (random ops use it)."""
+        ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def compile(self, graph: Graph, fetches: Sequence[Node]) -> Executable:
+        """Prepare ``fetches`` of ``graph`` for repeated runs."""
+        ...

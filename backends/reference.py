@@ -1,0 +1,87 @@
+"""The reference backend: runs each node's numpy reference implementation in graph order.
+
+It is the oracle every other backend is tested against, so it stays simple: no rewriting, no
+fusion, one numpy call per node, float exceptions follow IEEE (``log(0) = -inf``, no warnings).
+It also checks each result against the node's declared dtype and shape, which catches a wrong
+reference implementation or shape rule at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from graphnn.errors import ExecutionError, GraphError
+from graphnn.ir import Graph, Node
+from graphnn.ops.registry import describe, get_op
+from graphnn.backends.base import RunResult
+
+
+class ReferenceExecutable:
+    """The nodes ``fetches`` need, in order, ready to interpret."""
+
+    def __init__(self, graph: Graph, fetches: Sequence[Node]) -> None:
+        self.fetches = tuple(fetches)
+        self.order = graph.subgraph_order(self.fetches)
+        self.placeholders = tuple(n for n in self.order if n.op == "placeholder")
+        self.variables = tuple(n for n in self.order if n.op == "variable")
+        writers: dict[Node, Node] = {}
+        for n in self.order:
+            w = get_op(n.op).writes_input
+            if w is not None:
+                var = n.inputs[w]
+                if var in writers:
+                    raise GraphError(
+                        f"variable {var.name!r} is written twice in one run, by "
+                        f"{describe(writers[var])} and {describe(n)}; run them separately")
+                writers[var] = n
+
+    def run(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, np.ndarray],
+            counter: int) -> RunResult:
+        values: dict[Node, np.ndarray] = {}
+        updates: dict[Node, np.ndarray] = {}
+        with np.errstate(all="ignore"):
+            for node in self.order:
+                if node.op == "placeholder":
+                    values[node] = feeds[node]
+                elif node.op == "variable":
+                    values[node] = state[node]
+                else:
+                    values[node] = _evaluate(node, [values[i] for i in node.inputs], counter)
+                    writes = get_op(node.op).writes_input
+                    if writes is not None:
+                        updates[node.inputs[writes]] = values[node]
+        outputs = [None if get_op(f.op).no_value else np.array(values[f], copy=True)
+                   for f in self.fetches]
+        return RunResult(outputs, updates)
+
+
+def _evaluate(node: Node, args: list[np.ndarray], counter: int) -> np.ndarray:
+    opdef = get_op(node.op)
+    kwargs = dict(node.attrs)
+    if opdef.random:
+        kwargs["counter"] = counter
+    assert opdef.reference is not None, node.op
+    try:
+        out = np.asarray(opdef.reference(*args, **kwargs))
+    except Exception as e:  # numpy's errors become one that names the node and its inputs
+        shapes = ", ".join(f"{a.dtype}{list(a.shape)}" for a in args)
+        scope = f" in {node.scope}" if node.scope else ""
+        raise ExecutionError(f"{node.op} (node {describe(node)}{scope}) failed on inputs "
+                             f"({shapes}): {type(e).__name__}: {e}") from e
+    if out.dtype != node.dtype.np:
+        out = out.astype(node.dtype.np)
+    if out.ndim != node.ndim or any(d is not None and d != o for d, o in zip(node.shape, out.shape)):
+        raise ExecutionError(f"reference of {node.op} returned shape {list(out.shape)} but node "
+                             f"{describe(node)} declares otherwise (a bug in graphnn)")
+    return out
+
+
+class ReferenceBackend:
+    """``backend="reference"``: numpy, one op at a time."""
+
+    name = "reference"
+
+    def compile(self, graph: Graph, fetches: Sequence[Node]) -> ReferenceExecutable:
+        return ReferenceExecutable(graph, fetches)

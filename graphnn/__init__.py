@@ -1,0 +1,39 @@
+"""graphnn: a graph-compiling tensor framework.
+
+Build a static dataflow graph with placeholders, variables and ops, then run it in a Session::
+
+    import numpy as np
+    import graphnn as gn
+
+    with gn.Graph("mlp") as g:
+        x = gn.placeholder((None, 4), name="x")
+        w = gn.variable(np.random.randn(4, 3).astype(np.float32), name="w")
+        y = gn.softmax(gn.relu(x @ w))
+    print(g)                                    # the text IR
+    probs = gn.Session(g).run(y, {x: np.ones((2, 4))})
+"""
+
+from graphnn import dtypes
+from graphnn.dot import to_dot
+from graphnn.dtypes import DType, as_dtype, bool_, float32, float64, int32, int64
+from graphnn.errors import (
+    AttrError, DTypeError, ExecutionError, FeedError, GraphError, GraphnnError, ParseError,
+    ShapeError, VerificationError,
+)
+from graphnn.ir import ArrayValue, Attrs, Graph, Node, get_default_graph, reset_default_graph
+from graphnn.ops.api import *  # noqa: F403 - the op functions are graphnn's public API
+from graphnn.ops.api import __all__ as _op_names
+from graphnn.ops.registry import all_ops, get_op, name_scope
+from graphnn.session import Session
+from graphnn.text_ir import parse_graph, print_graph
+from graphnn.verify import verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArrayValue", "AttrError", "Attrs", "DType", "DTypeError", "ExecutionError", "FeedError",
+    "Graph", "GraphError", "GraphnnError", "Node", "ParseError", "Session", "ShapeError",
+    "VerificationError", "all_ops", "as_dtype", "bool_", "dtypes", "float32", "float64",
+    "get_default_graph", "get_op", "int32", "int64", "name_scope", "parse_graph", "print_graph",
+    "reset_default_graph", "to_dot", "verify", *_op_names,
+]

@@ -1,0 +1,154 @@
+"""``Session``: owns variable state, compiles fetch sets on a backend, binds feeds, runs.
+
+::
+
+    with graphnn.Graph() as g:
+        x = graphnn.placeholder((None, 3), name="x")
+        w = graphnn.variable(np.ones((3, 2), np.float32), name="w")
+        y = graphnn.relu(x @ w)
+    sess = graphnn.Session(g)
+    sess.run(y, {x: np.ones((4, 3))})           # -> ndarray (4, 2)
+    sess.run({"y": y, "w": w}, {"x": data})     # -> {"y": ..., "w": ...}
+
+Only the nodes the fetches need are executed. Variables are initialised from their initial value
+the first time a run needs them (``global_variables_initializer()`` resets them). A run either
+succeeds and commits all its variable writes, or raises and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from graphnn.backends import Backend, Executable, get_backend
+from graphnn.errors import FeedError, GraphError
+from graphnn.ir import Graph, Node, get_default_graph
+
+Fetches = Any  # a Node, a node name, or a list/tuple/dict nesting of them
+
+
+class Session:
+    """Runs fetches of one graph on one backend and holds that graph's variable values.
+
+    Args:
+        graph: the graph to run (the default graph when None).
+        backend: a backend name (``"reference"``) or a Backend instance.
+    """
+
+    def __init__(self, graph: Graph | None = None, backend: str | Backend = "reference") -> None:
+        self.graph = graph if graph is not None else get_default_graph()
+        self.backend = get_backend(backend)
+        self._state: dict[Node, np.ndarray] = {}
+        self._counter = 0  # successful runs so far; random ops draw from it
+        self._cache: dict[tuple[Any, ...], Executable] = {}
+
+    def run(self, fetches: Fetches, feed_dict: Mapping[Any, Any] | None = None) -> Any:
+        """Compute ``fetches`` given ``feed_dict``; the result has the structure of ``fetches``.
+
+        Feeds are keyed by placeholder node or name; values are converted to the placeholder's
+        dtype when that is a same-kind cast (float64 data into a float32 placeholder is fine).
+        Returns numpy arrays (None for ``group`` nodes such as the initializer).
+        Raises:  FeedError for a missing, unknown or mistyped feed (naming the placeholder and
+                 expected vs. given); ExecutionError naming the node when a kernel fails.
+        """
+        flat, rebuild = _flatten(fetches, self.graph)
+        feeds = self._bind_feeds(feed_dict or {})
+        key = (tuple(id(f) for f in flat),
+               tuple(sorted((id(p), v.shape) for p, v in feeds.items())))
+        exe = self._cache.get(key)
+        if exe is None:
+            exe = self.backend.compile(self.graph, flat)
+            self._cache[key] = exe
+        missing = [p for p in exe.placeholders if p not in feeds]
+        if missing:
+            p = missing[0]
+            raise FeedError(f"placeholder {p.name!r} ({p.type_str}) is needed by the fetches but "
+                            f"was not fed; fed: {sorted(q.name or '?' for q in feeds) or 'nothing'}")
+        fresh = {v: np.array(v.attrs["init"].array) for v in exe.variables if v not in self._state}
+        state = {**self._state, **fresh}
+        result = exe.run(feeds, state, self._counter)
+        # Commit only now that the run succeeded: a failed run leaves every variable unchanged.
+        self._state.update(fresh)
+        self._state.update(result.updates)
+        self._counter += 1
+        return rebuild(result.outputs)
+
+    def _bind_feeds(self, feed_dict: Mapping[Any, Any]) -> dict[Node, np.ndarray]:
+        bound: dict[Node, np.ndarray] = {}
+        for key, value in feed_dict.items():
+            node = self._feed_node(key)
+            bound[node] = _convert_feed(node, value)
+        return bound
+
+    def _feed_node(self, key: Any) -> Node:
+        if isinstance(key, str):
+            try:
+                node = self.graph.get(key.removesuffix(":0"))
+            except GraphError as e:
+                raise FeedError(f"cannot feed {key!r}: {e}") from None
+        elif isinstance(key, Node):
+            node = key
+        else:
+            raise FeedError(f"feed keys are placeholders or their names, got {type(key).__name__}")
+        if node.graph is not self.graph:
+            raise FeedError(f"cannot feed {node!r}: it belongs to another graph than the session's")
+        if node.op != "placeholder":
+            raise FeedError(f"cannot feed {node!r}: only placeholders are fed")
+        return node
+
+    def reset(self) -> None:
+        """Forget all variable values (they re-initialise on next use) and the run counter."""
+        self._state.clear()
+        self._counter = 0
+
+    def close(self) -> None:
+        """Release variable state and compiled code."""
+        self._state.clear()
+        self._cache.clear()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _convert_feed(node: Node, value: Any) -> np.ndarray:
+    if isinstance(value, Node):
+        raise FeedError(f"feed for {node.name!r} is a symbolic tensor; feed concrete arrays")
+    arr = np.asarray(value)
+    target = node.dtype.np
+    if arr.dtype != target and not np.can_cast(arr.dtype, target, "same_kind"):
+        raise FeedError(f"placeholder {node.name!r} expects {node.dtype.name}, got {arr.dtype} "
+                        "(only same-kind conversions are made implicitly)")
+    if arr.ndim != node.ndim or any(d is not None and d != g for d, g in zip(node.shape, arr.shape)):
+        raise FeedError(f"placeholder {node.name!r} expects shape {node.type_str}, got "
+                        f"{arr.dtype}{list(arr.shape)}")
+    return np.array(arr, dtype=target, order="C", copy=None)
+
+
+def _flatten(fetches: Fetches, graph: Graph) -> tuple[list[Node], Callable[[list[Any]], Any]]:
+    """Flatten nested fetches into a node list plus a function rebuilding the structure."""
+    flat: list[Node] = []
+
+    def walk(f: Any) -> Callable[[Any], Any]:
+        if isinstance(f, (Node, str)):
+            node = graph.get(f) if isinstance(f, str) else f
+            if node.graph is not graph:
+                raise GraphError(f"fetch {node!r} belongs to another graph than the session's")
+            i = len(flat)
+            flat.append(node)
+            return lambda out: out[i]
+        if isinstance(f, Mapping):
+            parts = {k: walk(v) for k, v in f.items()}
+            return lambda out: type(f)({k: p(out) for k, p in parts.items()})  # type: ignore[call-arg]
+        if isinstance(f, (list, tuple)):
+            items = [walk(v) for v in f]
+            if hasattr(f, "_fields"):  # namedtuple
+                return lambda out: type(f)(*(p(out) for p in items))
+            return lambda out: type(f)(p(out) for p in items)
+        raise GraphError(f"cannot fetch {f!r} of type {type(f).__name__}")
+
+    return flat, walk(fetches)
