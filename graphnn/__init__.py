@@ -25,6 +25,7 @@ from graphnn.ops.api import *  # noqa: F403 - the op functions are graphnn's pub
 from graphnn.ops.api import __all__ as _op_names
 from graphnn.ops.registry import all_ops, get_op, name_scope
 from graphnn.session import Session
+from graphnn import text_ir
 from graphnn.text_ir import parse_graph, print_graph
 from graphnn.verify import verify
 

@@ -31,7 +31,7 @@ from graphnn.dtypes import DType
 from graphnn.errors import GraphnnError, ParseError
 from graphnn.ir import ArrayValue, Graph, Node
 
-INLINE_LIMIT = 16
+INLINE_LIMIT = 8
 
 
 def node_id(node: Node, index: int) -> str:
@@ -268,9 +268,10 @@ def _comma_list(line: _Line) -> Any:
 
 
 def _ref(line: _Line, env: Mapping[str, Node]) -> Node:
+    col = line.tokens[line.i][2] if not line.done() else None
     tok = line.take(kind="ref")[1:]
     if tok not in env:
-        raise line.error(f"%{tok} is used before it is defined")
+        raise line.error(f"%{tok} is used before it is defined", col)
     return env[tok]
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from graphnn import dtypes as dt
 from graphnn.dtypes import DType
 from graphnn.errors import AttrError, GraphError, ShapeError
-from graphnn.ir import Attrs, Dim, Node, Shape
+from graphnn.ir import Attrs, Dim, Node, Shape, format_shape
 from graphnn.ops.elementwise import TensorLike
 from graphnn.ops.registry import (
     Attr, OpDef, dtype_, float_, int_, ints, make_node, nested_ints, one_of, register,
@@ -97,7 +97,7 @@ register(OpDef("transpose", _transpose_infer, lambda x, perm: np.transpose(x, pe
 def _broadcast_to_infer(inputs: Sequence[Node], attrs: Attrs) -> tuple[Shape, DType]:
     x, target = inputs[0], attrs["shape"]
     if len(target) < x.ndim or broadcast_shapes(x.shape, target) != target:
-        raise ShapeError(f"cannot broadcast {x.type_str} to {list(target)}")
+        raise ShapeError(f"cannot broadcast {x.type_str} to {format_shape(target)}")
     return target, x.dtype
 
 

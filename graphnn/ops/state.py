@@ -19,6 +19,7 @@ from graphnn.ir import Attrs, Node, Shape, get_default_graph
 from graphnn.ops.elementwise import TensorLike
 from graphnn.ops.registry import OpDef, make_node, register
 from graphnn.ops.source import as_node, constant
+from graphnn.shapes import broadcast_shapes
 
 
 def _assign_infer(inputs: Sequence[Node], attrs: Attrs) -> tuple[Shape, DType]:
@@ -28,12 +29,17 @@ def _assign_infer(inputs: Sequence[Node], attrs: Attrs) -> tuple[Shape, DType]:
     if value.dtype is not ref.dtype:
         raise DTypeError(f"value dtype {value.dtype.name} differs from variable dtype "
                          f"{ref.dtype.name}")
-    if value.shape != ref.shape:
-        raise ShapeError(f"value {value.type_str} does not match variable {ref.type_str}")
+    try:
+        fits = broadcast_shapes(value.shape, ref.shape) == ref.shape
+    except ShapeError:
+        fits = False
+    if not fits:
+        raise ShapeError(f"value {value.type_str} does not broadcast to variable {ref.type_str}")
     return ref.shape, ref.dtype
 
 
-register(OpDef("assign", _assign_infer, lambda ref, value: value.copy(), arity=(2, 2),
+register(OpDef("assign", _assign_infer,
+               lambda ref, value: np.broadcast_to(value, ref.shape).copy(), arity=(2, 2),
                pure=False, writes_input=0, nondiff_inputs=(0, 1),
                doc="variable <- value; returns the new value. Ref: tf.compat.v1.assign"))
 register(OpDef("assign_add", _assign_infer, lambda ref, value: ref + value, arity=(2, 2),
@@ -53,7 +59,8 @@ register(OpDef("group", _group_infer, lambda *xs: np.bool_(True), arity=(0, None
 def assign(ref: Node, value: TensorLike, name: str | None = None) -> Node:
     """Write ``value`` into variable ``ref`` when the run succeeds; returns the new value.
 
-    Shapes:  value must have ref's exact shape and dtype (a Python value is converted).
+    Shapes:  value broadcasts to ref's shape (as ``v[...] = value``); dtypes must match (a Python
+             value is converted).
     Raises:  DTypeError if ref is not a variable or dtypes differ; ShapeError if shapes differ.
     """
     return make_node("assign", [ref, as_node(value, like=ref)], name=name)
