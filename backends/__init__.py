@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from graphnn.backends.base import Backend, Executable, RunResult
+
 from graphnn.errors import GraphError
 
 _FACTORIES: dict[str, Callable[[], Backend]] = {}

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from graphnn.backends.base import RunResult
 
 from graphnn.errors import ExecutionError, GraphError
 from graphnn.ir import Graph, Node
 from graphnn.ops.registry import describe, get_op
-from graphnn.backends.base import RunResult
 
 
 class ReferenceExecutable:
@@ -72,7 +72,8 @@ def _evaluate(node: Node, args: list[np.ndarray], counter: int) -> np.ndarray:
                              f"({shapes}): {type(e).__name__}: {e}") from e
     if out.dtype != node.dtype.np:
         out = out.astype(node.dtype.np)
-    if out.ndim != node.ndim or any(d is not None and d != o for d, o in zip(node.shape, out.shape)):
+    mismatch = any(d is not None and d != o for d, o in zip(node.shape, out.shape))
+    if out.ndim != node.ndim or mismatch:
         raise ExecutionError(f"reference of {node.op} returned shape {list(out.shape)} but node "
                              f"{describe(node)} declares otherwise (a bug in graphnn)")
     return out

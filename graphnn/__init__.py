@@ -13,19 +13,25 @@ Build a static dataflow graph with placeholders, variables and ops, then run it 
     probs = gn.Session(g).run(y, {x: np.ones((2, 4))})
 """
 
-from graphnn import dtypes
+from graphnn import dtypes, text_ir
 from graphnn.dot import to_dot
 from graphnn.dtypes import DType, as_dtype, bool_, float32, float64, int32, int64
 from graphnn.errors import (
-    AttrError, DTypeError, ExecutionError, FeedError, GraphError, GraphnnError, ParseError,
-    ShapeError, VerificationError,
+    AttrError,
+    DTypeError,
+    ExecutionError,
+    FeedError,
+    GraphError,
+    GraphnnError,
+    ParseError,
+    ShapeError,
+    VerificationError,
 )
 from graphnn.ir import ArrayValue, Attrs, Graph, Node, get_default_graph, reset_default_graph
 from graphnn.ops.api import *  # noqa: F403 - the op functions are graphnn's public API
 from graphnn.ops.api import __all__ as _op_names
 from graphnn.ops.registry import all_ops, get_op, name_scope
 from graphnn.session import Session
-from graphnn import text_ir
 from graphnn.text_ir import parse_graph, print_graph
 from graphnn.verify import verify
 

@@ -267,7 +267,7 @@ class Graph:
         return self.by_op("variable")
 
     def to_networkx(self) -> nx.DiGraph:
-        """A DiGraph over the nodes with an edge per data dependency (cached until a node is added)."""
+        """A DiGraph with an edge per data dependency (cached until a node is added)."""
         if self._nx is None:
             g = nx.DiGraph()
             for i, n in enumerate(self.nodes):
@@ -299,7 +299,8 @@ class Graph:
         pos_a = {n: i for i, n in enumerate(self.nodes)}
         pos_b = {n: i for i, n in enumerate(other.nodes)}
         for a, b in zip(self.nodes, other.nodes):
-            if (a.op, a.shape, a.dtype, a.name, a.scope) != (b.op, b.shape, b.dtype, b.name, b.scope):
+            fields = ((n.op, n.shape, n.dtype, n.name, n.scope) for n in (a, b))
+            if next(fields) != next(fields):
                 return False
             if a.attrs != b.attrs:
                 return False

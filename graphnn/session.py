@@ -64,8 +64,9 @@ class Session:
         missing = [p for p in exe.placeholders if p not in feeds]
         if missing:
             p = missing[0]
+            fed = sorted(q.name or "?" for q in feeds) or "nothing"
             raise FeedError(f"placeholder {p.name!r} ({p.type_str}) is needed by the fetches but "
-                            f"was not fed; fed: {sorted(q.name or '?' for q in feeds) or 'nothing'}")
+                            f"was not fed; fed: {fed}")
         fresh = {v: np.array(v.attrs["init"].array) for v in exe.variables if v not in self._state}
         state = {**self._state, **fresh}
         result = exe.run(feeds, state, self._counter)
@@ -123,7 +124,8 @@ def _convert_feed(node: Node, value: Any) -> np.ndarray:
     if arr.dtype != target and not np.can_cast(arr.dtype, target, "same_kind"):
         raise FeedError(f"placeholder {node.name!r} expects {node.dtype.name}, got {arr.dtype} "
                         "(only same-kind conversions are made implicitly)")
-    if arr.ndim != node.ndim or any(d is not None and d != g for d, g in zip(node.shape, arr.shape)):
+    mismatch = any(d is not None and d != g for d, g in zip(node.shape, arr.shape))
+    if arr.ndim != node.ndim or mismatch:
         raise FeedError(f"placeholder {node.name!r} expects shape {node.type_str}, got "
                         f"{arr.dtype}{list(arr.shape)}")
     return np.array(arr, dtype=target, order="C", copy=None)

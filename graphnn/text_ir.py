@@ -12,9 +12,9 @@
 
 One line per node: ``%id: dtype[shape] = op[attrs](inputs)``, the user's layer as a trailing
 comment. ``id`` is the node's name, or its position for unnamed nodes. Arrays (constant values,
-initial values) print inline up to ``inline_limit`` elements and as ``(...)`` beyond; ``parse_graph``
-takes the elided ones from its ``arrays`` argument, keyed by node id. Floats print in numpy's
-shortest round-trip form, so a parsed graph equals the printed one bit for bit.
+initial values) print inline up to ``inline_limit`` elements and as ``(...)`` beyond;
+``parse_graph`` takes the elided ones from its ``arrays`` argument, keyed by node id. Floats
+print in numpy's shortest round-trip form, so a parsed graph equals the printed one bit for bit.
 """
 
 from __future__ import annotations

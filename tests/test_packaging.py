@@ -6,8 +6,6 @@ import pathlib
 
 import pytest
 
-import graphnn
-
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -144,7 +144,8 @@ def test_assign_checks_shape_and_target() -> None:
     with gn.Graph():
         v = gn.variable(np.zeros(3, np.float32), name="v")
         x = gn.placeholder((3,), name="x")
-        with pytest.raises(gn.ShapeError, match=r"value f32\[2\] does not broadcast to variable f32\[3\]"):
+        want = r"value f32\[2\] does not broadcast to variable f32\[3\]"
+        with pytest.raises(gn.ShapeError, match=want):
             gn.assign(v, gn.placeholder((2,)))
         with pytest.raises(gn.DTypeError, match="can only assign to a variable"):
             gn.assign(x, x)

@@ -187,7 +187,7 @@ register(OpDef("conv_transpose", _conv_transpose_infer, _conv_transpose,
                    "torch.nn.functional.conv_transpose2d"))
 
 
-# -- frontend ----------------------------------------------------------------------------------------
+# -- frontend --------------------------------------------------------------------------------------
 
 
 def _tuple(v: int | Sequence[int], nd: int, what: str) -> tuple[int, ...]:

@@ -19,7 +19,17 @@ from graphnn.dtypes import DType
 from graphnn.errors import AttrError, ShapeError
 from graphnn.ir import Attrs, Node, Shape, get_default_graph
 from graphnn.ops.elementwise import TensorLike
-from graphnn.ops.registry import Attr, OpDef, bool_, float_, int_, ints, make_node, optional, register
+from graphnn.ops.registry import (
+    Attr,
+    OpDef,
+    bool_,
+    float_,
+    int_,
+    ints,
+    make_node,
+    optional,
+    register,
+)
 from graphnn.ops.source import as_node, constant
 from graphnn.shapes import broadcast_shapes, require_dtype, require_same_dtype, same_dim
 
@@ -189,7 +199,7 @@ register(OpDef("scaled_dot_product_attention", _sdpa_infer, _sdpa, arity=(3, 4),
                    "torch.nn.functional.scaled_dot_product_attention"))
 
 
-# -- frontend ----------------------------------------------------------------------------------------
+# -- frontend --------------------------------------------------------------------------------------
 
 
 def batch_norm(x: TensorLike, running_mean: TensorLike, running_var: TensorLike,

@@ -148,7 +148,7 @@ register(OpDef("adaptive_max_pool", _adaptive_infer, _adaptive("max"),
                doc="Ref: torch.nn.functional.adaptive_max_pool2d"))
 
 
-# -- frontend ----------------------------------------------------------------------------------------
+# -- frontend --------------------------------------------------------------------------------------
 
 
 def _pool(op: str, x: TensorLike, kernel_size: int | Sequence[int],

@@ -25,7 +25,17 @@ from graphnn.dtypes import DType
 from graphnn.errors import ShapeError
 from graphnn.ir import Attrs, Node, Shape
 from graphnn.ops.elementwise import TensorLike
-from graphnn.ops.registry import Attr, OpDef, bool_, float_, int_, ints, make_node, optional, register
+from graphnn.ops.registry import (
+    Attr,
+    OpDef,
+    bool_,
+    float_,
+    int_,
+    ints,
+    make_node,
+    optional,
+    register,
+)
 from graphnn.ops.source import as_node
 from graphnn.shapes import normalize_axes, normalize_axis, require_dtype
 

@@ -26,12 +26,26 @@ from graphnn.errors import AttrError, GraphError, ShapeError
 from graphnn.ir import Attrs, Dim, Node, Shape, format_shape
 from graphnn.ops.elementwise import TensorLike
 from graphnn.ops.registry import (
-    Attr, OpDef, dtype_, float_, int_, ints, make_node, nested_ints, one_of, register,
+    Attr,
+    OpDef,
+    dtype_,
+    float_,
+    int_,
+    ints,
+    make_node,
+    nested_ints,
+    one_of,
+    register,
 )
 from graphnn.ops.source import as_node, constant
 from graphnn.shapes import (
-    broadcast_shapes, normalize_axes, normalize_axis, num_elements, require_dtype,
-    require_same_dtype, same_dim,
+    broadcast_shapes,
+    normalize_axes,
+    normalize_axis,
+    num_elements,
+    require_dtype,
+    require_same_dtype,
+    same_dim,
 )
 
 # -- reshape, flatten ------------------------------------------------------------------------------
@@ -80,7 +94,7 @@ register(OpDef("flatten", _flatten_infer, _flatten,
                attrs={"start_dim": Attr(int_, 0), "end_dim": Attr(int_, -1)},
                doc="Merge dims start_dim..end_dim. Ref: torch.flatten"))
 
-# -- transpose, broadcast_to, squeeze, unsqueeze ----------------------------------------------------
+# -- transpose, broadcast_to, squeeze, unsqueeze ---------------------------------------------------
 
 
 def _transpose_infer(inputs: Sequence[Node], attrs: Attrs) -> tuple[Shape, DType]:
@@ -132,7 +146,7 @@ def _unsqueeze_infer(inputs: Sequence[Node], attrs: Attrs) -> tuple[Shape, DType
 register(OpDef("unsqueeze", _unsqueeze_infer, lambda x, axes: np.expand_dims(x, axes),
                attrs={"axes": Attr(ints)}, doc="Ref: ONNX Unsqueeze; torch.unsqueeze"))
 
-# -- concat, stack, tile ----------------------------------------------------------------------------
+# -- concat, stack, tile ---------------------------------------------------------------------------
 
 
 def _concat_infer(inputs: Sequence[Node], attrs: Attrs) -> tuple[Shape, DType]:
@@ -182,7 +196,7 @@ def _tile_infer(inputs: Sequence[Node], attrs: Attrs) -> tuple[Shape, DType]:
 register(OpDef("tile", _tile_infer, lambda x, repeats: np.tile(x, repeats),
                attrs={"repeats": Attr(ints)}, doc="Ref: ONNX Tile"))
 
-# -- slice ------------------------------------------------------------------------------------------
+# -- slice -----------------------------------------------------------------------------------------
 
 
 def _slice_infer(inputs: Sequence[Node], attrs: Attrs) -> tuple[Shape, DType]:
@@ -209,7 +223,7 @@ register(OpDef("slice", _slice_infer, _slice,
                doc="Python slicing per axis (None bounds, negative indices, strides). "
                    "Ref: ONNX Slice; numpy basic indexing"))
 
-# -- take, gather, one_hot ---------------------------------------------------------------------------
+# -- take, gather, one_hot -------------------------------------------------------------------------
 
 
 def _take_infer(inputs: Sequence[Node], attrs: Attrs) -> tuple[Shape, DType]:
@@ -259,7 +273,7 @@ register(OpDef("one_hot", _one_hot_infer, _one_hot,
                attrs={"num_classes": Attr(int_), "dtype": Attr(dtype_, DType.float32)},
                nondiff_inputs=(0,), doc="Ref: ONNX OneHot (axis=-1); tf.one_hot"))
 
-# -- pad ---------------------------------------------------------------------------------------------
+# -- pad -------------------------------------------------------------------------------------------
 
 
 def _pad_infer(inputs: Sequence[Node], attrs: Attrs) -> tuple[Shape, DType]:
@@ -293,7 +307,7 @@ register(OpDef("pad", _pad_infer, _pad,
                doc="Ref: ONNX Pad (opset 11+ layout); numpy.pad"))
 
 
-# -- frontend ------------------------------------------------------------------------------------------
+# -- frontend --------------------------------------------------------------------------------------
 
 
 def reshape(x: TensorLike, shape: Sequence[int], name: str | None = None) -> Node:

@@ -15,7 +15,8 @@ def small_cnn() -> gn.Graph:
     with gn.Graph("cnn") as g:
         x = gn.placeholder((None, 1, 8, 8), name="x")
         with gn.name_scope("conv1"):
-            w = gn.variable(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), name="conv1.weight")
+            w = gn.variable(rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
+                            name="conv1.weight")
             b = gn.variable(np.zeros(8, np.float32), name="conv1.bias")
             h = gn.relu(gn.conv2d(x, w, b, padding=1))
         h = gn.max_pool2d(h, 2)
@@ -32,8 +33,8 @@ def test_print_is_one_readable_line_per_node() -> None:
     assert lines[0] == "graph cnn {" and lines[-1] == "}"
     assert "  %x: f32[?,1,8,8] = placeholder()" in lines
     conv = next(line for line in lines if "= conv[" in line)
-    assert conv.startswith("  %3: f32[?,8,8,8] = conv[dilation=(1, 1), groups=1, pads=(1, 1, 1, 1), "
-                           "stride=(1, 1)](%x, %conv1.weight, %conv1.bias)")
+    assert conv.startswith("  %3: f32[?,8,8,8] = conv[dilation=(1, 1), groups=1, "
+                           "pads=(1, 1, 1, 1), stride=(1, 1)](%x, %conv1.weight, %conv1.bias)")
     assert conv.endswith("# conv1")
     assert "max_pool[ceil_mode=false, dilation=(1, 1), kernel_size=(2, 2)" in text
     assert "%conv1.weight: f32[8,1,3,3] = variable[init=array<f32[8,1,3,3]>(...)" in text
@@ -84,7 +85,8 @@ def test_every_attribute_kind_round_trips() -> None:
 
 def test_parse_errors_point_at_the_problem() -> None:
     bad_type = "graph g {\n  %x: f32[2] = placeholder()\n  %1: f32[3] = relu(%x)\n}"
-    with pytest.raises(gn.ParseError, match=r"line 3.*declared type f32\[3\] but relu gives f32\[2\]"):
+    want = r"line 3.*declared type f32\[3\] but relu gives f32\[2\]"
+    with pytest.raises(gn.ParseError, match=want):
         gn.parse_graph(bad_type)
     undefined = "graph g {\n  %1: f32[2] = relu(%x)\n}"
     with pytest.raises(gn.ParseError, match=r"line 2, column 21: %x is used before it is defined"):

@@ -145,7 +145,7 @@ for _to in ("float64", "int32", "bool"):
          (lambda t: lambda x: np.trunc(x).astype(t) if t.startswith("int") else x.astype(t))(_to),
          out_dtype=_to)
 
-# -- elementwise binary -------------------------------------------------------------------------------
+# -- elementwise binary ----------------------------------------------------------------------------
 BINARY_EXPECT: dict[str, tuple[Callable[..., Any], Sequence[str], str, str | None]] = {
     "add": (lambda a, b: f64(a) + b, NUMERIC, "normal", None),
     "sub": (lambda a, b: f64(a) - b, NUMERIC, "normal", None),
@@ -285,11 +285,12 @@ for _ta, _tb in itertools.product((False, True), repeat=2):
 case("gemm", "no-c", gn.gemm, [In((2, 3)), In((3, 2))], _matmul_loops, dtypes=NUMERIC)
 for _eq, _shapes in (("ij,jk->ik", [(3, 4), (4, 5)]), ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]),
                      ("ij->ji", [(3, 4)]), ("ii->i", [(3, 3)]), ("i,i->", [(5,), (5,)]),
-                     ("ij,kj", [(2, 3), (4, 3)]), ("bhqd,bhkd->bhqk", [(1, 2, 3, 4), (1, 2, 5, 4)])):
+                     ("ij,kj", [(2, 3), (4, 3)]),
+                     ("bhqd,bhkd->bhqk", [(1, 2, 3, 4), (1, 2, 5, 4)])):
     case("einsum", _eq, (lambda e: lambda *xs: gn.einsum(e, *xs))(_eq), [In(s) for s in _shapes],
          (lambda e: lambda *xs: np.einsum(e, *map(f64, xs)))(_eq))
 
-# -- shape ops ---------------------------------------------------------------------------------------
+# -- shape ops -------------------------------------------------------------------------------------
 for _shape, _target in (((2, 3, 4), (6, 4)), ((2, 3, 4), (-1,)), ((2, 3, 4), (4, -1, 2)),
                         ((), (1, 1)), ((6,), (2, 3)), ((0, 3), (3, 0))):
     case("reshape", f"{_shape}->{_target}", (lambda t: lambda x: gn.reshape(x, t))(_target),
@@ -303,10 +304,12 @@ for _perm in (None, (1, 0, 2), (2, 0, 1)):
          (lambda p: lambda x: x.transpose(p))(_perm), dtypes=NUMERIC)
 case("transpose", "T", lambda x: x.T, [In((3, 5))], lambda x: x.T)
 for _shape, _target in (((3, 1), (2, 3, 4)), ((), (2, 2)), ((4,), (3, 4))):
-    case("broadcast_to", f"{_shape}->{_target}", (lambda t: lambda x: gn.broadcast_to(x, t))(_target),
+    case("broadcast_to", f"{_shape}->{_target}",
+         (lambda t: lambda x: gn.broadcast_to(x, t))(_target),
          [In(_shape)], (lambda t: lambda x: np.broadcast_to(x, t))(_target), dtypes=NUMERIC)
 case("squeeze", "all", gn.squeeze, [In((1, 3, 1, 2))], lambda x: x.reshape(3, 2))
-case("squeeze", "axis", lambda x: gn.squeeze(x, -2), [In((1, 3, 1, 2))], lambda x: x.reshape(1, 3, 2))
+case("squeeze", "axis", lambda x: gn.squeeze(x, -2), [In((1, 3, 1, 2))],
+     lambda x: x.reshape(1, 3, 2))
 case("unsqueeze", "front", lambda x: gn.unsqueeze(x, 0), [In((3, 2))], lambda x: x[None])
 case("unsqueeze", "multi", lambda x: gn.unsqueeze(x, (1, -1)), [In((3, 2))],
      lambda x: x[:, None, :, None])

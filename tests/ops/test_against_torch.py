@@ -36,7 +36,8 @@ def randn(*shape: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("stride", "padding", "dilation", "groups"), [
-    (1, 0, 1, 1), (2, 1, 1, 1), (1, "same", 2, 1), (2, 2, 1, 2), (1, 1, 1, 4), ((2, 1), (0, 1), 1, 1),
+    (1, 0, 1, 1), (2, 1, 1, 1), (1, "same", 2, 1), (2, 2, 1, 2), (1, 1, 1, 4),
+    ((2, 1), (0, 1), 1, 1),
 ])
 def test_conv2d(stride, padding, dilation, groups) -> None:  # type: ignore[no-untyped-def]
     x, w, b = randn(2, 4, 9, 8), randn(8, 4 // groups, 3, 3), randn(8)
@@ -78,7 +79,8 @@ def test_pools2d(k: int, s: int, p: int, ceil: bool) -> None:
     got = run(lambda x: gn.max_pool2d(x, k, s, p, ceil_mode=ceil), x)
     np.testing.assert_array_equal(got, F.max_pool2d(t(x), k, s, p, ceil_mode=ceil).numpy())
     for inc in (True, False):
-        got = run(lambda x: gn.avg_pool2d(x, k, s, p, ceil_mode=ceil, count_include_pad=inc), x)
+        got = run(lambda x, inc=inc: gn.avg_pool2d(x, k, s, p, ceil_mode=ceil,
+                                                   count_include_pad=inc), x)
         want = F.avg_pool2d(t(x), k, s, p, ceil_mode=ceil, count_include_pad=inc).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-12)
 

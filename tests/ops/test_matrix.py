@@ -12,9 +12,9 @@ import zlib
 
 import numpy as np
 import pytest
+from graphnn.backends import available_backends
 
 import graphnn as gn
-from graphnn.backends import available_backends
 from tests.ops import cases_nn  # noqa: F401 - registers the NN rows
 from tests.ops.cases import CASES, Case
 
