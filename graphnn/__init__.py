@@ -14,6 +14,7 @@ Build a static dataflow graph with placeholders, variables and ops, then run it 
 """
 
 from graphnn import dtypes, text_ir
+from graphnn.autodiff import gradients
 from graphnn.dot import to_dot
 from graphnn.dtypes import DType, as_dtype, bool_, float32, float64, int32, int64
 from graphnn.errors import (
@@ -41,6 +42,6 @@ __all__ = [
     "ArrayValue", "AttrError", "Attrs", "DType", "DTypeError", "ExecutionError", "FeedError",
     "Graph", "GraphError", "GraphnnError", "Node", "ParseError", "Session", "ShapeError",
     "VerificationError", "all_ops", "as_dtype", "bool_", "dtypes", "float32", "float64",
-    "get_default_graph", "get_op", "int32", "int64", "name_scope", "parse_graph", "print_graph",
+    "get_default_graph", "get_op", "gradients", "int32", "int64", "name_scope", "parse_graph", "print_graph",
     "reset_default_graph", "to_dot", "verify", *_op_names,
 ]

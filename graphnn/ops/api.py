@@ -1,5 +1,6 @@
 """Every op-building function, in one namespace (re-exported as ``graphnn.*``)."""
 
+from graphnn.ops import backward as _backward  # noqa: F401 - registers the backward kernels
 from graphnn.ops.conv import (
     conv,
     conv1d,
@@ -102,18 +103,23 @@ from graphnn.ops.reduce import (
     sum,
     var,
 )
-from graphnn.ops.shape import (
+from graphnn.ops.shape import (  # noqa: E402 - shape-polymorphic helpers
+    broadcast_like,
     broadcast_to,
     cat,
     concat,
     expand_dims,
     flatten,
+    full_like,
     gather,
     getitem,
     one_hot,
+    ones_like,
     pad,
     permute,
     reshape,
+    reshape_like,
+    size,
     slice_,
     split,
     squeeze,
@@ -122,6 +128,7 @@ from graphnn.ops.shape import (
     tile,
     transpose,
     unsqueeze,
+    zeros_like,
 )
 from graphnn.ops.source import as_node, constant, placeholder, variable
 from graphnn.ops.state import assign, assign_add, global_variables_initializer, group

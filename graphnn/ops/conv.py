@@ -309,3 +309,42 @@ conv_transpose2d = _with_rank(conv_transpose, 2, "conv_transpose2d")
 conv_transpose3d = _with_rank(conv_transpose, 3, "conv_transpose3d")
 
 
+
+
+# -- gradients ------------------------------------------------------------------------------------
+from graphnn.ops.registry import def_gradient  # noqa: E402 - rules follow the ops they differentiate
+
+
+def _bias_grad(dy: Node) -> Node:
+    from graphnn.ops.reduce import sum as reduce_sum
+
+    return reduce_sum(dy, axis=(0, *range(2, dy.ndim)))
+
+
+@def_gradient("conv")
+def _g_conv(n: Node, dy: Node) -> list[Node | None]:
+    x, w = n.inputs[:2]
+    a, nd = n.attrs, x.ndim - 2
+    base = {"stride": a["stride"], "pads": a["pads"], "dilation": a["dilation"],
+            "groups": a["groups"]}
+    out_pad = []
+    for i in range(nd):
+        size, k = x.shape[2 + i], w.shape[2 + i]
+        if size is None or k is None:
+            raise ShapeError("conv gradient needs known spatial sizes")
+        span = size + a["pads"][i] + a["pads"][i + nd] - a["dilation"][i] * (k - 1) - 1
+        out_pad.append(span % a["stride"][i])  # input rows the strided windows never reached
+    dx = make_node("conv_transpose", [dy, w], {**base, "output_padding": tuple(out_pad)})
+    dw = make_node("conv_weight_grad", [x, dy], {**base, "kernel_size": tuple(w.shape[2:])})
+    return [dx, dw] + ([_bias_grad(dy)] if len(n.inputs) == 3 else [])
+
+
+@def_gradient("conv_transpose")
+def _g_conv_transpose(n: Node, dy: Node) -> list[Node | None]:
+    x, w = n.inputs[:2]
+    a = n.attrs
+    base = {"stride": a["stride"], "pads": a["pads"], "dilation": a["dilation"],
+            "groups": a["groups"]}
+    dx = make_node("conv", [dy, w], base)  # conv is the adjoint of the transposed conv
+    dw = make_node("conv_weight_grad", [dy, x], {**base, "kernel_size": tuple(w.shape[2:])})
+    return [dx, dw] + ([_bias_grad(dy)] if len(n.inputs) == 3 else [])

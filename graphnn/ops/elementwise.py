@@ -205,8 +205,7 @@ def _where_infer(inputs: Sequence[Node], attrs: Attrs) -> tuple[Shape, DType]:
 
 for _name, _u in UNARY.items():
     register(OpDef(_name, _unary_infer(_u), _u.fn, attrs=_u.attrs, elementwise=True,
-                   nondiff_inputs=(0,) if _name in ("logical_not", "sign", "floor", "ceil",
-                                                    "round") else (),
+                   nondiff_inputs=(0,) if _name == "logical_not" else (),
                    doc=f"{_u.doc}. Ref: {_u.ref}"))
 for _name, _b in BINARY.items():
     register(OpDef(_name, _binary_infer(_b), _b.fn, arity=(2, 2), elementwise=True,
@@ -350,3 +349,206 @@ def _attach_docs() -> None:
 
 
 _attach_docs()
+
+
+# -- gradients (d input = rule(node, dy); the driver reduces broadcast axes) ----------------------
+def _rule(*ops: str):  # type: ignore[no-untyped-def]
+    from graphnn.ops.registry import def_gradient
+
+    return def_gradient(*ops)
+
+
+def _f(x: Node, v: bool | Node) -> Node:
+    """A 0/1 mask of x's dtype from a bool node."""
+    return cast(v, x.dtype)  # type: ignore[arg-type]
+
+
+def _zeros(x: Node) -> Node:
+    from graphnn.ops.shape import full_like
+
+    return full_like(x, 0.0)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+
+
+@_rule("add")
+def _g_add(n: Node, dy: Node) -> list[Node | None]: return [dy, dy]
+@_rule("sub")
+def _g_sub(n: Node, dy: Node) -> list[Node | None]: return [dy, neg(dy)]
+@_rule("mul")
+def _g_mul(n: Node, dy: Node) -> list[Node | None]: return [mul(dy, n.inputs[1]), mul(dy, n.inputs[0])]
+
+
+@_rule("div")
+def _g_div(n: Node, dy: Node) -> list[Node | None]:
+    a, b = n.inputs
+    return [div(dy, b), neg(div(mul(dy, n), b))]
+
+
+@_rule("pow")
+def _g_pow(n: Node, dy: Node) -> list[Node | None]:
+    # d/db a**b = a**b * log(a); taken as 0 where a <= 0 (where log is undefined), as JAX does.
+    a, b = n.inputs
+    da = mul(dy, mul(b, pow(a, sub(b, 1.0))))
+    safe_log = where(greater(a, 0.0), log(where(greater(a, 0.0), a, 1.0)), 0.0)
+    return [da, mul(dy, mul(n, safe_log))]
+
+
+def _minmax(n: Node, dy: Node, wins: Callable[[Node, Node], Node]) -> list[Node | None]:
+    # Ties split the gradient in half, as PyTorch's maximum/minimum.
+    a, b = n.inputs
+    tie = mul(_f(dy, equal(a, b)), 0.5)
+    return [mul(dy, add(_f(dy, wins(a, b)), tie)), mul(dy, add(_f(dy, wins(b, a)), tie))]
+
+
+@_rule("maximum")
+def _g_maximum(n: Node, dy: Node) -> list[Node | None]: return _minmax(n, dy, greater)
+@_rule("minimum")
+def _g_minimum(n: Node, dy: Node) -> list[Node | None]: return _minmax(n, dy, less)
+@_rule("where")
+def _g_where(n: Node, dy: Node) -> list[Node | None]:
+    c = n.inputs[0]
+    return [None, where(c, dy, 0.0), where(c, 0.0, dy)]
+
+
+@_rule("neg")
+def _g_neg(n: Node, dy: Node) -> list[Node | None]: return [neg(dy)]
+@_rule("abs")
+def _g_abs(n: Node, dy: Node) -> list[Node | None]: return [mul(dy, sign(n.inputs[0]))]
+@_rule("sign", "floor", "ceil", "round")
+def _g_step(n: Node, dy: Node) -> list[Node | None]: return [_zeros(n.inputs[0])]
+@_rule("identity")
+def _g_identity(n: Node, dy: Node) -> list[Node | None]: return [dy]
+@_rule("exp")
+def _g_exp(n: Node, dy: Node) -> list[Node | None]: return [mul(dy, n)]
+@_rule("log")
+def _g_log(n: Node, dy: Node) -> list[Node | None]: return [div(dy, n.inputs[0])]
+@_rule("log1p")
+def _g_log1p(n: Node, dy: Node) -> list[Node | None]: return [div(dy, add(n.inputs[0], 1.0))]
+@_rule("expm1")
+def _g_expm1(n: Node, dy: Node) -> list[Node | None]: return [mul(dy, add(n, 1.0))]
+@_rule("sqrt")
+def _g_sqrt(n: Node, dy: Node) -> list[Node | None]: return [div(mul(dy, 0.5), n)]
+@_rule("rsqrt")
+def _g_rsqrt(n: Node, dy: Node) -> list[Node | None]: return [mul(dy, div(mul(n, -0.5), n.inputs[0]))]
+@_rule("reciprocal")
+def _g_reciprocal(n: Node, dy: Node) -> list[Node | None]: return [neg(mul(dy, mul(n, n)))]
+@_rule("sin")
+def _g_sin(n: Node, dy: Node) -> list[Node | None]: return [mul(dy, cos(n.inputs[0]))]
+@_rule("cos")
+def _g_cos(n: Node, dy: Node) -> list[Node | None]: return [neg(mul(dy, sin(n.inputs[0])))]
+@_rule("tanh")
+def _g_tanh(n: Node, dy: Node) -> list[Node | None]: return [mul(dy, sub(1.0, mul(n, n)))]
+@_rule("sigmoid")
+def _g_sigmoid(n: Node, dy: Node) -> list[Node | None]: return [mul(dy, mul(n, sub(1.0, n)))]
+
+
+@_rule("erf")
+def _g_erf(n: Node, dy: Node) -> list[Node | None]:
+    x = n.inputs[0]
+    return [mul(dy, mul(exp(neg(mul(x, x))), 2 / math.sqrt(math.pi)))]
+
+
+@_rule("relu")
+def _g_relu(n: Node, dy: Node) -> list[Node | None]: return [mul(dy, _f(dy, greater(n.inputs[0], 0)))]
+
+
+@_rule("leaky_relu")
+def _g_leaky_relu(n: Node, dy: Node) -> list[Node | None]:
+    return [where(greater_equal(n.inputs[0], 0.0), dy, mul(dy, n.attrs["negative_slope"]))]
+
+
+@_rule("elu")
+def _g_elu(n: Node, dy: Node) -> list[Node | None]:
+    return [where(greater(n.inputs[0], 0.0), dy, mul(dy, add(n, n.attrs["alpha"])))]
+
+
+@_rule("selu")
+def _g_selu(n: Node, dy: Node) -> list[Node | None]:
+    return [where(greater(n.inputs[0], 0.0), mul(dy, _SELU_SCALE),
+                  mul(dy, add(n, _SELU_SCALE * _SELU_ALPHA)))]
+
+
+@_rule("celu")
+def _g_celu(n: Node, dy: Node) -> list[Node | None]:
+    x = n.inputs[0]
+    return [where(greater(x, 0.0), dy, mul(dy, exp(div(x, n.attrs["alpha"]))))]
+
+
+@_rule("gelu")
+def _g_gelu(n: Node, dy: Node) -> list[Node | None]:
+    x = n.inputs[0]
+    if n.attrs["approximate"] == "tanh":
+        t = tanh(mul(add(x, mul(pow(x, 3.0), 0.044715)), _SQRT_2_OVER_PI))
+        du = mul(add(mul(mul(x, x), 3 * 0.044715), 1.0), _SQRT_2_OVER_PI)
+        d = add(mul(add(t, 1.0), 0.5), mul(mul(x, 0.5), mul(sub(1.0, mul(t, t)), du)))
+        return [mul(dy, d)]
+    cdf = mul(add(erf(mul(x, 1 / math.sqrt(2))), 1.0), 0.5)
+    pdf = mul(exp(mul(mul(x, x), -0.5)), 1 / math.sqrt(2 * math.pi))
+    return [mul(dy, add(cdf, mul(x, pdf)))]
+
+
+@_rule("silu")
+def _g_silu(n: Node, dy: Node) -> list[Node | None]:
+    x = n.inputs[0]
+    s = sigmoid(x)
+    return [mul(dy, add(s, mul(x, mul(s, sub(1.0, s)))))]
+
+
+@_rule("mish")
+def _g_mish(n: Node, dy: Node) -> list[Node | None]:
+    x = n.inputs[0]
+    t = tanh(softplus(x))
+    return [mul(dy, add(t, mul(x, mul(sub(1.0, mul(t, t)), sigmoid(x)))))]
+
+
+@_rule("softplus")
+def _g_softplus(n: Node, dy: Node) -> list[Node | None]:
+    x, beta = n.inputs[0], n.attrs["beta"]
+    linear = greater(mul(x, beta), n.attrs["threshold"])
+    return [where(linear, dy, mul(dy, sigmoid(mul(x, beta))))]
+
+
+@_rule("softsign")
+def _g_softsign(n: Node, dy: Node) -> list[Node | None]:
+    d = add(abs(n.inputs[0]), 1.0)
+    return [div(dy, mul(d, d))]
+
+
+@_rule("hard_sigmoid")
+def _g_hard_sigmoid(n: Node, dy: Node) -> list[Node | None]:
+    z = add(mul(n.inputs[0], n.attrs["alpha"]), n.attrs["beta"])
+    inside = logical_and(greater(z, 0.0), less(z, 1.0))
+    return [mul(dy, mul(_f(dy, inside), n.attrs["alpha"]))]
+
+
+@_rule("hard_swish")
+def _g_hard_swish(n: Node, dy: Node) -> list[Node | None]:
+    x = n.inputs[0]  # PyTorch: 0 below -3, x/3 + 1/2 up to 3, 1 above
+    mid = where(less_equal(x, 3.0), add(div(x, 3.0), 0.5), 1.0)
+    return [mul(dy, where(less(x, -3.0), 0.0, mid))]
+
+
+@_rule("hard_tanh")
+def _g_hard_tanh(n: Node, dy: Node) -> list[Node | None]:
+    x = n.inputs[0]
+    inside = logical_and(greater(x, n.attrs["min_val"]), less(x, n.attrs["max_val"]))
+    return [mul(dy, _f(dy, inside))]
+
+
+@_rule("clip")
+def _g_clip(n: Node, dy: Node) -> list[Node | None]:
+    x, lo, hi = n.inputs[0], n.attrs["min"], n.attrs["max"]
+    keep = dy  # PyTorch: the gradient passes where min <= x <= max
+    if lo is not None:
+        keep = mul(keep, _f(dy, greater_equal(x, lo)))
+    if hi is not None:
+        keep = mul(keep, _f(dy, less_equal(x, hi)))
+    return [keep]
+
+
+@_rule("cast")
+def _g_cast(n: Node, dy: Node) -> list[Node | None]:
+    x = n.inputs[0]
+    return [cast(dy, x.dtype) if x.dtype.is_float else None]

@@ -175,3 +175,82 @@ def dense(x: TensorLike, weight: TensorLike, bias: TensorLike | None = None,
     w = as_node(weight)
     y = matmul(x, transpose(w) if transpose_weight else w)
     return y if bias is None else add(y, bias, name=name)
+
+
+# -- gradients ------------------------------------------------------------------------------------
+from graphnn.ops.registry import def_gradient  # noqa: E402 - rules follow the ops they differentiate
+
+
+def _swap_last(x: Node) -> Node:
+    from graphnn.ops.shape import transpose
+
+    perm = list(range(x.ndim))
+    perm[-2:] = perm[-1], perm[-2]
+    return transpose(x, perm)
+
+
+@def_gradient("matmul")
+def _g_matmul(n: Node, dy: Node) -> list[Node | None]:
+    from graphnn.ops.shape import squeeze, unsqueeze
+
+    a, b = n.inputs
+    a2 = a if a.ndim > 1 else unsqueeze(a, 0)
+    b2 = b if b.ndim > 1 else unsqueeze(b, -1)
+    dy2 = dy if a.ndim > 1 else unsqueeze(dy, -2 if dy.ndim else 0)
+    dy2 = dy2 if b.ndim > 1 else unsqueeze(dy2, -1)
+    da = matmul(dy2, _swap_last(b2))
+    db = matmul(_swap_last(a2), dy2)
+    return [da if a.ndim > 1 else squeeze(da, -2), db if b.ndim > 1 else squeeze(db, -1)]
+
+
+@def_gradient("gemm")
+def _g_gemm(n: Node, dy: Node) -> list[Node | None]:
+    from graphnn.ops.elementwise import mul
+    from graphnn.ops.shape import transpose
+
+    a, b = n.inputs[:2]
+    alpha = n.attrs["alpha"]
+    op_a = transpose(a) if n.attrs["trans_a"] else a
+    op_b = transpose(b) if n.attrs["trans_b"] else b
+    d_op_a = mul(matmul(dy, transpose(op_b)), alpha)
+    d_op_b = mul(matmul(transpose(op_a), dy), alpha)
+    grads: list[Node | None] = [transpose(d_op_a) if n.attrs["trans_a"] else d_op_a,
+                                transpose(d_op_b) if n.attrs["trans_b"] else d_op_b]
+    if len(n.inputs) == 3:
+        grads.append(mul(dy, n.attrs["beta"]))
+    return grads
+
+
+@def_gradient("einsum")
+def _g_einsum(n: Node, dy: Node) -> list[Node | None]:
+    """d operand_i = einsum(other operands and dy -> the letters of operand i), re-expanded."""
+    terms, out = _parse_einsum(n.attrs["equation"], [i.ndim for i in n.inputs])
+    grads: list[Node | None] = []
+    for i, (term, x) in enumerate(zip(terms, n.inputs)):
+        others = [t for j, t in enumerate(terms) if j != i] + [out]
+        unique = "".join(dict.fromkeys(term))
+        present = "".join(c for c in unique if any(c in t for t in others))
+        operands = [o for j, o in enumerate(n.inputs) if j != i] + [dy]
+        g = einsum(",".join(others) + "->" + present, *operands)
+        grads.append(_expand_to_term(g, present, term, x))
+    return grads
+
+
+def _expand_to_term(g: Node, letters: str, term: str, x: Node) -> Node:
+    """Place g (axes ``letters``) on x's axes (``term``): broadcast letters summed only in x, and
+    keep only the diagonal where x repeats a letter (``ii``)."""
+    from graphnn.ops.elementwise import mul
+    from graphnn.ops.shape import broadcast_like, unsqueeze
+
+    first = [k for k, c in enumerate(term) if term.index(c) == k and c in letters]
+    missing = [k for k in range(len(term)) if k not in first]
+    g = broadcast_like(unsqueeze(g, missing), x) if missing else g
+    if len(set(term)) == len(term):
+        return g
+    if any(d is None for d in x.shape):
+        raise AttrError("einsum gradient with a repeated index needs known sizes")
+    grids = np.indices(tuple(d for d in x.shape if d is not None))
+    diag = np.ones(grids.shape[1:], bool)
+    for k, c in enumerate(term):
+        diag &= grids[k] == grids[term.index(c)]
+    return mul(g, diag.astype(x.dtype.np))

@@ -314,3 +314,116 @@ def scaled_dot_product_attention(query: TensorLike, key: TensorLike, value: Tens
         inputs.append(attn_mask if isinstance(attn_mask, Node) else constant(attn_mask))
     return make_node("scaled_dot_product_attention", inputs,
                      {"is_causal": is_causal, "scale": scale}, name=name)
+
+
+# -- gradients ------------------------------------------------------------------------------------
+# The normalisations and attention are differentiated through their definitions in primitive ops,
+# so their gradients (and second derivatives) come from rules already tested one by one.
+from collections.abc import Callable  # noqa: E402
+
+from graphnn.ops.registry import def_gradient  # noqa: E402
+
+
+def _through(definition: Callable[..., Node]) -> Callable[[Node, Node], list[Node | None]]:
+    def rule(n: Node, dy: Node) -> list[Node | None]:
+        from graphnn.autodiff import gradients
+
+        diff = [i for i, x in enumerate(n.inputs)
+                if x.dtype.is_float and i not in get_op_nondiff(n.op)]
+        out = definition(n, *n.inputs)
+        grads = gradients([out], [n.inputs[i] for i in diff], [dy])
+        full: list[Node | None] = [None] * len(n.inputs)
+        for i, g in zip(diff, grads):
+            full[i] = g
+        return full
+
+    return rule
+
+
+def get_op_nondiff(op: str) -> tuple[int, ...]:
+    from graphnn.ops.registry import get_op
+
+    return get_op(op).nondiff_inputs
+
+
+def _per_channel(p: Node, ndim: int) -> Node:
+    from graphnn.ops.shape import reshape
+
+    return reshape(p, (1, -1) + (1,) * (ndim - 2))
+
+
+def _normalise(x: Node, axes: tuple[int, ...], eps: float) -> Node:
+    from graphnn.ops import api as F
+
+    centred = F.sub(x, F.mean(x, axis=axes, keepdims=True))
+    var = F.mean(F.mul(centred, centred), axis=axes, keepdims=True)
+    return F.mul(centred, F.rsqrt(F.add(var, eps)))
+
+
+def _batch_norm_def(n: Node, x: Node, m: Node, v: Node, w: Node, b: Node) -> Node:
+    from graphnn.ops import api as F
+
+    nd = x.ndim
+    y = F.mul(F.sub(x, _per_channel(m, nd)), F.rsqrt(F.add(_per_channel(v, nd), n.attrs["eps"])))
+    return F.add(F.mul(y, _per_channel(w, nd)), _per_channel(b, nd))
+
+
+def _layer_norm_def(n: Node, x: Node, *affine: Node) -> Node:
+    from graphnn.ops import api as F
+
+    axes = tuple(range(x.ndim - len(n.attrs["normalized_shape"]), x.ndim))
+    y = _normalise(x, axes, n.attrs["eps"])
+    y = F.mul(y, affine[0]) if affine else y
+    return F.add(y, affine[1]) if len(affine) > 1 else y
+
+
+def _group_norm_def(n: Node, x: Node, *affine: Node) -> Node:
+    from graphnn.ops import api as F
+
+    g = n.attrs["num_groups"]
+    rest = [d for d in x.shape[1:]]
+    if any(d is None for d in rest):
+        raise ShapeError("group_norm gradient needs the channel and spatial sizes to be known")
+    grouped = F.reshape(x, (-1, g, int(np.prod(rest)) // g))
+    y = F.reshape_like(_normalise(grouped, (2,), n.attrs["eps"]), x)
+    y = F.mul(y, _per_channel(affine[0], x.ndim)) if affine else y
+    return F.add(y, _per_channel(affine[1], x.ndim)) if len(affine) > 1 else y
+
+
+def _rms_norm_def(n: Node, x: Node, *weight: Node) -> Node:
+    from graphnn.ops import api as F
+
+    axes = tuple(range(x.ndim - len(n.attrs["normalized_shape"]), x.ndim))
+    eps = n.attrs["eps"] if n.attrs["eps"] is not None else float(np.finfo(x.dtype.np).eps)
+    y = F.mul(x, F.rsqrt(F.add(F.mean(F.mul(x, x), axis=axes, keepdims=True), eps)))
+    return F.mul(y, weight[0]) if weight else y
+
+
+def _sdpa_def(n: Node, q: Node, k: Node, v: Node, *mask: Node) -> Node:
+    from graphnn.ops import api as F
+    from graphnn.ops.linalg import _swap_last
+
+    scale = n.attrs["scale"] if n.attrs["scale"] is not None else 1 / math.sqrt(q.shape[-1] or 1)
+    scores = F.mul(F.matmul(q, _swap_last(k)), scale)
+    if n.attrs["is_causal"]:
+        L, S = q.shape[-2], k.shape[-2]
+        if L is None or S is None:
+            raise ShapeError("causal attention gradient needs known sequence lengths")
+        mask = (constant(np.tril(np.ones((L, S), bool))),)
+    if mask:
+        m = mask[0]
+        scores = F.where(m, scores, -np.inf) if m.dtype is DType.bool else F.add(scores, m)
+    return F.matmul(F.softmax(scores, axis=-1), v)
+
+
+def_gradient("batch_norm")(_through(_batch_norm_def))
+def_gradient("layer_norm")(_through(_layer_norm_def))
+def_gradient("group_norm")(_through(_group_norm_def))
+def_gradient("rms_norm")(_through(_rms_norm_def))
+def_gradient("scaled_dot_product_attention")(_through(_sdpa_def))
+
+
+@def_gradient("dropout")
+def _g_dropout(n: Node, dy: Node) -> list[Node | None]:
+    # Same seed, same run counter, same shape: the same mask and scale apply to dy.
+    return [make_node("dropout", [dy], dict(n.attrs))]

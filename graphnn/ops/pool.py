@@ -242,3 +242,19 @@ def global_max_pool(x: TensorLike, name: str | None = None) -> Node:
     """Max over all spatial dims, kept as size 1.  Ref: ONNX GlobalMaxPool."""
     x_node = as_node(x)
     return reduce_max(x_node, axis=tuple(range(2, x_node.ndim)), keepdims=True, name=name)
+
+
+# -- gradients ------------------------------------------------------------------------------------
+from graphnn.ops.registry import def_gradient  # noqa: E402 - rules follow the ops they differentiate
+
+
+@def_gradient("max_pool", "avg_pool")
+def _g_pool(n: Node, dy: Node) -> list[Node | None]:
+    return [make_node(f"{n.op}_grad", [dy, n.inputs[0]], dict(n.attrs))]
+
+
+@def_gradient("adaptive_avg_pool", "adaptive_max_pool")
+def _g_adaptive(n: Node, dy: Node) -> list[Node | None]:
+    mode = "avg" if n.op == "adaptive_avg_pool" else "max"
+    return [make_node("adaptive_pool_grad", [dy, n.inputs[0]],
+                      {"output_size": n.attrs["output_size"], "mode": mode})]

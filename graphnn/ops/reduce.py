@@ -223,3 +223,99 @@ for _f in (sum, mean, max, min, prod, logsumexp, var, std, argmax, argmin):
         f"{_f.__name__} of x over ``axis`` (an int, a tuple, or None for all axes).\n\n"
         "See the module docstring for shapes, dtypes, errors and references.\n"
     )
+
+
+# -- gradients ------------------------------------------------------------------------------------
+from graphnn.ops.registry import def_gradient  # noqa: E402 - rules follow the ops they differentiate
+
+
+def _kept(n: Node, dy: Node) -> Node:
+    """dy with the reduced axes restored as size 1 (what keepdims=True would have given)."""
+    from graphnn.ops.shape import unsqueeze
+
+    return dy if n.attrs["keepdims"] or not n.attrs["axes"] else unsqueeze(dy, n.attrs["axes"])
+
+
+def _count(n: Node) -> Node:
+    from graphnn.ops.shape import size
+
+    return size(n.inputs[0], n.attrs["axes"], dtype=n.dtype)
+
+
+@def_gradient("sum")
+def _g_sum(n: Node, dy: Node) -> list[Node | None]:
+    from graphnn.ops.shape import broadcast_like
+
+    return [broadcast_like(_kept(n, dy), n.inputs[0])]
+
+
+@def_gradient("mean")
+def _g_mean(n: Node, dy: Node) -> list[Node | None]:
+    from graphnn.ops.elementwise import div
+    from graphnn.ops.shape import broadcast_like
+
+    return [broadcast_like(div(_kept(n, dy), _count(n)), n.inputs[0])]
+
+
+@def_gradient("max", "min")
+def _g_extreme(n: Node, dy: Node) -> list[Node | None]:
+    # Ties share the gradient equally, as PyTorch's amax/amin.
+    from graphnn.ops.elementwise import cast, div, equal, mul
+    from graphnn.ops.shape import broadcast_like
+
+    x = n.inputs[0]
+    y = n if n.attrs["keepdims"] else _kept(n, n)
+    hit = cast(equal(x, broadcast_like(y, x)), x.dtype)
+    share = div(hit, sum(hit, axis=n.attrs["axes"], keepdims=True))
+    return [mul(broadcast_like(_kept(n, dy), x), share)]
+
+
+@def_gradient("prod")
+def _g_prod(n: Node, dy: Node) -> list[Node | None]:
+    # y / x: exact for nonzero x; zeros in x give nan here (PyTorch special-cases them).
+    from graphnn.ops.elementwise import div, mul
+    from graphnn.ops.shape import broadcast_like
+
+    x = n.inputs[0]
+    y = n if n.attrs["keepdims"] else _kept(n, n)
+    return [mul(broadcast_like(_kept(n, dy), x), div(broadcast_like(y, x), x))]
+
+
+@def_gradient("var", "std")
+def _g_var(n: Node, dy: Node) -> list[Node | None]:
+    from graphnn.ops.elementwise import div, mul, sub
+    from graphnn.ops.shape import broadcast_like
+
+    x, axes = n.inputs[0], n.attrs["axes"]
+    centred = sub(x, mean(x, axis=axes, keepdims=True))
+    dof = sub(_count(n), n.attrs["correction"])
+    scale = div(_kept(n, dy), dof)
+    if n.op == "std":  # d std = d var / (2 std)
+        scale = div(scale, n if n.attrs["keepdims"] else _kept(n, n))
+    else:
+        scale = mul(scale, 2.0)
+    return [mul(broadcast_like(scale, x), centred)]
+
+
+@def_gradient("logsumexp")
+def _g_logsumexp(n: Node, dy: Node) -> list[Node | None]:
+    from graphnn.ops.elementwise import exp, mul, sub
+    from graphnn.ops.shape import broadcast_like
+
+    x = n.inputs[0]
+    y = n if n.attrs["keepdims"] else _kept(n, n)
+    return [mul(broadcast_like(_kept(n, dy), x), exp(sub(x, broadcast_like(y, x))))]
+
+
+@def_gradient("softmax")
+def _g_softmax(n: Node, dy: Node) -> list[Node | None]:
+    from graphnn.ops.elementwise import mul, sub
+
+    return [mul(n, sub(dy, sum(mul(dy, n), axis=n.attrs["axis"], keepdims=True)))]
+
+
+@def_gradient("log_softmax")
+def _g_log_softmax(n: Node, dy: Node) -> list[Node | None]:
+    from graphnn.ops.elementwise import exp, mul, sub
+
+    return [sub(dy, mul(exp(n), sum(dy, axis=n.attrs["axis"], keepdims=True)))]

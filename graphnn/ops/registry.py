@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,9 @@ from graphnn.errors import AttrError, DTypeError, GraphError, ShapeError
 from graphnn.ir import ArrayValue, Attrs, Graph, Node, Shape, get_default_graph
 
 InferFn = Callable[[Sequence[Node], Attrs], tuple[Shape, DType]]
+# (forward node, gradient of its output) -> one gradient (or None) per input, before the driver
+# reduces broadcast dimensions; see graphnn.autodiff.
+GradFn = Callable[[Node, Node], Sequence[Node | None]]
 _REQUIRED = object()
 
 
@@ -77,6 +80,7 @@ class OpDef:
     no_value: bool = False
     nondiff_inputs: tuple[int, ...] = ()
     doc: str = ""
+    gradient: GradFn | None = None
 
     def check_attrs(self, given: Mapping[str, Any]) -> Attrs:
         unknown = set(given) - set(self.attrs)
@@ -107,6 +111,17 @@ def register(opdef: OpDef) -> OpDef:
         raise GraphError(f"op {opdef.name!r} is registered twice")
     _REGISTRY[opdef.name] = opdef
     return opdef
+
+
+def def_gradient(*ops: str) -> Callable[[GradFn], GradFn]:
+    """Decorator attaching a gradient rule to registered ops (next to their definition)."""
+
+    def attach(fn: GradFn) -> GradFn:
+        for op in ops:
+            _REGISTRY[op] = replace(get_op(op), gradient=fn)
+        return fn
+
+    return attach
 
 
 def get_op(name: str) -> OpDef:

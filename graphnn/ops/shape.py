@@ -568,3 +568,189 @@ def getitem(x: Node, index: Any) -> Node:
 
 def _int_or_none(v: Any) -> int | None:
     return None if v is None else int(v)
+
+
+# -- shape-polymorphic helpers (used by gradients; they work with unknown batch dims) --------------
+
+
+def _optional_dtype(v: Any) -> DType | None:
+    return None if v is None else dtype_(v)
+
+
+def _full_like_infer(inputs: Sequence[Node], attrs: Attrs) -> tuple[Shape, DType]:
+    return inputs[0].shape, attrs["dtype"] or inputs[0].dtype
+
+
+register(OpDef("full_like", _full_like_infer,
+               lambda x, fill_value, dtype: np.full(x.shape, fill_value,
+                                                    dtype=(dtype.np if dtype else x.dtype)),
+               attrs={"fill_value": Attr(float_), "dtype": Attr(_optional_dtype, None)},
+               nondiff_inputs=(0,), doc="A tensor of x's shape filled with fill_value. "
+                                        "Ref: torch.full_like"))
+
+
+def _size_infer(inputs: Sequence[Node], attrs: Attrs) -> tuple[Shape, DType]:
+    x = inputs[0]
+    if any(a >= x.ndim for a in attrs["axes"]):
+        raise AttrError(f"axes {attrs['axes']} out of range for {x.type_str}")
+    return (), attrs["dtype"]
+
+
+register(OpDef("size", _size_infer,
+               lambda x, axes, dtype: np.array(math.prod(x.shape[a] for a in axes), dtype.np),
+               attrs={"axes": Attr(ints), "dtype": Attr(dtype_, DType.float32)},
+               nondiff_inputs=(0,), doc="Number of elements along axes, as a scalar of dtype."))
+
+
+def _like_infer(broadcast: bool) -> Any:
+    def infer(inputs: Sequence[Node], attrs: Attrs) -> tuple[Shape, DType]:
+        x, like = inputs
+        if broadcast:
+            if x.ndim > like.ndim or broadcast_shapes(x.shape, like.shape) != like.shape:
+                raise ShapeError(f"cannot broadcast {x.type_str} like {like.type_str}")
+        else:
+            n, m = num_elements(x.shape), num_elements(like.shape)
+            if n is not None and m is not None and n != m:
+                raise ShapeError(f"cannot reshape {x.type_str} like {like.type_str}")
+        return like.shape, x.dtype
+
+    return infer
+
+
+register(OpDef("broadcast_like", _like_infer(True),
+               lambda x, like: np.broadcast_to(x, like.shape).copy(), arity=(2, 2),
+               nondiff_inputs=(1,), doc="Broadcast x to like's (run-time) shape."))
+register(OpDef("reshape_like", _like_infer(False), lambda x, like: x.reshape(like.shape),
+               arity=(2, 2), nondiff_inputs=(1,), doc="Reshape x to like's (run-time) shape."))
+
+
+def full_like(x: Node, fill_value: float, dtype: Any = None, name: str | None = None) -> Node:
+    """A tensor shaped like ``x`` (also when its batch size is known only at run time), filled
+    with ``fill_value``, of ``dtype`` (x's by default).  Ref: torch.full_like."""
+    return make_node("full_like", [x], {"fill_value": fill_value, "dtype": dtype}, name=name)
+
+
+def zeros_like(x: Node, dtype: Any = None) -> Node:
+    return full_like(x, 0.0, dtype)
+
+
+def ones_like(x: Node, dtype: Any = None) -> Node:
+    return full_like(x, 1.0, dtype)
+
+
+def size(x: Node, axes: Sequence[int] | None = None, dtype: Any = DType.float32) -> Node:
+    """The number of elements of ``x`` along ``axes`` (all by default) as a 0-d tensor.
+
+    A constant when those dims are known at build time; a ``size`` node otherwise.
+    """
+    ax = normalize_axes(axes, x.ndim)
+    dims = [x.shape[a] for a in ax]
+    if all(d is not None for d in dims):
+        with x.graph or _default_graph():
+            return constant(np.array(math.prod(d for d in dims if d is not None)), dtype=dtype)
+    return make_node("size", [x], {"axes": ax, "dtype": dtype})
+
+
+def broadcast_like(x: Node, like: Node) -> Node:
+    """``x`` broadcast to ``like``'s shape, known or not until run time."""
+    return make_node("broadcast_like", [x, like])
+
+
+def reshape_like(x: Node, like: Node) -> Node:
+    """``x`` reshaped to ``like``'s shape, known or not until run time."""
+    return make_node("reshape_like", [x, like])
+
+
+def _default_graph() -> Any:
+    from graphnn.ir import get_default_graph
+
+    return get_default_graph()
+
+
+# -- gradients ------------------------------------------------------------------------------------
+from graphnn.ops.registry import def_gradient  # noqa: E402 - rules follow the ops they differentiate
+
+
+@def_gradient("reshape", "flatten", "squeeze", "unsqueeze")
+def _g_reshape(n: Node, dy: Node) -> list[Node | None]:
+    return [reshape_like(dy, n.inputs[0])]
+
+
+@def_gradient("reshape_like")
+def _g_reshape_like(n: Node, dy: Node) -> list[Node | None]:
+    return [reshape_like(dy, n.inputs[0]), None]
+
+
+@def_gradient("broadcast_to", "broadcast_like")
+def _g_broadcast(n: Node, dy: Node) -> list[Node | None]:
+    return [dy, None]  # the autodiff driver sums the broadcast axes
+
+
+@def_gradient("transpose")
+def _g_transpose(n: Node, dy: Node) -> list[Node | None]:
+    return [transpose(dy, [int(i) for i in np.argsort(n.attrs["perm"])])]
+
+
+def _pieces(n: Node, dy: Node, axis: int) -> list[tuple[Node, int, int]]:
+    sizes = [x.shape[axis] for x in n.inputs]
+    if any(s is None for s in sizes):
+        raise ShapeError(f"{n.op} gradient needs the sizes along axis {axis} to be known")
+    out, start = [], 0
+    for x, s in zip(n.inputs, sizes):
+        assert s is not None
+        out.append((x, start, start + s))
+        start += s
+    return out
+
+
+@def_gradient("concat")
+def _g_concat(n: Node, dy: Node) -> list[Node | None]:
+    axis = normalize_axis(n.attrs["axis"], dy.ndim)
+    grads: list[Node | None] = []
+    for _, a, b in _pieces(n, dy, axis):
+        starts: list[int | None] = [None] * dy.ndim
+        stops: list[int | None] = [None] * dy.ndim
+        starts[axis], stops[axis] = a, b
+        grads.append(slice_(dy, starts, stops))
+    return grads
+
+
+@def_gradient("stack")
+def _g_stack(n: Node, dy: Node) -> list[Node | None]:
+    axis = normalize_axis(n.attrs["axis"], dy.ndim)
+    grads: list[Node | None] = []
+    for i, x in enumerate(n.inputs):
+        starts: list[int | None] = [None] * dy.ndim
+        stops: list[int | None] = [None] * dy.ndim
+        starts[axis], stops[axis] = i, i + 1
+        grads.append(reshape_like(slice_(dy, starts, stops), x))
+    return grads
+
+
+@def_gradient("slice")
+def _g_slice(n: Node, dy: Node) -> list[Node | None]:
+    return [make_node("slice_grad", [dy, n.inputs[0]], dict(n.attrs))]
+
+
+@def_gradient("take", "gather")
+def _g_take(n: Node, dy: Node) -> list[Node | None]:
+    x, idx = n.inputs
+    return [make_node(f"{n.op}_grad", [dy, idx, x], {"axis": normalize_axis(n.attrs["axis"],
+                                                                           x.ndim)}), None]
+
+
+@def_gradient("pad")
+def _g_pad(n: Node, dy: Node) -> list[Node | None]:
+    return [make_node("pad_grad", [dy, n.inputs[0]], dict(n.attrs))]
+
+
+@def_gradient("tile")
+def _g_tile(n: Node, dy: Node) -> list[Node | None]:
+    from graphnn.ops.reduce import sum as reduce_sum
+
+    x, reps = n.inputs[0], n.attrs["repeats"]
+    if any(d is None for d in x.shape):
+        raise ShapeError("tile gradient needs the input shape to be known")
+    split = [v for r, d in zip(reps, x.shape) for v in (r, d)]
+    summed = reduce_sum(reshape(dy, split), axis=tuple(range(0, 2 * x.ndim, 2)))
+    return [summed]

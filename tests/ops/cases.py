@@ -384,3 +384,14 @@ for _mode in ("constant", "reflect", "edge"):
          (lambda m: lambda x: np.pad(x, [(1, 2), (0, 3)], mode=m, **(
              {"constant_values": 7} if m == "constant" else {})))(_mode))
 case("pad", "int", lambda x: gn.pad(x, 1), [In((2, 2))], lambda x: np.pad(x, 1), dtypes=NUMERIC)
+
+# -- shape-polymorphic helpers ------------------------------------------------------------------
+case("full_like", "f", lambda x: gn.full_like(x, 2.5), [In((2, 3))], lambda x: np.full((2, 3), 2.5))
+case("full_like", "dtype", lambda x: gn.full_like(x, 1, dtype="int32"), [In((4,))],
+     lambda x: np.ones(4), out_dtype="int32")
+case("size", "node", lambda x: gn.ops.make_node("size", [x], {"axes": (0, 1)}), [In((3, 4))],
+     lambda x: np.array(12.0), out_dtype="float32", dtypes=("float32",))
+case("broadcast_like", "bcast", gn.broadcast_like, [In((3, 1)), In((2, 3, 4))],
+     lambda x, like: np.broadcast_to(x, like.shape), dtypes=NUMERIC)
+case("reshape_like", "flat", gn.reshape_like, [In((2, 6)), In((3, 4))],
+     lambda x, like: x.reshape(3, 4), dtypes=NUMERIC)

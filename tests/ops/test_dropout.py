@@ -64,3 +64,15 @@ def _lowbias32_py(x: int) -> int:
     x = (x * 0x846CA68B) & 0xFFFFFFFF
     x ^= x >> 16
     return x
+
+
+def test_dropout_gradient_uses_the_forward_mask() -> None:
+    with gn.Graph() as g:
+        x = gn.placeholder((50, 40), gn.float64, name="x")
+        r = np.random.default_rng(0).standard_normal((50, 40))
+        y = gn.dropout(x, p=0.25, seed=11)
+        (gx,) = gn.gradients(gn.sum(y * gn.constant(r)), [x])
+    data = np.random.default_rng(1).uniform(1, 2, (50, 40))  # nonzero, so y != 0 marks kept
+    for _ in range(2):  # the same run computes y and its gradient: one mask for both
+        out, grad = gn.Session(g).run([y, gx], {x: data})
+        np.testing.assert_allclose(grad, (out != 0) * r / 0.75, rtol=1e-12)
