@@ -42,6 +42,7 @@ __all__ = [
     "ArrayValue", "AttrError", "Attrs", "DType", "DTypeError", "ExecutionError", "FeedError",
     "Graph", "GraphError", "GraphnnError", "Node", "ParseError", "Session", "ShapeError",
     "VerificationError", "all_ops", "as_dtype", "bool_", "dtypes", "float32", "float64",
-    "get_default_graph", "get_op", "gradients", "int32", "int64", "name_scope", "parse_graph", "print_graph",
+    "get_default_graph", "get_op", "gradients", "int32", "int64", "name_scope", "parse_graph",
+    "print_graph",
     "reset_default_graph", "to_dot", "verify", *_op_names,
 ]

@@ -145,7 +145,8 @@ def test_gradient_semantics() -> None:
             gn.gradients(y, [idx])
         mask = gn.placeholder((3,), gn.float64, name="mask")
         z = gn.sum(gn.take(x, gn.cast(mask, gn.int64)))
-        with pytest.raises(gn.GraphError, match=r"no gradient flows to %mask: f64\[3\]: it is input 1 of take.*not differentiable"):
+        want = r"no gradient flows to %mask: f64\[3\]: it is input 1 of take.*not differentiable"
+        with pytest.raises(gn.GraphError, match=want):
             gn.gradients(z, [mask])
         (gx,) = gn.gradients(y, [x], grad_ys=[gn.constant(2.0, gn.float64)])
         # broadcast seeds: d/dx sum(x[idx]^2) * 2

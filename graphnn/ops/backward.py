@@ -146,7 +146,8 @@ def _avg_pool_grad(dy: np.ndarray, x: np.ndarray, *, kernel_size: tuple, stride:
     out, widths, overhang = _geometry(x.shape, kernel_size, stride, pads, dilation, ceil_mode)
     mask = np.pad(np.ones(x.shape[2:], x.dtype), widths, constant_values=float(count_include_pad))
     mask = np.pad(mask, [(0, o) for o in overhang])[None, None]
-    counts = _windows(mask, kernel_size, stride, dilation, out).sum(axis=tuple(range(2, 2 + len(out))))
+    axes = tuple(range(2, 2 + len(out)))
+    counts = _windows(mask, kernel_size, stride, dilation, out).sum(axis=axes)
     share = (dy / counts)[(slice(None), slice(None)) + (None,) * len(out)]
     grad_cols = np.broadcast_to(share, dy.shape[:2] + tuple(kernel_size) + dy.shape[2:])
     return _scatter_windows(grad_cols.astype(dy.dtype), x.shape, widths, overhang, kernel_size,
