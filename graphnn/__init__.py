@@ -33,6 +33,11 @@ from graphnn.ops.api import *  # noqa: F403 - the op functions are graphnn's pub
 from graphnn.ops.api import __all__ as _op_names
 from graphnn.ops.registry import all_ops, get_op, name_scope
 from graphnn.session import Session
+from graphnn import losses, metrics, nn, optim  # noqa: E402 - layers build on the ops above
+from graphnn.io import load_checkpoint, load_model, save_checkpoint, save_model
+from graphnn.training import (
+    Callback, EarlyStopping, History, LearningRateScheduler, ModelCheckpoint, Trainer,
+)
 from graphnn.text_ir import parse_graph, print_graph
 from graphnn.verify import verify
 
@@ -44,5 +49,8 @@ __all__ = [
     "VerificationError", "all_ops", "as_dtype", "bool_", "dtypes", "float32", "float64",
     "get_default_graph", "get_op", "gradients", "int32", "int64", "name_scope", "parse_graph",
     "print_graph",
-    "reset_default_graph", "to_dot", "verify", *_op_names,
+    "reset_default_graph", "to_dot", "verify", "losses", "metrics", "nn", "optim",
+    "load_checkpoint", "load_model", "save_checkpoint", "save_model", "Callback",
+    "EarlyStopping", "History", "LearningRateScheduler", "ModelCheckpoint", "Trainer",
+    *_op_names,
 ]

@@ -48,3 +48,11 @@ class ParseError(GraphnnError, ValueError):
 
 class VerificationError(GraphnnError, AssertionError):
     """``verify(graph)`` found a broken invariant (a pass or a parser produced a bad graph)."""
+
+
+class SerializationError(GraphnnError, ValueError):
+    """A checkpoint or saved-model file is damaged, foreign, or does not match the model."""
+
+
+class TrainingError(GraphnnError, RuntimeError):
+    """Training stopped: a non-finite loss, named with its epoch and step."""

@@ -30,7 +30,8 @@ from graphnn.errors import GraphError
 Dim = int | None
 Shape = tuple[Dim, ...]
 
-_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
+# Letters, digits, '_' and '.', not all digits (those are the text IR's ids of unnamed nodes).
+_NAME_RE = re.compile(r"(?!\d+\Z)[A-Za-z0-9_][A-Za-z0-9_.]*\Z")
 
 
 class ArrayValue:
@@ -336,11 +337,11 @@ class Graph:
 
 
 def check_name(name: str) -> str:
-    """Names start with a letter or ``_`` and hold letters, digits, ``_`` and ``.``."""
+    """Names hold letters, digits, ``_`` and ``.``, and are not all digits (``0.weight`` is fine)."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise GraphError(
-            f"invalid node name {name!r}: names start with a letter or '_' and contain only "
-            "letters, digits, '_' and '.'"
+            f"invalid node name {name!r}: names contain only letters, digits, '_' and '.' and "
+            "are not all digits"
         )
     return name
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from graphnn.backends import Backend, Executable, get_backend
-from graphnn.errors import FeedError, GraphError
+from graphnn.errors import FeedError, GraphError, ShapeError
 from graphnn.ir import Graph, Node, get_default_graph
 
 Fetches = Any  # a Node, a node name, or a list/tuple/dict nesting of them
@@ -98,6 +98,32 @@ class Session:
         if node.op != "placeholder":
             raise FeedError(f"cannot feed {node!r}: only placeholders are fed")
         return node
+
+    def load_variables(self, values: Mapping[Node, Any]) -> None:
+        """Set variables to ``values`` (converted to each variable's dtype), all or none.
+
+        Raises:  GraphError for a node that is not a variable of this graph; ShapeError naming the
+                 variable and both shapes on a shape mismatch.
+        """
+        staged: dict[Node, np.ndarray] = {}
+        for node, value in values.items():
+            if node.op != "variable" or node.graph is not self.graph:
+                raise GraphError(f"{node!r} is not a variable of this session's graph")
+            arr = np.array(value, dtype=node.dtype.np)
+            if arr.shape != node.shape:
+                raise ShapeError(f"variable {node.name!r} has shape {node.shape}, the value has "
+                                 f"{arr.shape}")
+            staged[node] = arr
+        self._state.update(staged)
+
+    @property
+    def run_counter(self) -> int:
+        """Successful runs so far: random ops draw from it, so checkpoints save it."""
+        return self._counter
+
+    @run_counter.setter
+    def run_counter(self, value: int) -> None:
+        self._counter = int(value)
 
     def reset(self) -> None:
         """Forget all variable values (they re-initialise on next use) and the run counter."""

@@ -14,6 +14,7 @@ from graphnn.ops.conv import (
 from graphnn.ops.elementwise import (
     abs,
     add,
+    add_n,
     cast,
     ceil,
     celu,

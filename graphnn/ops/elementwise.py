@@ -331,6 +331,16 @@ def logical_or(a: TensorLike, b: TensorLike, name: str | None = None) -> Node: r
 def logical_xor(a: TensorLike, b: TensorLike, name: str | None = None) -> Node: return _binary("logical_xor", a, b, name)
 
 
+def add_n(xs: Sequence[TensorLike], name: str | None = None) -> Node:
+    """Sum of a list of tensors (broadcast together), as ``tf.add_n``."""
+    if not xs:
+        raise ValueError("add_n needs at least one tensor")
+    total = as_node(xs[0]) if len(xs) == 1 else add(xs[0], xs[1])
+    for x in xs[2:]:
+        total = add(total, x)
+    return total
+
+
 def _attach_docs() -> None:
     """Give each one-line frontend the doc block of its table row (shapes, dtypes, math, ref)."""
     for table in (UNARY, BINARY):

@@ -143,18 +143,19 @@ _local = threading.local()
 
 
 @contextlib.contextmanager
-def name_scope(scope: str) -> Iterator[str]:
-    """Record ``scope`` (nested scopes join with ``.``) on every node built inside the block.
+def name_scope(scope: str, absolute: bool = False) -> Iterator[str]:
+    """Record ``scope`` (nested scopes join with ``.``) on every node built inside the block;
+    ``absolute=True`` replaces the enclosing scopes (a module's full path).
 
     Scopes show as trailing comments in the text IR and in error messages, so a node can be traced
     to the user's layer (``features.0.conv``).
     """
-    stack: list[str] = _local.__dict__.setdefault("scopes", [])
-    stack.append(scope)
+    saved: list[str] = _local.__dict__.setdefault("scopes", [])
+    _local.scopes = ([] if absolute else list(saved)) + ([scope] if scope else [])
     try:
-        yield ".".join(stack)
+        yield ".".join(_local.scopes)
     finally:
-        stack.pop()
+        _local.scopes = saved
 
 
 def current_scope() -> str | None:

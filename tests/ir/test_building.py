@@ -26,7 +26,10 @@ def test_names_are_uniquified_and_validated() -> None:
         assert (x1.name, x2.name) == ("x", "x_1")
         assert g.get("x_1") is x2
         with pytest.raises(gn.GraphError, match="invalid node name"):
-            gn.placeholder((1,), name="1x")
+            gn.placeholder((1,), name="12")
+        with pytest.raises(gn.GraphError, match="invalid node name"):
+            gn.placeholder((1,), name="a-b")
+        assert gn.placeholder((1,), name="0.weight").name == "0.weight"
         with pytest.raises(gn.GraphError, match="no node named 'nope'"):
             g.get("nope")
 
