@@ -29,6 +29,7 @@ class Executable(Protocol):
     fetches: tuple[Node, ...]
     placeholders: tuple[Node, ...]  # the feeds this fetch set needs
     variables: tuple[Node, ...]  # the variables it reads or writes
+    random: bool  # draws random numbers: the session advances its counter after each run
 
     def run(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, np.ndarray],
             counter: int) -> RunResult:

@@ -26,6 +26,7 @@ class ReferenceExecutable:
         self.order = graph.subgraph_order(self.fetches)
         self.placeholders = tuple(n for n in self.order if n.op == "placeholder")
         self.variables = tuple(n for n in self.order if n.op == "variable")
+        self.random = any(get_op(n.op).random for n in self.order)
         writers: dict[Node, Node] = {}
         for n in self.order:
             w = get_op(n.op).writes_input

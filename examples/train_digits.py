@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> float:
     print(gn.metrics.confusion_matrix(y_test, probs, num_classes=10))
     model_path = os.path.join(args.out, "digits.gnn")
     gn.save_model(model_path, model)
-    print(f"saved model: {model_path}; checkpoint: {checkpoint.saved[-1] if checkpoint.saved else '-'}")
+    best = checkpoint.saved[-1] if checkpoint.saved else "-"
+    print(f"saved model: {model_path}; best checkpoint: {best}")
     accuracy = gn.metrics.accuracy(y_test, probs)
     print(f"test accuracy: {accuracy:.4f}")
     return accuracy

@@ -13,7 +13,7 @@ Build a static dataflow graph with placeholders, variables and ops, then run it 
     probs = gn.Session(g).run(y, {x: np.ones((2, 4))})
 """
 
-from graphnn import dtypes, text_ir
+from graphnn import dtypes, losses, metrics, nn, optim, text_ir  # noqa: E402 - layers build on the ops above
 from graphnn.autodiff import gradients
 from graphnn.dot import to_dot
 from graphnn.dtypes import DType, as_dtype, bool_, float32, float64, int32, int64
@@ -25,20 +25,26 @@ from graphnn.errors import (
     GraphError,
     GraphnnError,
     ParseError,
+    SerializationError,
     ShapeError,
+    TrainingError,
     VerificationError,
 )
+from graphnn.io import load_checkpoint, load_model, save_checkpoint, save_model
 from graphnn.ir import ArrayValue, Attrs, Graph, Node, get_default_graph, reset_default_graph
 from graphnn.ops.api import *  # noqa: F403 - the op functions are graphnn's public API
 from graphnn.ops.api import __all__ as _op_names
 from graphnn.ops.registry import all_ops, get_op, name_scope
 from graphnn.session import Session
-from graphnn import losses, metrics, nn, optim  # noqa: E402 - layers build on the ops above
-from graphnn.io import load_checkpoint, load_model, save_checkpoint, save_model
-from graphnn.training import (
-    Callback, EarlyStopping, History, LearningRateScheduler, ModelCheckpoint, Trainer,
-)
 from graphnn.text_ir import parse_graph, print_graph
+from graphnn.training import (
+    Callback,
+    EarlyStopping,
+    History,
+    LearningRateScheduler,
+    ModelCheckpoint,
+    Trainer,
+)
 from graphnn.verify import verify
 
 __version__ = "0.1.0"
@@ -46,7 +52,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ArrayValue", "AttrError", "Attrs", "DType", "DTypeError", "ExecutionError", "FeedError",
     "Graph", "GraphError", "GraphnnError", "Node", "ParseError", "Session", "ShapeError",
-    "VerificationError", "all_ops", "as_dtype", "bool_", "dtypes", "float32", "float64",
+    "SerializationError", "TrainingError", "VerificationError", "all_ops", "as_dtype", "bool_",
+    "dtypes", "float32", "float64",
     "get_default_graph", "get_op", "gradients", "int32", "int64", "name_scope", "parse_graph",
     "print_graph",
     "reset_default_graph", "to_dot", "verify", "losses", "metrics", "nn", "optim",

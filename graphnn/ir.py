@@ -337,7 +337,7 @@ class Graph:
 
 
 def check_name(name: str) -> str:
-    """Names hold letters, digits, ``_`` and ``.``, and are not all digits (``0.weight`` is fine)."""
+    """Names hold letters, digits, ``_`` and ``.`` and are not all digits (``0.weight`` is fine)."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise GraphError(
             f"invalid node name {name!r}: names contain only letters, digits, '_' and '.' and "

@@ -41,7 +41,7 @@ class Session:
         self.graph = graph if graph is not None else get_default_graph()
         self.backend = get_backend(backend)
         self._state: dict[Node, np.ndarray] = {}
-        self._counter = 0  # successful runs so far; random ops draw from it
+        self._counter = 0  # successful runs that drew random numbers; random ops key on it
         self._cache: dict[tuple[Any, ...], Executable] = {}
 
     def run(self, fetches: Fetches, feed_dict: Mapping[Any, Any] | None = None) -> Any:
@@ -73,7 +73,8 @@ class Session:
         # Commit only now that the run succeeded: a failed run leaves every variable unchanged.
         self._state.update(fresh)
         self._state.update(result.updates)
-        self._counter += 1
+        if exe.random:  # fetching values alone does not shift later dropout masks
+            self._counter += 1
         return rebuild(result.outputs)
 
     def _bind_feeds(self, feed_dict: Mapping[Any, Any]) -> dict[Node, np.ndarray]:
@@ -118,7 +119,7 @@ class Session:
 
     @property
     def run_counter(self) -> int:
-        """Successful runs so far: random ops draw from it, so checkpoints save it."""
+        """Successful runs that drew random numbers: random ops key on it; checkpoints save it."""
         return self._counter
 
     @run_counter.setter

@@ -61,8 +61,9 @@ class LoadedModel:
 
     def __call__(self, *arrays: np.ndarray) -> Any:
         if len(arrays) != len(self.inputs):
-            raise GraphnnError(f"the model takes {len(self.inputs)} inputs "
-                               f"({', '.join(p.name or '?' for p in self.inputs)}), got {len(arrays)}")
+            names = ", ".join(p.name or "?" for p in self.inputs)
+            raise GraphnnError(f"the model takes {len(self.inputs)} inputs ({names}), "
+                               f"got {len(arrays)}")
         out = self.session.run(self.outputs, dict(zip(self.inputs, arrays)))
         return out[0] if len(out) == 1 else out
 
