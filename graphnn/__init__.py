@@ -36,7 +36,7 @@ from graphnn.ops.api import *  # noqa: F403 - the op functions are graphnn's pub
 from graphnn.ops.api import __all__ as _op_names
 from graphnn.ops.registry import all_ops, get_op, name_scope
 from graphnn.session import Session
-from graphnn.text_ir import parse_graph, print_graph
+from graphnn.text_ir import dump, parse_graph, print_graph
 from graphnn.training import (
     Callback,
     EarlyStopping,
@@ -56,7 +56,7 @@ __all__ = [
     "dtypes", "float32", "float64",
     "get_default_graph", "get_op", "gradients", "int32", "int64", "name_scope", "parse_graph",
     "print_graph",
-    "reset_default_graph", "to_dot", "verify", "losses", "metrics", "nn", "optim",
+    "reset_default_graph", "to_dot", "verify", "dump", "losses", "metrics", "nn", "optim",
     "load_checkpoint", "load_model", "save_checkpoint", "save_model", "Callback",
     "EarlyStopping", "History", "LearningRateScheduler", "ModelCheckpoint", "Trainer",
     *_op_names,

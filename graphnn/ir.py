@@ -126,6 +126,8 @@ class Node:
     name: str | None = None
     scope: str | None = None
     graph: Graph | None = field(default=None, repr=False)
+    # Provenance: the source nodes a pass built this node from ("%3 add"), shown in dumps.
+    origin: tuple[str, ...] = field(default=(), repr=False)
 
     # numpy must hand ``ndarray + node`` to ``Node.__radd__`` instead of broadcasting over it.
     __array_ufunc__ = None
@@ -211,6 +213,7 @@ class Graph:
         self.seed = seed  # default seed of random ops (dropout) built in this graph
         self.nodes: list[Node] = []
         self.outputs: tuple[Node, ...] = ()
+        self.meta: dict[str, object] = {}  # analysis results of passes (e.g. the memory plan)
         self._names: dict[str, Node] = {}
         self._nx: nx.DiGraph | None = None
 
@@ -294,7 +297,8 @@ class Graph:
         return list(nx.lexicographical_topological_sort(g, key=index.__getitem__))
 
     def structurally_equal(self, other: Graph) -> bool:
-        """Same ops, attributes, types, names, scopes and wiring, node by node."""
+        """Same ops, attributes, types, names, scopes and wiring, node by node (provenance, which is
+        metadata, is not compared)."""
         if len(self.nodes) != len(other.nodes) or self.name != other.name:
             return False
         pos_a = {n: i for i, n in enumerate(self.nodes)}

@@ -17,7 +17,7 @@ succeeds and commits all its variable writes, or raises and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,11 +35,18 @@ class Session:
     Args:
         graph: the graph to run (the default graph when None).
         backend: a backend name (``"reference"``) or a Backend instance.
+        opt_level: 0 runs the graph as built; 1-3 optimise each fetch set first (see
+            ``graphnn.passes``), specialised to the fed shapes.
+        passes: an explicit pass list instead of opt_level.
+        dump_dir: write the graph after every pass there (also ``GRAPHNN_DUMP``).
     """
 
-    def __init__(self, graph: Graph | None = None, backend: str | Backend = "reference") -> None:
+    def __init__(self, graph: Graph | None = None, backend: str | Backend = "reference",
+                 opt_level: int = 0, passes: Sequence[Any] | None = None,
+                 dump_dir: str | None = None) -> None:
         self.graph = graph if graph is not None else get_default_graph()
         self.backend = get_backend(backend)
+        self.opt_level, self.passes, self.dump_dir = opt_level, passes, dump_dir
         self._state: dict[Node, np.ndarray] = {}
         self._counter = 0  # successful runs that drew random numbers; random ops key on it
         self._cache: dict[tuple[Any, ...], Executable] = {}
@@ -59,7 +66,7 @@ class Session:
                tuple(sorted((id(p), v.shape) for p, v in feeds.items())))
         exe = self._cache.get(key)
         if exe is None:
-            exe = self.backend.compile(self.graph, flat)
+            exe = self._compile(flat, feeds)
             self._cache[key] = exe
         missing = [p for p in exe.placeholders if p not in feeds]
         if missing:
@@ -76,6 +83,20 @@ class Session:
         if exe.random:  # fetching values alone does not shift later dropout masks
             self._counter += 1
         return rebuild(result.outputs)
+
+    def _compile(self, fetches: list[Node], feeds: dict[Node, np.ndarray]) -> Executable:
+        if not self.opt_level and self.passes is None:
+            return self.backend.compile(self.graph, fetches)
+        from graphnn.passes import PassManager
+        from graphnn.passes.specialize import specialize
+        from graphnn.subgraph import extract
+
+        sub, _ = extract(self.graph, fetches)
+        shapes = {p.name: v.shape for p, v in feeds.items() if p.name is not None}
+        sub = specialize(sub, {p.name: shapes[p.name] for p in sub.placeholders
+                               if p.name in shapes})
+        optimized = PassManager(self.passes, self.opt_level, dump_dir=self.dump_dir).run(sub)
+        return _ByName(self.backend.compile(optimized, optimized.outputs), self.graph)
 
     def _bind_feeds(self, feed_dict: Mapping[Any, Any]) -> dict[Node, np.ndarray]:
         bound: dict[Node, np.ndarray] = {}
@@ -141,6 +162,30 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _ByName:
+    """An executable of an optimised copy of the graph, addressed with the original's nodes
+    (placeholders and variables keep their names through every pass)."""
+
+    def __init__(self, exe: Executable, graph: Graph) -> None:
+        self.exe = exe
+        self.fetches = exe.fetches
+        self.placeholders = tuple(graph.get(p.name or "") for p in exe.placeholders)
+        self.variables = tuple(graph.get(v.name or "") for v in exe.variables)
+        self.random = exe.random
+        self._feed_map = dict(zip(self.placeholders, exe.placeholders))
+        self._var_map = dict(zip(self.variables, exe.variables))
+
+    def run(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, np.ndarray],
+            counter: int) -> Any:
+        from graphnn.backends.base import RunResult
+
+        mapped = {self._feed_map[p]: v for p, v in feeds.items() if p in self._feed_map}
+        result = self.exe.run(mapped, {self._var_map[v]: state[v] for v in self.variables},
+                              counter)
+        back = {o: n for n, o in self._var_map.items()}
+        return RunResult(result.outputs, {back[v]: x for v, x in result.updates.items()})
 
 
 def _convert_feed(node: Node, value: Any) -> np.ndarray:

@@ -34,26 +34,45 @@ from graphnn.ir import ArrayValue, Graph, Node
 INLINE_LIMIT = 8
 
 
+def dump(graph: Graph, file: Any = None) -> None:
+    """Print the text IR of ``graph`` (fused kernels with their bodies indented)."""
+    print(print_graph(graph), file=file)
+
+
 def node_id(node: Node, index: int) -> str:
     return node.name if node.name is not None else str(index)
 
 
 def print_graph(graph: Graph, inline_limit: int = INLINE_LIMIT) -> str:
     """The text IR of ``graph`` (see the module docstring)."""
+    from graphnn.ops.fused import FusedBody
+
     ids = {n: node_id(n, i) for i, n in enumerate(graph.nodes)}
     lines = [f"graph {graph.name} {{"]
     for n in graph.nodes:
-        attrs = ", ".join(f"{k}={format_value(v, inline_limit)}" for k, v in n.attrs.items())
+        body = next((v for v in n.attrs.values() if isinstance(v, FusedBody)), None)
+        attrs = ", ".join(f"{k}={format_value(v, inline_limit)}" for k, v in n.attrs.items()
+                          if not isinstance(v, FusedBody))
         text = f"  %{ids[n]}: {n.type_str} = {n.op}"
         text += f"[{attrs}]" if attrs else ""
         text += "(" + ", ".join(f"%{ids[i]}" for i in n.inputs) + ")"
-        if n.scope:
-            text = f"{text:<60}  # {n.scope}"
+        text += " {" if body is not None else ""
+        comment = (n.scope or "") + (" <- " + ", ".join(n.origin) if _telling(n) else "")
+        if comment:
+            text = f"{text:<60}  # {comment.strip()}"
         lines.append(text)
+        if body is not None:  # the kernel's body, indented under the fused node
+            lines.extend("  " + line for line in print_graph(body.graph).splitlines()[1:-1])
+            lines.append("  }")
     if graph.outputs:
         lines.append("  return " + ", ".join(f"%{ids[o]}" for o in graph.outputs))
     lines.append("}")
     return "\n".join(lines)
+
+
+def _telling(n: Node) -> bool:
+    """Provenance worth printing: several sources, or a source of another op."""
+    return len(n.origin) > 1 or (len(n.origin) == 1 and not n.origin[0].endswith(f" {n.op}"))
 
 
 def format_value(v: Any, inline_limit: int = INLINE_LIMIT) -> str:
@@ -245,19 +264,41 @@ def parse_graph(text: str, arrays: Mapping[str, np.ndarray] | None = None) -> Gr
     graph = Graph(head.take(kind="word"))
     head.take("{")
     env: dict[str, Node] = {}
+    i, closed = 1, False
     with graph:
-        for lineno, raw in lines[1:]:
+        while i < len(lines):
+            lineno, raw = lines[i]
             line = _Line(raw, lineno)
+            i += 1
             if line.peek() == "}":
+                closed = True
                 break
             if line.peek() == "return":
                 line.take("return")
                 graph.outputs = tuple(_ref(line, env) for _ in _comma_list(line))
                 continue
-            _parse_node(line, env, arrays, graph, make_node, name_scope, placeholder)
-        else:
-            raise ParseError("missing closing '}'")
+            extra: dict[str, Any] = {}
+            if line.tokens and line.tokens[-1][1] == "{":  # a fused kernel: its body follows
+                line.tokens.pop()
+                end = next((j for j in range(i, len(lines)) if lines[j][1].strip() == "}"), None)
+                if end is None:
+                    raise line.error("the kernel body is not closed by '}'")
+                extra["body"] = _parse_body(lines[i:end], arrays)
+                i = end + 1
+            _parse_node(line, env, arrays, graph, make_node, name_scope, placeholder, extra)
+    if not closed:
+        raise ParseError("missing closing '}'")
     return graph
+
+
+def _parse_body(lines: list[tuple[int, str]], arrays: Mapping[str, np.ndarray]) -> Any:
+    from graphnn.ops.fused import FusedBody
+
+    text = "graph kernel {\n" + "\n".join(raw for _, raw in lines) + "\n}"
+    try:
+        return FusedBody(parse_graph(text, arrays))
+    except ParseError as e:
+        raise ParseError(f"in the kernel body starting at line {lines[0][0]}: {e}") from None
 
 
 def _comma_list(line: _Line) -> Any:
@@ -276,7 +317,8 @@ def _ref(line: _Line, env: Mapping[str, Node]) -> Node:
 
 
 def _parse_node(line: _Line, env: dict[str, Node], arrays: Mapping[str, np.ndarray],
-                graph: Graph, make_node: Any, name_scope: Any, placeholder: Any) -> None:
+                graph: Graph, make_node: Any, name_scope: Any, placeholder: Any,
+                extra: dict[str, Any]) -> None:
     key = line.take(kind="ref")[1:]
     if key in env:
         raise line.error(f"%{key} is defined twice")
@@ -304,12 +346,16 @@ def _parse_node(line: _Line, env: dict[str, Node], arrays: Mapping[str, np.ndarr
     if not line.done():
         raise line.error("unexpected text after the node")
     name = None if key.isdigit() else key
+    scope, _, origin_text = (line.comment or "").partition("<-")
+    origin = tuple(o.strip() for o in origin_text.split(",")) if origin_text.strip() else ()
     try:
-        with name_scope(line.comment) if line.comment else contextlib.nullcontext():
+        with name_scope(scope.strip(), absolute=True) if scope.strip() \
+                else contextlib.nullcontext():
             if op == "placeholder":
                 node = placeholder(shape, dtype, name=name)
             else:
-                node = make_node(op, inputs, attrs, name=name, graph=graph)
+                node = make_node(op, inputs, {**attrs, **extra}, name=name, graph=graph,
+                                 origin=origin)
     except GraphnnError as e:
         raise line.error(f"cannot build {op}: {e}") from None
     if node.shape != shape or node.dtype is not dtype:

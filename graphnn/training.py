@@ -156,14 +156,14 @@ class Trainer:
     def __init__(self, model: Module, optimizer: str | optim_mod.Optimizer = "adam",
                  loss: str | Callable[..., Node] = "cross_entropy",
                  metrics: Sequence[str | Callable[..., float]] = (), backend: str = "reference",
-                 loss_kwargs: dict[str, Any] | None = None) -> None:
+                 loss_kwargs: dict[str, Any] | None = None, opt_level: int = 0) -> None:
         self.model = model
         self.optimizer = optim_mod.get(optimizer)
         self.loss_fn = losses_mod.get(loss)
         self.loss_kwargs = loss_kwargs or {}
         self.metric_names = [m if isinstance(m, str) else m.__name__ for m in metrics]
         self.metric_fns = [metrics_mod.get(m) for m in metrics]
-        self.backend = backend
+        self.backend, self.opt_level = backend, opt_level
         self.session: Session | None = None  # type: ignore[assignment]
         self.stop_training = False
         self.epochs_done = 0
@@ -192,7 +192,7 @@ class Trainer:
             self.eval_loss = self.loss_fn(self.eval_output, self.y, **self.loss_kwargs)
             graph.outputs = (self.eval_output,)
         self.graph = graph
-        self.session = Session(graph, self.backend)
+        self.session = Session(graph, self.backend, opt_level=self.opt_level)
         self._micro = 0
 
     def variable_values(self) -> dict[Node, np.ndarray]:

@@ -31,7 +31,7 @@ NO_RULE = {
     "assign": "state write", "assign_add": "state write", "group": "no value",
     "full_like": "value does not depend on the input", "size": "integer-valued",
     "one_hot": "integer input", "argmax": "integer output", "argmin": "integer output",
-    "logical_not": "bool", "identity": "has a rule; listed for its bool use",
+    "logical_not": "bool", "fused": "built after differentiation, by the fusion passes",
 }
 
 # Rules checked by a dedicated test instead of finite differences, and where.

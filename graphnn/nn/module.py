@@ -171,12 +171,14 @@ class Module:
 
     # -- Keras-style training (graphnn.training.Trainer does the work) ---------------------------
     def compile(self, optimizer: Any = "adam", loss: Any = "cross_entropy",
-                metrics: Any = (), backend: str = "reference", **loss_kwargs: Any) -> None:
-        """Choose optimizer, loss and metrics; see ``graphnn.training.Trainer``."""
+                metrics: Any = (), backend: str = "reference", opt_level: int = 0,
+                **loss_kwargs: Any) -> None:
+        """Choose optimizer, loss, metrics, backend and optimisation level; see
+        ``graphnn.training.Trainer``."""
         from graphnn.training import Trainer
 
         object.__setattr__(self, "trainer", Trainer(self, optimizer, loss, metrics, backend,
-                                                    loss_kwargs))
+                                                    loss_kwargs, opt_level))
 
     def _trainer(self) -> Any:
         if not hasattr(self, "trainer"):

@@ -1,6 +1,7 @@
 """Every op-building function, in one namespace (re-exported as ``graphnn.*``)."""
 
 from graphnn.ops import backward as _backward  # noqa: F401 - registers the backward kernels
+from graphnn.ops import fused as _fused  # noqa: F401 - registers the fused-kernel op
 from graphnn.ops.conv import (
     conv,
     conv1d,

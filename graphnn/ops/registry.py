@@ -173,6 +173,7 @@ def make_node(
     *,
     name: str | None = None,
     graph: Graph | None = None,
+    origin: tuple[str, ...] = (),
 ) -> Node:
     """Validate, infer and append one node; the single entry point for building nodes.
 
@@ -200,7 +201,8 @@ def make_node(
     except (ShapeError, DTypeError, AttrError) as e:
         raise type(e)(context_message(op, ident, inputs, str(e))) from None
     node_name = g.unique_name(name) if name is not None else None
-    node = Node(op, tuple(inputs), canonical, tuple(shape), dtype, node_name, current_scope(), g)
+    node = Node(op, tuple(inputs), canonical, tuple(shape), dtype, node_name, current_scope(), g,
+                origin)
     return g.add(node)
 
 

@@ -30,6 +30,7 @@ COVERED_ELSEWHERE = {
     "assign_add": "tests/test_session.py",
     "group": "tests/test_session.py",
     "dropout": "tests/ops/test_dropout.py (statistics, determinism)",
+    "fused": "tests/passes/test_equivalence.py (every fused graph against its unfused form)",
     **{op: "backward kernel: checked by finite differences of its forward op "
            "(tests/test_autodiff.py)"
        for op in ("slice_grad", "take_grad", "gather_grad", "pad_grad", "conv_weight_grad",

@@ -1,0 +1,91 @@
+"""The ``graphnn`` command line.
+
+    graphnn dump MODEL [--opt-level 2] [--after PASS] [--batch 32] [--freeze] [--emit llvm]
+    graphnn passes
+
+MODEL is a built-in model name (``graphnn.models``: digits-cnn, mlp, cnn-bn) or a saved-model
+file. ``dump`` prints the IR after the whole pipeline, or after the first run of ``--after``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from graphnn.errors import GraphnnError
+
+
+def _graph(model: str, batch: int | None):  # type: ignore[no-untyped-def]
+    from graphnn import models
+    from graphnn.io.saved_model import load_model
+    from graphnn.passes.specialize import specialize
+
+    if os.path.exists(model):
+        graph = load_model(model).graph
+    else:
+        graph, _ = models.inference_graph(model)
+    if batch is not None:
+        graph = specialize(graph, {p.name: (batch, *p.shape[1:]) for p in graph.placeholders
+                                   if p.name is not None})
+    return graph
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from graphnn.passes import PassManager
+    from graphnn.text_ir import print_graph
+
+    if args.emit:
+        print(f"graphnn: --emit {args.emit}: no code generator is installed yet (the LLVM and "
+              "OpenCL backends are not part of this version)", file=sys.stderr)
+        return 2
+    graph = _graph(args.model, args.batch)
+    pm = PassManager(opt_level=args.opt_level, verify=True, dump_dir=args.dump_dir,
+                     variables_as_constants=args.freeze)
+    if args.after is not None and args.after not in [p for p, _ in pm.passes]:
+        print(f"graphnn: pass {args.after!r} is not in the O{args.opt_level} pipeline "
+              f"({', '.join(p for p, _ in pm.passes)})", file=sys.stderr)
+        return 2
+    pm.run(graph)
+    stage = next((s for s in pm.history if s.name == args.after), pm.history[-1])
+    print(f"# {args.model}, O{args.opt_level}, after {stage.name}")
+    print(print_graph(stage.graph))
+    if args.stats:
+        print(pm.report())
+    return 0
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    from graphnn.passes import PASSES, PIPELINES
+
+    for level, names in PIPELINES.items():
+        print(f"O{level}: {', '.join(names) or '(none)'}")
+    print("all passes: " + ", ".join(sorted(PASSES)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="graphnn", description="graphnn tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    dump = sub.add_parser("dump", help="print a model's IR after the optimisation passes")
+    dump.add_argument("model", help="built-in model name or saved-model file")
+    dump.add_argument("--opt-level", type=int, default=2, choices=[0, 1, 2, 3])
+    dump.add_argument("--after", help="show the graph after this pass")
+    dump.add_argument("--batch", type=int, help="specialise the batch dimension")
+    dump.add_argument("--freeze", action="store_true", help="treat weights as constants")
+    dump.add_argument("--emit", choices=["llvm", "asm", "opencl"], help="generated code")
+    dump.add_argument("--dump-dir", help="also write every stage (text and DOT) here")
+    dump.add_argument("--stats", action="store_true", help="print per-pass statistics")
+    dump.set_defaults(fn=cmd_dump)
+    passes = sub.add_parser("passes", help="list passes and optimisation levels")
+    passes.set_defaults(fn=cmd_passes)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except GraphnnError as e:
+        print(f"graphnn: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The pass manager (levels, verification, history, statistics, dumps), sessions with opt_level,
+and the CLI."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+from graphnn.passes import PIPELINES, PassError, PassManager, register_pass
+
+import graphnn as gn
+from graphnn import cli, models
+
+
+def test_levels_and_history() -> None:
+    assert PIPELINES[0] == [] and PIPELINES[3][-1] == "plan_memory"
+    graph, _ = models.inference_graph("mlp", batch=4)
+    pm = PassManager(opt_level=2, variables_as_constants=True)
+    pm.run(graph)
+    assert [s.name for s in pm.history] == ["input", *PIPELINES[2]]
+    kernels = [s.stats["kernels"] for s in pm.history]
+    assert kernels[0] == 12 and kernels[-1] == 4  # 3 transposes, 3 matmuls, ... -> 4 kernels
+    assert all(s.seconds >= 0 for s in pm.history)
+    assert "fuse_epilogue" in pm.report()
+    with pytest.raises(gn.GraphnnError, match="opt_level must be one of"):
+        PassManager(opt_level=7)
+    with pytest.raises(gn.GraphnnError, match="unknown pass 'nope'"):
+        PassManager(["nope"])
+
+
+def test_verifier_names_a_broken_pass() -> None:
+    def break_types(graph: gn.Graph) -> gn.Graph:
+        n = next(n for n in graph.nodes if n.op == "relu")
+        graph.nodes[graph.nodes.index(n)] = gn.Node("relu", n.inputs, n.attrs, (1,), n.dtype,
+                                                    n.name, n.scope, graph)
+        return graph
+
+    register_pass("break_types", break_types)
+    graph, _ = models.inference_graph("mlp", batch=2)
+    with pytest.raises(PassError, match="pass break_types failed: VerificationError"):
+        PassManager(["break_types"], verify=True).run(graph)
+
+
+def test_dumps_every_stage(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    graph, _ = models.inference_graph("digits-cnn", batch=2)
+    PassManager(opt_level=2, dump_dir=str(tmp_path)).run(graph)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[:2] == ["00_input.dot", "00_input.txt"] and "06_fuse_epilogue.txt" in names
+    text = (tmp_path / "06_fuse_epilogue.txt").read_text()
+    assert text.startswith("# graph digits_cnn, after fuse_epilogue") and "fused" in text
+    monkeypatch.setenv("GRAPHNN_DUMP", str(tmp_path / "env"))
+    PassManager(opt_level=1).run(graph)
+    assert (tmp_path / "env" / "04_dce.txt").exists()
+
+
+def test_session_opt_level_and_dump_dir(tmp_path: pathlib.Path) -> None:
+    graph, y = models.inference_graph("digits-cnn")
+    x = np.random.default_rng(0).random((5, 1, 8, 8)).astype(np.float32)
+    plain = gn.Session(graph).run(y, {"x": x})
+    optimized = gn.Session(graph, opt_level=3, dump_dir=str(tmp_path)).run(y, {"x": x})
+    np.testing.assert_allclose(optimized, plain, rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "00_input.txt").read_text().count("f32[5,1,8,8]") == 1  # specialised
+    custom = gn.Session(graph, passes=["fold_constants", "dce"]).run(y, {"x": x})
+    np.testing.assert_allclose(custom, plain, rtol=1e-6)
+
+
+def test_provenance_names_the_source_nodes_and_layer() -> None:
+    graph, _ = models.inference_graph("mlp", batch=2)
+    out = PassManager(opt_level=2, variables_as_constants=True).run(graph)
+    fused = next(n for n in out.nodes if n.op == "fused")
+    assert fused.scope == "1" and [o.split()[1] for o in fused.origin] == ["matmul", "add", "relu"]
+    assert "# 1 <- %" in str(out)
+
+
+def test_cli_dump_and_passes(capsys: pytest.CaptureFixture, tmp_path: pathlib.Path) -> None:
+    assert cli.main(["dump", "mlp", "--batch", "2", "--freeze"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# mlp, O2, after dce") and out.count("= fused[") == 3
+    assert cli.main(["dump", "digits-cnn", "--after", "simplify", "--opt-level", "1"]) == 0
+    assert "after simplify" in capsys.readouterr().out
+    assert cli.main(["dump", "mlp", "--emit", "llvm"]) == 2
+    assert "no code generator" in capsys.readouterr().err
+    assert cli.main(["dump", "mlp", "--after", "fuse_epilogue", "--opt-level", "1"]) == 2
+    assert cli.main(["passes"]) == 0
+    assert "O2: fold_constants" in capsys.readouterr().out
+    model = gn.nn.Sequential(gn.nn.Linear(3, 2))
+    model.compile("sgd")
+    model.fit(np.ones((4, 3), np.float32), np.zeros(4, np.int64), verbose=0)
+    gn.save_model(tmp_path / "m.gnn", model)
+    assert cli.main(["dump", str(tmp_path / "m.gnn"), "--opt-level", "0"]) == 0
+    assert "graph model {" in capsys.readouterr().out
