@@ -7,9 +7,11 @@ numpy dtype or type; anything else (float16, complex, strings) raises ``DTypeErr
 
 from __future__ import annotations
 
+import builtins
 import enum
 from typing import Any
 
+import numpy
 import numpy as np
 
 from graphnn.errors import DTypeError
@@ -25,20 +27,20 @@ class DType(enum.Enum):
     bool = "bool"
 
     @property
-    def np(self) -> np.dtype:
+    def np(self) -> numpy.dtype[Any]:
         """The numpy dtype with the same layout."""
         return _TO_NUMPY[self]
 
     @property
-    def is_float(self) -> bool:
+    def is_float(self) -> builtins.bool:
         return self in (DType.float32, DType.float64)
 
     @property
-    def is_int(self) -> bool:
+    def is_int(self) -> builtins.bool:
         return self in (DType.int32, DType.int64)
 
     @property
-    def is_bool(self) -> bool:
+    def is_bool(self) -> builtins.bool:
         return self is DType.bool
 
     @property
@@ -59,7 +61,7 @@ int32 = DType.int32
 int64 = DType.int64
 bool_ = DType.bool
 
-_TO_NUMPY = {
+_TO_NUMPY: dict[DType, numpy.dtype[Any]] = {
     DType.float32: np.dtype(np.float32),
     DType.float64: np.dtype(np.float64),
     DType.int32: np.dtype(np.int32),

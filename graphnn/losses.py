@@ -150,6 +150,9 @@ def cross_entropy(input: Node, target: Any, weight: Any = None, ignore_index: in
         t = _pair(input, target)
         if label_smoothing:
             c = input.shape[1]
+            if c is None:
+                raise ShapeError(f"cross_entropy: the class dimension of {input.type_str} must "
+                                 "be known")
             t = F.add(F.mul(t, 1 - label_smoothing), label_smoothing / c)
         per = F.neg(F.sum(F.mul(logp, t if weight is None else F.mul(t, _channel(input, weight))),
                           axis=1))

@@ -32,7 +32,8 @@ def lowbias32(x: np.ndarray) -> np.ndarray:
 def uniform(seed: int, counter: int, shape: tuple[int, ...]) -> np.ndarray:
     """float64 values in [0, 1) with 24 random bits each, as defined in the module docstring."""
     with np.errstate(over="ignore"):
-        key = lowbias32(lowbias32(np.uint32(seed & 0xFFFFFFFF)) ^ np.uint32(counter & 0xFFFFFFFF))
+        seed_bits = lowbias32(np.array([seed & 0xFFFFFFFF], np.uint32))
+        key = lowbias32(seed_bits ^ np.uint32(counter & 0xFFFFFFFF))[0]
         idx = np.arange(int(np.prod(shape)), dtype=np.uint64).astype(np.uint32)
         bits = lowbias32(lowbias32(idx ^ key) + key)
     return ((bits >> np.uint32(8)).astype(np.float64) * 2.0**-24).reshape(shape)

@@ -242,7 +242,7 @@ def _parse_array(line: _Line, node_key: str, arrays: Mapping[str, np.ndarray]) -
         if line.peek() == ",":
             line.take(",")
     line.take(")")
-    return ArrayValue(np.array(values, dtype=dtype.np).reshape(shape))
+    return ArrayValue(np.array(values, dtype=dtype.np).reshape([d or 0 for d in shape]))
 
 
 def parse_graph(text: str, arrays: Mapping[str, np.ndarray] | None = None) -> Graph:
@@ -345,16 +345,16 @@ def _parse_node(line: _Line, env: dict[str, Node], arrays: Mapping[str, np.ndarr
     line.take(")")
     if not line.done():
         raise line.error("unexpected text after the node")
-    name = None if key.isdigit() else key
+    node_name = None if key.isdigit() else key
     scope, _, origin_text = (line.comment or "").partition("<-")
     origin = tuple(o.strip() for o in origin_text.split(",")) if origin_text.strip() else ()
     try:
         with name_scope(scope.strip(), absolute=True) if scope.strip() \
                 else contextlib.nullcontext():
             if op == "placeholder":
-                node = placeholder(shape, dtype, name=name)
+                node = placeholder(shape, dtype, name=node_name)
             else:
-                node = make_node(op, inputs, {**attrs, **extra}, name=name, graph=graph,
+                node = make_node(op, inputs, {**attrs, **extra}, name=node_name, graph=graph,
                                  origin=origin)
     except GraphnnError as e:
         raise line.error(f"cannot build {op}: {e}") from None

@@ -94,7 +94,9 @@ class EarlyStopping(Callback):
 
     def on_train_end(self) -> None:
         if self.restore and self._best_weights is not None and self.stopped_epoch is not None:
-            self.trainer.session.load_variables(self._best_weights)
+            session = self.trainer.session
+            assert session is not None
+            session.load_variables(self._best_weights)
 
 
 class ModelCheckpoint(Callback):

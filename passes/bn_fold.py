@@ -39,7 +39,7 @@ def fold_batch_norm(graph: Graph) -> Graph:
         stats = [_c(i) for i in inputs[1:]]
         if any(s is None for s in stats):
             return None
-        m, v, g, beta = stats  # type: ignore[misc]
+        m, v, g, beta = (s for s in stats if s is not None)
         scale = g / np.sqrt(v + n.attrs["eps"])
         new_layer = inputs[0]
         origin = origin_of(graph, layer, n)

@@ -137,7 +137,7 @@ class PassManager:
             b = s.stats["intermediate_bytes"]
             rows.append(f"{s.name:<18} {s.stats['nodes']:>6} {s.stats['kernels']:>8} "
                         f"{'?' if b is None else f'{b:,}':>14} {s.seconds * 1e3:>8.2f}")
-        plan = self.history[-1].graph.meta.get("memory_plan")
+        plan: Any = self.history[-1].graph.meta.get("memory_plan")
         if plan is not None:
             rows.append(plan.report())
         return "\n".join(rows)

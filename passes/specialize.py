@@ -23,7 +23,7 @@ def specialize(graph: Graph, shapes: Mapping[str, Sequence[int]]) -> Graph:
     """Placeholders named in ``shapes`` take those shapes (checked against the known dims)."""
 
     def rule(n: Node, inputs: list[Node]) -> Node | None:
-        if n.op != "placeholder" or n.name not in shapes:
+        if n.op != "placeholder" or n.name is None or n.name not in shapes:
             return None
         shape = tuple(int(d) for d in shapes[n.name])
         if len(shape) != n.ndim or any(d is not None and d != s for d, s in zip(n.shape, shape)):

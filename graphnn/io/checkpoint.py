@@ -33,8 +33,9 @@ def write_npz_atomic(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarr
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            payload = {_META: np.frombuffer(json.dumps(dict(meta)).encode(), np.uint8)}
-            np.savez(f, **payload, **arrays)
+            payload: dict[str, Any] = dict(arrays)
+            payload[_META] = np.frombuffer(json.dumps(dict(meta)).encode(), np.uint8)
+            np.savez(f, **payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -70,7 +71,7 @@ def save_checkpoint(path: str | os.PathLike[str], session: Any,
     """Save ``variables`` (all of the session's graph by default) and the run counter."""
     nodes = list(variables) if variables is not None else session.graph.variables
     values = session.run(nodes)
-    arrays = {n.name: v for n, v in zip(nodes, values)}
+    arrays = {str(n.name): v for n, v in zip(nodes, values)}
     write_npz_atomic(path, arrays, {"format": FORMAT, "run_counter": session.run_counter, **meta})
 
 
@@ -82,7 +83,8 @@ def load_checkpoint(path: str | os.PathLike[str], session: Any,
              shape differs (with both shapes); nothing is changed then.
     """
     arrays, meta = read_npz(path, FORMAT)
-    nodes = {n.name: n for n in (variables if variables is not None else session.graph.variables)}
+    nodes = {str(n.name): n
+             for n in (variables if variables is not None else session.graph.variables)}
     missing, unexpected = sorted(set(nodes) - set(arrays)), sorted(set(arrays) - set(nodes))
     if missing or unexpected:
         raise SerializationError(f"{path} does not match the model: missing {missing}, "

@@ -43,6 +43,14 @@ class Module:
     implement ``forward(*inputs) -> Node``, reading parameters with ``self.var(name)``.
     """
 
+    _params: dict[str, Parameter]
+    _children: dict[str, Module]
+    training: bool
+    _path: str | None
+    _graph: Graph | None
+    _updates: list[Node]
+    trainer: Any
+
     def __init__(self) -> None:
         object.__setattr__(self, "_params", {})
         object.__setattr__(self, "_children", {})
@@ -85,7 +93,7 @@ class Module:
     def children(self) -> list[Module]:
         return list(self._children.values())
 
-    def num_parameters(self, trainable_only: bool = True) -> int:
+    def count_parameters(self, trainable_only: bool = True) -> int:
         return int(sum(p.value.size for p in self.parameters(trainable_only)))
 
     # -- modes -----------------------------------------------------------------------------------
@@ -208,7 +216,7 @@ class Module:
         for name, child in self._children.items():
             body = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")
-        lines.append(f")  # {self.num_parameters(False):,} params")
+        lines.append(f")  # {self.count_parameters(False):,} params")
         return "\n".join(lines)
 
 

@@ -52,7 +52,7 @@ def _take_grad(dy: np.ndarray, idx: np.ndarray, x: np.ndarray, *, axis: int) -> 
 
 def _gather_grad(dy: np.ndarray, idx: np.ndarray, x: np.ndarray, *, axis: int) -> np.ndarray:
     out = np.zeros(x.shape, dy.dtype)
-    grid = list(np.indices(idx.shape, sparse=True))
+    grid: list[Any] = list(np.indices(idx.shape, sparse=True))
     grid[axis] = idx % x.shape[axis]
     np.add.at(out, tuple(grid), dy)
     return out
@@ -62,8 +62,9 @@ def _pad_grad(dy: np.ndarray, x: np.ndarray, *, pads: tuple, mode: str, value: f
     # Which input element each padded position copies (np.pad of the index ranges), then add back.
     nd = x.ndim
     out = np.zeros(x.shape, dy.dtype)
+    pad_mode: Any = mode
     src = [np.pad(np.arange(d), (pads[i], pads[i + nd]), mode="constant", constant_values=-1)
-           if mode == "constant" else np.pad(np.arange(d), (pads[i], pads[i + nd]), mode=mode)
+           if mode == "constant" else np.pad(np.arange(d), (pads[i], pads[i + nd]), mode=pad_mode)
            for i, d in enumerate(x.shape)]
     grid = np.ix_(*src)
     valid = np.ones(dy.shape, bool)
@@ -170,9 +171,10 @@ def _adaptive_grad(dy: np.ndarray, x: np.ndarray, *, output_size: tuple, mode: s
         g = dy[(slice(None), slice(None)) + pos]
         win = x[sel]
         if mode == "avg":
-            out[sel] += (g / win[0, 0].size)[(...,) + (None,) * len(pos)]
+            share: Any = g / win[0, 0].size
+            out[sel] += share.reshape(share.shape + (1,) * len(pos))
             continue
-        flat = win.reshape(win.shape[:2] + (-1,))
+        flat: Any = win.reshape(win.shape[:2] + (-1,))
         hit = np.arange(flat.shape[2]) == np.argmax(flat, axis=2)[..., None]
         out[sel] += (hit * g[..., None]).reshape(win.shape)
     return out

@@ -211,17 +211,18 @@ def resolve_padding(padding: Padding, nd: int, spatial: Sequence[Dim], kernel: S
             raise AttrError(f"padding must be 'same', 'valid', ints or pairs, got {padding!r}")
         begins, ends = [], []
         for size, k, s, d in zip(spatial, kernel, stride, dilation):
-            if size is None and s != 1:
+            if s == 1:  # output size L: the padding does not depend on L
+                total = d * (k - 1)
+            elif size is None:
                 raise ShapeError("padding='same' with stride > 1 needs a known input size")
-            out = size if s == 1 or size is None else -(-size // s)
-            total = d * (k - 1) if s == 1 or size is None else max((out - 1) * s + d * (k - 1) + 1
-                                                                   - size, 0)
+            else:  # output size ceil(L / s)
+                total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
             begins.append(total // 2)
             ends.append(total - total // 2)
         return tuple(begins + ends)
     if isinstance(padding, (int, np.integer)):
         return (int(padding),) * (2 * nd)
-    items = list(padding)
+    items: list[Any] = list(padding)
     if len(items) == nd and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in items):
         return tuple(int(p[0]) for p in items) + tuple(int(p[1]) for p in items)
     if len(items) == nd and all(isinstance(p, (int, np.integer)) for p in items):
@@ -336,7 +337,8 @@ def _g_conv(n: Node, dy: Node) -> list[Node | None]:
         out_pad.append(span % a["stride"][i])  # input rows the strided windows never reached
     dx = make_node("conv_transpose", [dy, w], {**base, "output_padding": tuple(out_pad)})
     dw = make_node("conv_weight_grad", [x, dy], {**base, "kernel_size": tuple(w.shape[2:])})
-    return [dx, dw] + ([_bias_grad(dy)] if len(n.inputs) == 3 else [])
+    grads: list[Node | None] = [dx, dw]
+    return grads + ([_bias_grad(dy)] if len(n.inputs) == 3 else [])
 
 
 @def_gradient("conv_transpose")
@@ -347,4 +349,5 @@ def _g_conv_transpose(n: Node, dy: Node) -> list[Node | None]:
             "groups": a["groups"]}
     dx = make_node("conv", [dy, w], base)  # conv is the adjoint of the transposed conv
     dw = make_node("conv_weight_grad", [dy, x], {**base, "kernel_size": tuple(w.shape[2:])})
-    return [dx, dw] + ([_bias_grad(dy)] if len(n.inputs) == 3 else [])
+    grads: list[Node | None] = [dx, dw]
+    return grads + ([_bias_grad(dy)] if len(n.inputs) == 3 else [])

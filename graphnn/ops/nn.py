@@ -381,10 +381,10 @@ def _group_norm_def(n: Node, x: Node, *affine: Node) -> Node:
     from graphnn.ops import api as F
 
     g = n.attrs["num_groups"]
-    rest = [d for d in x.shape[1:]]
-    if any(d is None for d in rest):
+    if any(d is None for d in x.shape[1:]):
         raise ShapeError("group_norm gradient needs the channel and spatial sizes to be known")
-    grouped = F.reshape(x, (-1, g, int(np.prod(rest)) // g))
+    rest = math.prod(d for d in x.shape[1:] if d is not None)
+    grouped = F.reshape(x, (-1, g, rest // g))
     y = F.reshape_like(_normalise(grouped, (2,), n.attrs["eps"]), x)
     y = F.mul(y, _per_channel(affine[0], x.ndim)) if affine else y
     return F.add(y, _per_channel(affine[1], x.ndim)) if len(affine) > 1 else y

@@ -297,7 +297,7 @@ def _pad(x: np.ndarray, pads: tuple[int, ...], mode: str, value: float) -> np.nd
     width = [(pads[i], pads[i + nd]) for i in range(nd)]
     if mode == "constant":
         return np.pad(x, width, mode="constant", constant_values=value)
-    return np.pad(x, width, mode=mode)
+    return np.pad(x, width, mode=mode)  # type: ignore[call-overload]
 
 
 register(OpDef("pad", _pad_infer, _pad,
@@ -448,7 +448,7 @@ def split(x: TensorLike, split_size_or_sections: int | Sequence[int], axis: int 
             raise ShapeError(f"split: sections {sections} do not sum to axis size {size}")
     out, start = [], 0
     for i, n in enumerate(sections):
-        starts = [None] * x.ndim
+        starts: list[int | None] = [None] * x.ndim
         stops: list[int | None] = [None] * x.ndim
         starts[ax], stops[ax] = start, start + n
         out.append(slice_(x, starts, stops, name=f"{name}_{i}" if name else None))
@@ -518,7 +518,7 @@ def getitem(x: Node, index: Any) -> Node:
             not isinstance(index, Node) and np.asarray(index).dtype == np.bool_
         ):
             raise GraphError("boolean-mask indexing has a data-dependent shape; use graphnn.where")
-        return take(x, index, axis=0)
+        return take(x, index if isinstance(index, Node) else np.asarray(index), axis=0)
     items = list(index) if isinstance(index, tuple) else [index]
     n_real = sum(1 for i in items if i is not None and i is not Ellipsis)
     if items.count(Ellipsis) > 1:
@@ -751,6 +751,6 @@ def _g_tile(n: Node, dy: Node) -> list[Node | None]:
     x, reps = n.inputs[0], n.attrs["repeats"]
     if any(d is None for d in x.shape):
         raise ShapeError("tile gradient needs the input shape to be known")
-    split = [v for r, d in zip(reps, x.shape) for v in (r, d)]
+    split = [int(v) for r, d in zip(reps, x.shape) for v in (r, d) if v is not None]
     summed = reduce_sum(reshape(dy, split), axis=tuple(range(0, 2 * x.ndim, 2)))
     return [summed]

@@ -15,7 +15,7 @@ import numpy as np
 
 from graphnn.dtypes import DType
 from graphnn.errors import DTypeError, ShapeError
-from graphnn.ir import Attrs, Node, Shape, get_default_graph
+from graphnn.ir import Attrs, Graph, Node, Shape, get_default_graph
 from graphnn.ops.elementwise import TensorLike
 from graphnn.ops.registry import OpDef, make_node, register
 from graphnn.ops.source import as_node, constant
@@ -76,13 +76,13 @@ def group(*ops: Node, name: str | None = None) -> Node:
     return make_node("group", list(ops), name=name)
 
 
-def global_variables_initializer(graph: object = None) -> Node:
+def global_variables_initializer(graph: Graph | None = None) -> Node:
     """A ``group`` that (re)sets every variable of the graph to its initial value.
 
     Sessions also initialise variables lazily on first use, so running this is optional; it
     resets trained values, as in TensorFlow 1.
     """
     g = graph or get_default_graph()
-    with g:  # type: ignore[attr-defined]
+    with g:
         assigns = [make_node("assign", [v, constant(v.attrs["init"].array)]) for v in g.variables]
         return group(*assigns, name="init")

@@ -10,7 +10,7 @@ Update rules follow PyTorch's ``torch.optim`` documentation line by line.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -249,7 +249,7 @@ class Adagrad(Optimizer):
         return [F.assign(s, s_new), F.assign(p, F.sub(p, step))]
 
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW,
+OPTIMIZERS: dict[str, Callable[[], Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW,
                                           "rmsprop": RMSprop, "adagrad": Adagrad}
 
 

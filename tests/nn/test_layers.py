@@ -44,7 +44,7 @@ def test_module_api() -> None:
                      "1.running_var", "4.weight", "4.bias"]
     assert [n for n, _ in model.named_parameters(trainable_only=True)] == \
         ["0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "4.bias"]
-    assert model.num_parameters() == 40 + 8 + 144 * 2 + 2
+    assert model.count_parameters() == 40 + 8 + 144 * 2 + 2
     text = repr(model)
     assert "(0): Conv2d(1, 4, kernel_size=(3, 3)" in text and "# 40 params" in text
     assert text.rstrip().endswith("# 346 params")
