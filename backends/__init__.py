@@ -42,7 +42,14 @@ def _reference() -> Backend:
     return ReferenceBackend()
 
 
+def _llvm() -> Backend:
+    from graphnn.backends.llvm import LLVMBackend
+
+    return LLVMBackend()
+
+
 register_backend("reference", _reference)
+register_backend("llvm", _llvm)
 
 __all__ = ["Backend", "Executable", "RunResult", "available_backends", "get_backend",
            "register_backend"]

@@ -47,6 +47,8 @@ class Session:
         self.graph = graph if graph is not None else get_default_graph()
         self.backend = get_backend(backend)
         self.opt_level, self.passes, self.dump_dir = opt_level, passes, dump_dir
+        if dump_dir is not None and hasattr(self.backend, "dump_dir"):
+            self.backend.dump_dir = dump_dir  # generated code goes beside the pass dumps
         self._state: dict[Node, np.ndarray] = {}
         self._counter = 0  # successful runs that drew random numbers; random ops key on it
         self._cache: dict[tuple[Any, ...], Executable] = {}
@@ -85,7 +87,8 @@ class Session:
         return rebuild(result.outputs)
 
     def _compile(self, fetches: list[Node], feeds: dict[Node, np.ndarray]) -> Executable:
-        if not self.opt_level and self.passes is None:
+        static = getattr(self.backend, "static_shapes", False)  # compiles per fed shape
+        if not self.opt_level and self.passes is None and not static:
             return self.backend.compile(self.graph, fetches)
         from graphnn.passes import PassManager
         from graphnn.passes.specialize import specialize

@@ -14,6 +14,7 @@ import zlib
 
 import numpy as np
 import pytest
+from graphnn.backends import available_backends
 
 import graphnn as gn
 from tests.ops import cases_nn  # noqa: F401 - registers the NN rows
@@ -51,8 +52,9 @@ def _loss_graph(case: Case, arrays: list[np.ndarray]):  # type: ignore[no-untype
     return g, nodes, loss
 
 
+@pytest.mark.parametrize("backend", available_backends())
 @pytest.mark.parametrize("case", ROWS)
-def test_gradient_matches_finite_differences(case: Case) -> None:
+def test_gradient_matches_finite_differences(case: Case, backend: str) -> None:
     rng = np.random.default_rng(zlib.crc32(case.id.encode()))
     arrays = [spec.make(rng, "float64") for spec in case.inputs]
     g, nodes, loss = _loss_graph(case, arrays)
@@ -65,7 +67,7 @@ def test_gradient_matches_finite_differences(case: Case) -> None:
         except gn.GraphError as e:
             assert "not differentiable" in str(e), str(e)
             continue
-        sess = gn.Session(g)
+        sess = gn.Session(g, backend=backend)
         feeds = dict(zip(nodes, arrays))
         analytic = np.zeros_like(arr) if grad is None else sess.run(grad, feeds)
         assert analytic.shape == arr.shape and analytic.dtype == arr.dtype

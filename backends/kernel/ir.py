@@ -1,0 +1,215 @@
+"""The kernel IR: the loop-level program every code-generating backend renders.
+
+A ``Kernel`` has buffer parameters (dtype, static shape, contiguous row-major) and a body of
+statements: ``Loop`` (a counted loop, optionally marked parallel or vectorisable), ``Store``
+(buffer[index] = value), ``Declare``/``Assign`` (scalar locals, for reductions). Expressions are
+scalar: constants, loop variables, local variables, ``Load`` (buffer[index]), ``Unary``/``Binary``
+math, ``Select``, ``Cast``. Index expressions are int64 arithmetic over loop variables (affine in
+everything lowered so far). The LLVM backend renders this IR with llvmlite's IRBuilder; the OpenCL
+backend will render the same IR as OpenCL C (tinygrad's UOps and TVM's TIR play this role).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from graphnn.dtypes import DType
+
+# -- expressions -------------------------------------------------------------------------------
+
+UNARY_OPS = frozenset({"neg", "abs", "exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tanh",
+                       "erf", "floor", "ceil", "round", "not"})
+BINARY_OPS = frozenset({"add", "sub", "mul", "div", "pow", "max", "min", "lt", "le", "gt", "ge",
+                        "eq", "ne", "and", "or", "xor"})
+COMPARISONS = frozenset({"lt", "le", "gt", "ge", "eq", "ne"})
+
+
+@dataclass(frozen=True)
+class Const:
+    value: float | int | bool
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Var:
+    """A loop variable (int64) or a scalar local declared with ``Declare``."""
+
+    name: str
+    dtype: DType = DType.int64
+
+
+@dataclass(frozen=True)
+class Load:
+    buf: int  # parameter position
+    index: Expr
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Unary:
+    op: str
+    a: Expr
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Binary:
+    op: str
+    a: Expr
+    b: Expr
+    dtype: DType  # the result's: bool for comparisons
+
+
+@dataclass(frozen=True)
+class Select:
+    cond: Expr
+    a: Expr
+    b: Expr
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Cast:
+    a: Expr
+    dtype: DType
+
+
+Expr = Const | Var | Load | Unary | Binary | Select | Cast
+
+# -- statements ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Store:
+    buf: int
+    index: Expr
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Declare:
+    name: str
+    dtype: DType
+    init: Expr
+
+
+@dataclass(frozen=True)
+class Assign:
+    name: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Loop:
+    var: str
+    extent: int
+    body: tuple[Stmt, ...]
+    parallel: bool = False  # iterations are independent (the outer loop of a kernel)
+    vectorize: bool = False  # the innermost, unit-stride loop
+
+
+Stmt = Store | Declare | Assign | Loop
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    output: bool = False
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One function: ``name(params...)``; ``source`` names the graph nodes it computes."""
+
+    name: str
+    params: tuple[Param, ...]
+    body: tuple[Stmt, ...]
+    source: tuple[str, ...] = field(default=())
+
+
+# -- helpers for building index arithmetic ------------------------------------------------------
+
+
+def const_i(v: int) -> Const:
+    return Const(int(v), DType.int64)
+
+
+def add_i(a: Expr, b: Expr) -> Expr:
+    if isinstance(a, Const) and a.value == 0:
+        return b
+    if isinstance(b, Const) and b.value == 0:
+        return a
+    return Binary("add", a, b, DType.int64)
+
+
+def mul_i(a: Expr, k: int) -> Expr:
+    if k == 0:
+        return const_i(0)
+    if k == 1:
+        return a
+    return Binary("mul", a, const_i(k), DType.int64)
+
+
+def linear_index(vars_: list[Expr], strides: list[int]) -> Expr:
+    """sum(var_d * stride_d): the flat offset of a multi-index (stride 0 = broadcast)."""
+    out: Expr = const_i(0)
+    for v, s in zip(vars_, strides):
+        out = add_i(out, mul_i(v, s))
+    return out
+
+
+def row_major_strides(shape: tuple[int, ...]) -> list[int]:
+    strides, acc = [], 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc *= d
+    return strides[::-1]
+
+
+def format_kernel(k: Kernel) -> str:
+    """A readable listing of the kernel IR (dumped as ``*.kir``)."""
+    params = ", ".join(f"{'out ' if p.output else ''}{p.name}: {p.dtype.value}{list(p.shape)}"
+                       for p in k.params)
+    lines = [f"kernel {k.name}({params})  # {', '.join(k.source)}"]
+
+    def expr(e: Expr) -> str:
+        if isinstance(e, Const):
+            return repr(e.value)
+        if isinstance(e, Var):
+            return e.name
+        if isinstance(e, Load):
+            return f"{k.params[e.buf].name}[{expr(e.index)}]"
+        if isinstance(e, Unary):
+            return f"{e.op}({expr(e.a)})"
+        if isinstance(e, Binary):
+            return f"{e.op}({expr(e.a)}, {expr(e.b)})"
+        if isinstance(e, Select):
+            return f"select({expr(e.cond)}, {expr(e.a)}, {expr(e.b)})"
+        return f"{e.dtype.value}({expr(e.a)})"
+
+    def stmt(s: Stmt, depth: int) -> None:
+        pad = "  " * depth
+        if isinstance(s, Loop):
+            tags = " parallel" * s.parallel + " vectorize" * s.vectorize
+            lines.append(f"{pad}for {s.var} in 0..{s.extent}:{tags}")
+            for b in s.body:
+                stmt(b, depth + 1)
+        elif isinstance(s, Store):
+            lines.append(f"{pad}{k.params[s.buf].name}[{expr(s.index)}] = {expr(s.value)}")
+        elif isinstance(s, Declare):
+            lines.append(f"{pad}{s.dtype.value} {s.name} = {expr(s.init)}")
+        else:
+            lines.append(f"{pad}{s.name} = {expr(s.value)}")
+
+    for s in k.body:
+        stmt(s, 1)
+    return "\n".join(lines)

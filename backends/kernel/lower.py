@@ -1,0 +1,416 @@
+"""Lowering graph nodes to kernel IR, once for every code-generating backend.
+
+``lower(node) -> Kernel | None``: None means the op has no lowering yet and the executable runs
+its numpy reference instead (``UNLOWERED`` lists which ops, so the gap is visible).
+
+Elementwise math is written once, in ``SCALAR``: each op's formula in the kernel IR's primitive
+operations, with numpy's semantics (NaN propagates through max/min and relu, integer division
+truncates, round is half-to-even). Fused elementwise kernels compose those formulas over the
+body graph; reductions fold them into the accumulation loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from graphnn.backends.kernel.ir import (
+    Assign,
+    Binary,
+    Cast,
+    Const,
+    Declare,
+    Expr,
+    Kernel,
+    Load,
+    Loop,
+    Param,
+    Select,
+    Stmt,
+    Store,
+    Unary,
+    Var,
+    add_i,
+    const_i,
+    linear_index,
+    row_major_strides,
+)
+
+from graphnn.dtypes import DType
+from graphnn.ir import Attrs, Node
+
+ScalarFn = Callable[[list[Expr], Attrs, DType], Expr]
+
+
+def _c(v: float, dt: DType) -> Const:
+    return Const(bool(v) if dt.is_bool else int(v) if dt.is_int else float(v), dt)
+
+
+def _un(op: str) -> ScalarFn:
+    return lambda a, at, dt: Unary(op, a[0], dt)
+
+
+def _bin(op: str) -> ScalarFn:
+    return lambda a, at, dt: Binary(op, a[0], a[1], dt)
+
+
+def _cmp(op: str) -> ScalarFn:
+    return lambda a, at, dt: Binary(op, a[0], a[1], DType.bool)
+
+
+def _max(a: Expr, b: Expr, dt: DType) -> Expr:
+    return Binary("max", a, b, dt)
+
+
+def _min(a: Expr, b: Expr, dt: DType) -> Expr:
+    return Binary("min", a, b, dt)
+
+
+def _mul(a: Expr, b: Expr, dt: DType) -> Expr:
+    return Binary("mul", a, b, dt)
+
+
+def _add(a: Expr, b: Expr, dt: DType) -> Expr:
+    return Binary("add", a, b, dt)
+
+
+def _sigmoid(x: Expr, dt: DType) -> Expr:
+    return Binary("div", _c(1, dt), _add(_c(1, dt), Unary("exp", Unary("neg", x, dt), dt), dt), dt)
+
+
+def _softplus(x: Expr, dt: DType) -> Expr:  # max(x, 0) + log1p(exp(-|x|)): no overflow
+    return _add(_max(x, _c(0, dt), dt),
+                Unary("log1p", Unary("exp", Unary("neg", Unary("abs", x, dt), dt), dt), dt), dt)
+
+
+def _sign(a: list[Expr], at: Attrs, dt: DType) -> Expr:
+    x = a[0]
+    s: Expr = Select(Binary("gt", x, _c(0, dt), DType.bool), _c(1, dt),
+                     Select(Binary("lt", x, _c(0, dt), DType.bool), _c(-1, dt), _c(0, dt), dt), dt)
+    return Select(Binary("ne", x, x, DType.bool), x, s, dt) if dt.is_float else s
+
+
+def _relu(a: list[Expr], at: Attrs, dt: DType) -> Expr:  # NaN stays NaN, as np.maximum
+    return Select(Binary("lt", a[0], _c(0, dt), DType.bool), _c(0, dt), a[0], dt)
+
+
+def _gelu(a: list[Expr], at: Attrs, dt: DType) -> Expr:
+    x, half = a[0], _c(0.5, dt)
+    if at["approximate"] == "tanh":
+        inner = _mul(_c(math.sqrt(2 / math.pi), dt),
+                     _add(x, _mul(_c(0.044715, dt), _mul(x, _mul(x, x, dt), dt), dt), dt), dt)
+        return _mul(_mul(half, x, dt), _add(_c(1, dt), Unary("tanh", inner, dt), dt), dt)
+    erf = Unary("erf", _mul(x, _c(1 / math.sqrt(2), dt), dt), dt)
+    return _mul(_mul(half, x, dt), _add(_c(1, dt), erf, dt), dt)
+
+
+def _clip(lo: float | None, hi: float | None, x: Expr, dt: DType) -> Expr:
+    out = x if lo is None else Select(Binary("lt", x, _c(lo, dt), DType.bool), _c(lo, dt), x, dt)
+    if hi is not None:
+        out = Select(Binary("gt", out, _c(hi, dt), DType.bool), _c(hi, dt), out, dt)
+    return out
+
+
+def _cast(a: list[Expr], at: Attrs, dt: DType) -> Expr:
+    if dt.is_bool:  # nonzero is True, as numpy
+        return Binary("ne", a[0], _c(0, a[0].dtype), DType.bool)
+    return Cast(a[0], dt)
+
+
+SELU_A, SELU_S = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+SCALAR: dict[str, ScalarFn] = {
+    "add": _bin("add"), "sub": _bin("sub"), "mul": _bin("mul"), "div": _bin("div"),
+    "pow": _bin("pow"), "maximum": _bin("max"), "minimum": _bin("min"),
+    "equal": _cmp("eq"), "not_equal": _cmp("ne"), "less": _cmp("lt"), "less_equal": _cmp("le"),
+    "greater": _cmp("gt"), "greater_equal": _cmp("ge"),
+    "logical_and": _cmp("and"), "logical_or": _cmp("or"), "logical_xor": _cmp("xor"),
+    "logical_not": lambda a, at, dt: Unary("not", a[0], DType.bool),
+    "where": lambda a, at, dt: Select(a[0], a[1], a[2], dt),
+    "neg": _un("neg"), "abs": _un("abs"), "exp": _un("exp"), "log": _un("log"),
+    "log1p": _un("log1p"), "expm1": _un("expm1"), "sqrt": _un("sqrt"), "sin": _un("sin"),
+    "cos": _un("cos"), "tanh": _un("tanh"), "erf": _un("erf"), "floor": _un("floor"),
+    "ceil": _un("ceil"), "round": _un("round"), "sign": _sign,
+    "rsqrt": lambda a, at, dt: Binary("div", _c(1, dt), Unary("sqrt", a[0], dt), dt),
+    "reciprocal": lambda a, at, dt: Binary("div", _c(1, dt), a[0], dt),
+    "sigmoid": lambda a, at, dt: _sigmoid(a[0], dt),
+    "relu": _relu,
+    "leaky_relu": lambda a, at, dt: Select(Binary("ge", a[0], _c(0, dt), DType.bool), a[0],
+                                           _mul(a[0], _c(at["negative_slope"], dt), dt), dt),
+    "elu": lambda a, at, dt: Select(Binary("gt", a[0], _c(0, dt), DType.bool), a[0],
+                                    _mul(_c(at["alpha"], dt), Unary("expm1", a[0], dt), dt), dt),
+    "selu": lambda a, at, dt: _mul(_c(SELU_S, dt), Select(
+        Binary("gt", a[0], _c(0, dt), DType.bool), a[0],
+        _mul(_c(SELU_A, dt), Unary("expm1", a[0], dt), dt), dt), dt),
+    "celu": lambda a, at, dt: Select(
+        Binary("gt", a[0], _c(0, dt), DType.bool), a[0],
+        _mul(_c(at["alpha"], dt), Unary("expm1", Binary("div", a[0], _c(at["alpha"], dt), dt),
+                                        dt), dt), dt),
+    "gelu": _gelu,
+    "silu": lambda a, at, dt: _mul(a[0], _sigmoid(a[0], dt), dt),
+    "mish": lambda a, at, dt: _mul(a[0], Unary("tanh", _softplus(a[0], dt), dt), dt),
+    "softplus": lambda a, at, dt: Select(
+        Binary("gt", _mul(a[0], _c(at["beta"], dt), dt), _c(at["threshold"], dt), DType.bool),
+        a[0], Binary("div", _softplus(_mul(a[0], _c(at["beta"], dt), dt), dt),
+                     _c(at["beta"], dt), dt), dt),
+    "softsign": lambda a, at, dt: Binary("div", a[0], _add(_c(1, dt), Unary("abs", a[0], dt), dt),
+                                         dt),
+    "hard_sigmoid": lambda a, at, dt: _clip(0, 1, _add(_mul(a[0], _c(at["alpha"], dt), dt),
+                                                       _c(at["beta"], dt), dt), dt),
+    "hard_swish": lambda a, at, dt: _mul(a[0], _clip(0, 1, _add(
+        Binary("div", a[0], _c(6, dt), dt), _c(0.5, dt), dt), dt), dt),
+    "hard_tanh": lambda a, at, dt: _clip(at["min_val"], at["max_val"], a[0], dt),
+    "clip": lambda a, at, dt: _clip(at["min"], at["max"], a[0], dt),
+    "identity": lambda a, at, dt: a[0],
+    "cast": _cast,
+    "assign": lambda a, at, dt: a[1],
+    "assign_add": _bin("add"),
+    "broadcast_to": lambda a, at, dt: a[0],
+    "broadcast_like": lambda a, at, dt: a[0],
+}
+
+
+# -- elementwise kernels --------------------------------------------------------------------------
+
+
+def _broadcast_strides(shape: tuple[int, ...], out: tuple[int, ...]) -> list[int]:
+    """Strides of ``shape`` (right-aligned) addressed with ``out``'s multi-index: 0 to broadcast."""
+    strides = row_major_strides(shape)
+    lead = len(out) - len(shape)
+    return [0 if d < lead or shape[d - lead] == 1 and out[d] != 1 else strides[d - lead]
+            for d in range(len(out))]
+
+
+def _nest(shape: Sequence[int], body: list[Stmt], prefix: str = "i") -> tuple[Stmt, ...]:
+    """Loops over ``shape`` (outermost parallel, innermost vectorisable) around ``body``."""
+    stmts: tuple[Stmt, ...] = tuple(body)
+    n = len(shape)
+    for d in reversed(range(n)):
+        stmts = (Loop(f"{prefix}{d}", int(shape[d]), stmts, parallel=d == 0,
+                      vectorize=d == n - 1),)
+    return stmts
+
+
+def elementwise_kernel(name: str, inputs: Sequence[tuple[DType, tuple[int, ...]]],
+                       out: tuple[DType, tuple[int, ...]],
+                       build: Callable[[list[Expr]], Expr], source: tuple[str, ...]) -> Kernel:
+    """out[i] = build(loads of each input at i, broadcast) over the output's index space."""
+    out_dt, out_shape = out
+    params = tuple(Param(f"in{k}", dt, s) for k, (dt, s) in enumerate(inputs)) + (
+        Param("out", out_dt, out_shape, output=True),)
+    size = math.prod(out_shape)
+    flat = all(math.prod(s) in (size, 1) and (s == out_shape or math.prod(s) == 1)
+               for _, s in inputs)
+    if flat:  # one unit-stride loop: what vectorises best
+        i = Var("i0")
+        loads: list[Expr] = [Load(k, i if math.prod(s) == size else const_i(0), dt)
+                             for k, (dt, s) in enumerate(inputs)]
+        body = _nest((size,), [Store(len(inputs), i, build(loads))])
+    else:
+        vars_: list[Expr] = [Var(f"i{d}") for d in range(len(out_shape))]
+        loads = [Load(k, linear_index(vars_, _broadcast_strides(s, out_shape)), dt)
+                 for k, (dt, s) in enumerate(inputs)]
+        index = linear_index(vars_, row_major_strides(out_shape))
+        body = _nest(out_shape, [Store(len(inputs), index, build(loads))])
+    return Kernel(name, params, body, source)
+
+
+def _static(node: Node) -> tuple[int, ...]:
+    assert all(d is not None for d in node.shape), node
+    return tuple(int(d) for d in node.shape if d is not None)
+
+
+def _lower_elementwise(node: Node, name: str) -> Kernel:
+    fn = SCALAR[node.op]
+    ins = [(i.dtype, _static(i)) for i in node.inputs]
+    return elementwise_kernel(name, ins, (node.dtype, _static(node)),
+                              lambda loads: fn(loads, node.attrs, node.dtype), (node.op,))
+
+
+def _lower_fused_elementwise(node: Node, name: str) -> Kernel | None:
+    body = node.attrs["body"].graph
+    if any(not _scalar_ok(n) and n.op not in ("placeholder", "constant") for n in body.nodes):
+        return None
+    ins = [(i.dtype, _static(i)) for i in node.inputs]
+
+    def build(loads: list[Expr]) -> Expr:
+        env: dict[Node, Expr] = {}
+        params = iter(loads)
+        for n in body.nodes:
+            if n.op == "placeholder":
+                env[n] = next(params)
+            elif n.op == "constant":
+                env[n] = _c(n.attrs["value"].array.reshape(-1)[0].item(), n.dtype)
+            else:
+                env[n] = SCALAR[n.op]([env[i] for i in n.inputs], n.attrs, n.dtype)
+        return env[body.outputs[0]]
+
+    return elementwise_kernel(name, ins, (node.dtype, _static(node)), build,
+                              tuple(node.attrs["body"].ops))
+
+
+# -- reductions -----------------------------------------------------------------------------------
+
+_INIT: dict[str, Callable[[DType], Const]] = {
+    "sum": lambda dt: _c(0, dt), "mean": lambda dt: _c(0, dt), "prod": lambda dt: _c(1, dt),
+    "max": lambda dt: _c(-np.inf, dt) if dt.is_float else _c(np.iinfo(dt.np).min, dt),
+    "min": lambda dt: _c(np.inf, dt) if dt.is_float else _c(np.iinfo(dt.np).max, dt),
+}
+_COMBINE = {"sum": "add", "mean": "add", "prod": "mul", "max": "max", "min": "min"}
+
+
+def _lower_reduce(node: Any, name: str, x_shape: tuple[int, ...], x_dtype: DType,
+                  value: Callable[[list[Expr], Expr], Expr], params: tuple[Param, ...],
+                  source: tuple[str, ...]) -> Kernel:
+    """out[kept] = combine over reduced dims of value(multi-index, flat input index)."""
+    axes, op, dt = node.attrs["axes"], node.op, node.dtype
+    kept = [d for d in range(len(x_shape)) if d not in axes]
+    vars_: list[Expr] = [Var(f"r{d}") if d in axes else Var(f"i{d}") for d in range(len(x_shape))]
+    x_index = linear_index(vars_, row_major_strides(x_shape))
+    acc = Var("acc", dt)
+    update: Stmt = Assign("acc", Binary(_COMBINE[op], acc, value(vars_, x_index), dt))
+    inner: tuple[Stmt, ...] = (update,)
+    for d in reversed(axes):
+        inner = (Loop(f"r{d}", x_shape[d], inner),)
+    count = math.prod(x_shape[d] for d in axes)
+    result: Expr = Binary("div", acc, _c(count, dt), dt) if op == "mean" else acc
+    out_index = linear_index([Var(f"i{d}") for d in kept],
+                             row_major_strides(tuple(x_shape[d] for d in kept)))
+    body = [Declare("acc", dt, _INIT[op](dt)), *inner, Store(len(params) - 1, out_index, result)]
+    stmts: tuple[Stmt, ...] = tuple(body)
+    for pos, d in reversed(list(enumerate(kept))):
+        stmts = (Loop(f"i{d}", x_shape[d], stmts, parallel=pos == 0),)
+    return Kernel(name, params, stmts, source)
+
+
+def _lower_plain_reduce(node: Node, name: str) -> Kernel:
+    x = node.inputs[0]
+    params = (Param("in0", x.dtype, _static(x)), Param("out", node.dtype, _static(node), True))
+    return _lower_reduce(node, name, _static(x), x.dtype,
+                         lambda vars_, idx: Load(0, idx, x.dtype), params, (node.op,))
+
+
+def _lower_fused_reduce(node: Node, name: str) -> Kernel | None:
+    body = node.attrs["body"].graph
+    root = body.outputs[0]
+    if root.op not in _COMBINE or any(not _scalar_ok(n) for n in body.nodes
+                                      if n is not root and n.op not in ("placeholder",
+                                                                         "constant")):
+        return None
+    x_shape = _static(root.inputs[0])
+    params = tuple(Param(f"in{k}", i.dtype, _static(i)) for k, i in enumerate(node.inputs)) + (
+        Param("out", node.dtype, _static(node), True),)
+
+    def value(vars_: list[Expr], _: Expr) -> Expr:
+        env: dict[Node, Expr] = {}
+        for k, p in enumerate(body.placeholders):
+            env[p] = Load(k, linear_index(vars_, _broadcast_strides(_static(p), x_shape)),
+                          p.dtype)
+        for n in body.nodes:
+            if n.op == "constant":
+                env[n] = _c(n.attrs["value"].array.reshape(-1)[0].item(), n.dtype)
+            elif n.op != "placeholder" and n is not root:
+                env[n] = SCALAR[n.op]([env[i] for i in n.inputs], n.attrs, n.dtype)
+        return env[root.inputs[0]]
+
+    fake = _ReduceView(root)
+    return _lower_reduce(fake, name, x_shape, root.inputs[0].dtype, value, params,
+                         tuple(node.attrs["body"].ops))
+
+
+class _ReduceView:
+    """The reduction node inside a fused body, read like a graph node by ``_lower_reduce``."""
+
+    def __init__(self, root: Node) -> None:
+        self.attrs, self.op, self.dtype = root.attrs, root.op, root.dtype
+
+
+# -- copies ---------------------------------------------------------------------------------------
+
+
+def _lower_copy(node: Node, name: str) -> Kernel:
+    """reshape-like ops: the same elements in the same (row-major) order."""
+    x = node.inputs[0]
+    size = math.prod(_static(node))
+    params = tuple(Param(f"in{k}", i.dtype, _static(i)) for k, i in enumerate(node.inputs)) + (
+        Param("out", node.dtype, _static(node), True),)
+    i = Var("i0")
+    return Kernel(name, params, _nest((size,), [Store(len(node.inputs), i, Load(0, i, x.dtype))]),
+                  (node.op,))
+
+
+def _lower_transpose(node: Node, name: str) -> Kernel:
+    x, perm = node.inputs[0], node.attrs["perm"]
+    in_strides = row_major_strides(_static(x))
+    vars_: list[Expr] = [Var(f"i{d}") for d in range(node.ndim)]
+    src = linear_index(vars_, [in_strides[p] for p in perm])
+    dst = linear_index(vars_, row_major_strides(_static(node)))
+    params = (Param("in0", x.dtype, _static(x)), Param("out", node.dtype, _static(node), True))
+    return Kernel(name, params, _nest(_static(node), [Store(1, dst, Load(0, src, x.dtype))]),
+                  (node.op,))
+
+
+def _lower_slice(node: Node, name: str) -> Kernel:
+    x = node.inputs[0]
+    xs = _static(x)
+    starts, steps = [], []
+    for d, (a, b, s) in enumerate(zip(node.attrs["starts"], node.attrs["stops"],
+                                      node.attrs["steps"])):
+        start, _, step = slice(a, b, s).indices(xs[d])
+        starts.append(start)
+        steps.append(step)
+    strides = row_major_strides(xs)
+    vars_: list[Expr] = [Var(f"i{d}") for d in range(node.ndim)]
+    src: Expr = const_i(sum(a * s for a, s in zip(starts, strides)))
+    src = add_i(src, linear_index(vars_, [st * s for st, s in zip(steps, strides)]))
+    dst = linear_index(vars_, row_major_strides(_static(node)))
+    params = (Param("in0", x.dtype, xs), Param("out", node.dtype, _static(node), True))
+    return Kernel(name, params, _nest(_static(node), [Store(1, dst, Load(0, src, x.dtype))]),
+                  (node.op,))
+
+
+def _lower_full_like(node: Node, name: str) -> Kernel:
+    params = (Param("in0", node.inputs[0].dtype, _static(node.inputs[0])),
+              Param("out", node.dtype, _static(node), True))
+    i = Var("i0")
+    return Kernel(name, params, _nest((math.prod(_static(node)),),
+                                      [Store(1, i, _c(node.attrs["fill_value"], node.dtype))]),
+                  (node.op,))
+
+
+COPIES = frozenset({"reshape", "flatten", "squeeze", "unsqueeze", "reshape_like"})
+REDUCTIONS = frozenset(_COMBINE)
+
+
+def _scalar_ok(n: Node) -> bool:
+    """An op SCALAR can express for these dtypes (integer pow has no primitive yet)."""
+    return n.op in SCALAR and not (n.op == "pow" and n.dtype.is_int)
+
+
+def lower(node: Node, name: str) -> Kernel | None:
+    """The kernel computing ``node``, or None when its op has no lowering yet."""
+    if any(d is None for d in node.shape) or any(d is None for i in node.inputs for d in i.shape):
+        return None
+    if node.op in SCALAR:
+        if not _scalar_ok(node):
+            return None
+        return _lower_elementwise(node, name)
+    if node.op in COPIES:
+        return _lower_copy(node, name)
+    if node.op in REDUCTIONS:
+        return _lower_plain_reduce(node, name)
+    handlers: dict[str, Callable[[Node, str], Kernel | None]] = {
+        "transpose": _lower_transpose, "slice": _lower_slice, "full_like": _lower_full_like}
+    if node.op in handlers:
+        return handlers[node.op](node, name)
+    if node.op == "fused" and node.attrs["kind"] == "elementwise":
+        return _lower_fused_elementwise(node, name)
+    if node.op == "fused" and node.attrs["kind"] == "reduction":
+        return _lower_fused_reduce(node, name)
+    return None
+
+
+def lowered_ops() -> set[str]:
+    return set(SCALAR) | COPIES | REDUCTIONS | {"transpose", "slice", "full_like"}

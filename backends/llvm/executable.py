@@ -1,0 +1,146 @@
+"""The LLVM backend's executable: one JIT-compiled module per (graph, fetches, shapes).
+
+Every node the kernel lowering handles becomes a native kernel; consecutive kernels form a
+segment, entered with one native call that receives an array of buffer pointers. Nodes without a
+lowering yet run their numpy reference between segments (``fallback_ops`` lists them, so tests and
+dumps show the gap). Buffers are numpy arrays: feeds, variable values, constants, and one array per
+computed value. ctypes releases the GIL during native calls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from graphnn.backends.base import RunResult
+from graphnn.backends.kernel.ir import Kernel, format_kernel
+from graphnn.backends.kernel.lower import lower
+from graphnn.backends.llvm.codegen import PTR, KernelEmitter
+from graphnn.backends.llvm.jit import Compiled, Target
+from graphnn.backends.reference import _evaluate
+from llvmlite import ir
+
+from graphnn.errors import GraphError
+from graphnn.ir import Graph, Node
+from graphnn.ops.registry import describe, get_op
+
+SOURCES = ("placeholder", "variable", "constant")
+
+
+class LLVMExecutable:
+    def __init__(self, graph: Graph, fetches: Sequence[Node], target: Target,
+                 dump_dir: str | None = None) -> None:
+        self.fetches = tuple(fetches)
+        order = graph.subgraph_order(self.fetches)
+        unknown = [n for n in order if any(d is None for d in n.shape)]
+        if unknown:
+            raise GraphError(f"the llvm backend needs static shapes; {describe(unknown[0])} has an "
+                             "unknown dimension (the Session specialises graphs to the fed shapes)")
+        self.placeholders = tuple(n for n in order if n.op == "placeholder")
+        self.variables = tuple(n for n in order if n.op == "variable")
+        self.random = any(get_op(n.op).random for n in order)
+        self.slot = {n: i for i, n in enumerate(order)}
+        self.order = order
+        self.steps: list[tuple[str, Any]] = []  # ("native", (segment, nodes)) | ("numpy", node)
+        self.kernels: list[Kernel] = []
+        module = ir.Module(name=graph.name)
+        emitter = KernelEmitter(module)
+        segment: list[tuple[Kernel, Node]] = []
+        self.fallback_ops: set[str] = set()
+        for n in order:
+            if n.op in SOURCES or get_op(n.op).no_value:
+                continue
+            kernel = lower(n, f"k{len(self.kernels)}_{n.op}")
+            if kernel is None:
+                self._close_segment(module, segment)
+                segment = []
+                self.steps.append(("numpy", n))
+                self.fallback_ops.add(n.op)
+                continue
+            emitter.emit(kernel)
+            self.kernels.append(kernel)
+            segment.append((kernel, n))
+        self._close_segment(module, segment)
+        self.llvm_ir = str(module)
+        self.compiled = Compiled(self.llvm_ir, target) if self.kernels else None
+        self._entries = [ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self.compiled.address(f"seg{k}"))
+                         for k in range(self._segments)] if self.compiled else []
+        if dump_dir:
+            self._dump(dump_dir, graph.name)
+
+    _segments = 0
+
+    def _close_segment(self, module: ir.Module, segment: list[tuple[Kernel, Node]]) -> None:
+        """One entry ``seg<k>(ptr slots)`` calling the segment's kernels in order."""
+        if not segment:
+            return
+        k = self._segments
+        self._segments += 1
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), f"seg{k}")
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        for kernel, node in segment:
+            args = []
+            for buf in [*node.inputs, node]:
+                at = b.gep(fn.args[0], [ir.Constant(ir.IntType(64), self.slot[buf])],
+                           source_etype=PTR)
+                args.append(b.load(at, typ=PTR))
+            b.call(module.globals[kernel.name], args)
+        b.ret_void()
+        self.steps.append(("native", (k, [n for _, n in segment])))
+
+    def run(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, np.ndarray],
+            counter: int) -> RunResult:
+        values: list[np.ndarray | None] = [None] * len(self.order)
+        for n in self.order:
+            if n.op == "placeholder":
+                values[self.slot[n]] = np.require(feeds[n], requirements="C")  # keeps 0-d
+            elif n.op == "variable":
+                values[self.slot[n]] = np.require(state[n], requirements="C")
+            elif n.op == "constant":
+                values[self.slot[n]] = n.attrs["value"].array
+            elif not get_op(n.op).no_value:
+                values[self.slot[n]] = np.empty([d or 0 for d in n.shape], n.dtype.np)
+        pointers = (ctypes.c_void_p * len(values))(
+            *[v.ctypes.data if v is not None else None for v in values])
+        for kind, what in self.steps:
+            if kind == "native":
+                self._entries[what[0]](ctypes.cast(pointers, ctypes.c_void_p))
+            else:
+                args: list[Any] = [values[self.slot[i]] for i in what.inputs]
+                np.copyto(values[self.slot[what]], _evaluate(what, args, counter))  # type: ignore[arg-type]
+        updates = {n.inputs[get_op(n.op).writes_input]: values[self.slot[n]]  # type: ignore[index]
+                   for n in self.order if get_op(n.op).writes_input is not None}
+        outputs = [None if get_op(f.op).no_value else np.array(values[self.slot[f]], copy=True)
+                   for f in self.fetches]
+        return RunResult(outputs, updates)  # type: ignore[arg-type]
+
+    def _dump(self, folder: str, name: str) -> None:
+        os.makedirs(folder, exist_ok=True)
+        stem = os.path.join(folder, f"llvm_{name}")
+        with open(stem + ".kir", "w") as f:
+            f.write("\n\n".join(format_kernel(k) for k in self.kernels) + "\n")
+        with open(stem + ".ll", "w") as f:
+            f.write(self.llvm_ir)
+        if self.compiled:
+            with open(stem + ".opt.ll", "w") as f:
+                f.write(self.compiled.optimized_ir)
+            with open(stem + ".s", "w") as f:
+                f.write(self.compiled.assembly)
+
+
+class LLVMBackend:
+    """``backend="llvm"``: native code through LLVM (see the package docstring for its state)."""
+
+    name = "llvm"
+    static_shapes = True
+
+    def __init__(self, cpu: str | None = None, features: str | None = None,
+                 dump_dir: str | None = None) -> None:
+        self.target = Target.host(cpu, features)
+        self.dump_dir = dump_dir if dump_dir is not None else os.environ.get("GRAPHNN_DUMP")
+
+    def compile(self, graph: Graph, fetches: Sequence[Node]) -> LLVMExecutable:
+        return LLVMExecutable(graph, fetches, self.target, self.dump_dir)

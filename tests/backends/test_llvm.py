@@ -1,0 +1,98 @@
+"""LLVM backend properties: native kernels (vector instructions in the assembly), which ops run
+natively, dumps of every stage of generated code, targets, static shapes."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import numpy as np
+import pytest
+from graphnn.backends.kernel.lower import lowered_ops
+from graphnn.backends.llvm import LLVMBackend
+
+import graphnn as gn
+
+
+def compile_one(build, *shapes, backend: LLVMBackend | None = None):  # type: ignore[no-untyped-def]
+    with gn.Graph("k") as g:
+        xs = [gn.placeholder(s, name=f"x{i}") for i, s in enumerate(shapes)]
+        out = build(*xs)
+    return (backend or LLVMBackend()).compile(g, [out])
+
+
+def packed_ops(assembly: str) -> set[str]:
+    """Packed single-precision SSE/AVX arithmetic, e.g. vmulps on ymm or zmm registers."""
+    return set(re.findall(r"\bv?(?:add|mul|sub|div|max|min)ps\b", assembly))
+
+
+def test_elementwise_and_reduction_kernels_are_vectorised() -> None:
+    exe = compile_one(lambda x, y: x * y + 1.0, (4096,), (4096,))
+    assert exe.fallback_ops == set() and exe.compiled is not None
+    asm = exe.compiled.assembly
+    assert packed_ops(asm), "no packed arithmetic in the elementwise kernel"
+    assert re.search(r"%(ymm|zmm)\d+", asm) or re.search(r"%xmm\d+", asm)
+    exe = compile_one(lambda x: gn.sum(x * x, axis=1), (64, 1024))
+    assert not exe.fallback_ops
+    fused = compile_one(lambda x: gn.relu(x * 0.5) + gn.sigmoid(x), (8192,))
+    assert packed_ops(fused.compiled.assembly)
+
+
+def test_native_and_fallback_ops_are_reported() -> None:
+    assert {"relu", "gelu", "where", "sum", "transpose", "slice", "cast"} <= lowered_ops()
+    exe = compile_one(lambda x, w: gn.relu(x @ w), (4, 8), (8, 3))
+    assert exe.fallback_ops == {"matmul"}  # not lowered yet: runs its numpy reference
+    x, w = np.ones((4, 8), np.float32), np.ones((8, 3), np.float32)
+    with gn.Graph() as g:
+        xp, wp = gn.placeholder((4, 8), name="x"), gn.placeholder((8, 3), name="w")
+        y = gn.relu(xp @ wp - 5.0)
+    np.testing.assert_array_equal(gn.Session(g, backend="llvm").run(y, {xp: x, wp: w}),
+                                  np.full((4, 3), 3.0))
+
+
+def test_dumps_kernel_ir_llvm_ir_and_assembly(tmp_path: pathlib.Path) -> None:
+    with gn.Graph("dumped") as g:
+        x = gn.placeholder((None, 16), name="x")
+        y = gn.tanh(x) * 2.0
+    gn.Session(g, backend="llvm", dump_dir=str(tmp_path)).run(y, {x: np.ones((3, 16))})
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"llvm_dumped.kir", "llvm_dumped.ll", "llvm_dumped.opt.ll", "llvm_dumped.s",
+            "00_input.txt"} <= names
+    kir = (tmp_path / "llvm_dumped.kir").read_text()
+    assert "kernel k0_tanh(in0: f32[3, 16], out out: f32[3, 16])" in kir
+    assert "for i0 in 0..48: parallel vectorize" in kir
+    assert "define void @\"k0_tanh\"" in (tmp_path / "llvm_dumped.ll").read_text()
+
+
+def test_generic_target_has_no_avx() -> None:
+    generic = LLVMBackend(cpu="x86-64", features="")
+    if generic.target.triple.split("-")[0] != "x86_64":
+        pytest.skip("the generic-x86-64 check needs an x86-64 host")
+    asm = compile_one(lambda x: x * 3.0, (4096,), backend=generic).compiled.assembly
+    assert not re.search(r"%(ymm|zmm)\d+", asm)  # SSE2 only
+    host = compile_one(lambda x: x * 3.0, (4096,)).compiled.assembly
+    if "+avx2" in LLVMBackend().target.features:
+        assert re.search(r"%(ymm|zmm)\d+", host)
+
+
+def test_static_shapes_are_required_and_specialised_by_the_session() -> None:
+    with gn.Graph() as g:
+        x = gn.placeholder((None, 4), name="x")
+        y = gn.exp(x)
+    with pytest.raises(gn.GraphError, match="needs static shapes"):
+        LLVMBackend().compile(g, [y])
+    sess = gn.Session(g, backend="llvm")
+    for n in (1, 5):
+        np.testing.assert_allclose(sess.run(y, {x: np.zeros((n, 4))}), np.ones((n, 4)))
+
+
+def test_training_step_runs_on_llvm() -> None:
+    x = np.random.default_rng(0).standard_normal((32, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    losses = {}
+    for backend in ("reference", "llvm"):
+        gn.nn.init.manual_seed(0)
+        model = gn.nn.Sequential(gn.nn.Linear(5, 8), gn.nn.ReLU(), gn.nn.Linear(8, 2))
+        model.compile(gn.optim.Adam(0.05), backend=backend)
+        losses[backend] = model.fit(x, y, batch_size=8, epochs=3, verbose=0).history["loss"]
+    np.testing.assert_allclose(losses["llvm"], losses["reference"], rtol=1e-5)
