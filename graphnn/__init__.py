@@ -13,7 +13,7 @@ Build a static dataflow graph with placeholders, variables and ops, then run it 
     probs = gn.Session(g).run(y, {x: np.ones((2, 4))})
 """
 
-from graphnn import dtypes, losses, metrics, nn, optim, text_ir  # noqa: E402 - layers build on the ops above
+from graphnn import dtypes, losses, metrics, models, nn, optim, text_ir  # noqa: E402
 from graphnn.autodiff import gradients
 from graphnn.dot import to_dot
 from graphnn.dtypes import DType, as_dtype, bool_, float32, float64, int32, int64

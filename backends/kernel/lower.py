@@ -380,6 +380,91 @@ def _lower_full_like(node: Node, name: str) -> Kernel:
                   (node.op,))
 
 
+# -- matmul (and matmul epilogues) -----------------------------------------------------------
+
+
+def matmul_kernel(name: str, params: tuple[Param, ...], a: int, b: int,
+                  epilogue: Callable[[Expr, list[Expr]], Expr] | None,
+                  source: tuple[str, ...]) -> Kernel:
+    """out = a @ b (numpy batching), then out = epilogue(out, index vars) row by row.
+
+    Loop order i-k-j: the innermost loop walks a row of b and of out with unit stride, so it
+    vectorises, and a[i, k] is loop-invariant in it. (The cache-blocked, packed micro-kernel of
+    the BLIS structure replaces this schedule for large shapes.)
+    """
+    pa, pb, po = params[a], params[b], params[-1]
+    out_shape = po.shape
+    batch = out_shape[:-2]
+    m, n = out_shape[-2:]
+    k_ext = pa.shape[-1]
+    bvars: list[Expr] = [Var(f"b{d}") for d in range(len(batch))]
+    i, j, k = Var("i"), Var("j"), Var("k")
+
+    def index(shape: tuple[int, ...], rows: Expr, cols: Expr) -> Expr:
+        strides = row_major_strides(shape)
+        skip = len(batch) - (len(shape) - 2)  # batch dims this operand lacks (broadcast)
+        lead = [0 if d < skip or shape[d - skip] == 1 and batch[d] != 1 else strides[d - skip]
+                for d in range(len(batch))]
+        within = add_i(linear_index([rows], [strides[-2]]), linear_index([cols], [strides[-1]]))
+        return add_i(linear_index(bvars, lead), within)
+
+    out_at = index(out_shape, i, j)
+    dt = po.dtype
+    zero = Loop("j", n, (Store(len(params) - 1, out_at, _c(0, dt)),), vectorize=True)
+    update = Store(len(params) - 1, out_at, _add(
+        Load(len(params) - 1, out_at, dt),
+        _mul(Load(a, index(pa.shape, i, k), dt), Load(b, index(pb.shape, k, j), dt), dt), dt))
+    body: list[Stmt] = [zero, Loop("k", k_ext, (Loop("j", n, (update,), vectorize=True),))]
+    if epilogue is not None:
+        body.append(Loop("j", n, (Store(len(params) - 1, out_at,
+                                        epilogue(Load(len(params) - 1, out_at, dt),
+                                                 [*bvars, i, j])),), vectorize=True))
+    stmts: tuple[Stmt, ...] = (Loop("i", m, tuple(body), parallel=not batch),)
+    for d in reversed(range(len(batch))):
+        stmts = (Loop(f"b{d}", batch[d], stmts, parallel=d == 0),)
+    return Kernel(name, params, stmts, source)
+
+
+def _lower_matmul(node: Node, name: str) -> Kernel | None:
+    a, b = node.inputs
+    if a.ndim < 2 or b.ndim < 2 or node.dtype.is_bool:
+        return None
+    params = (Param("a", a.dtype, _static(a)), Param("b", b.dtype, _static(b)),
+              Param("out", node.dtype, _static(node), True))
+    return matmul_kernel(name, params, 0, 1, None, ("matmul",))
+
+
+def _lower_fused_epilogue(node: Node, name: str) -> Kernel | None:
+    body = node.attrs["body"].graph
+    compute = [n for n in body.nodes if n.op not in ("placeholder", "constant")]
+    anchor, chain = compute[0], compute[1:]
+    if anchor.op != "matmul" or any(not _scalar_ok(n) for n in chain):
+        return None
+    a, b = anchor.inputs
+    if a.ndim < 2 or b.ndim < 2 or a.op != "placeholder" or b.op != "placeholder":
+        return None
+    places = body.placeholders
+    params = tuple(Param(f"in{k}", i.dtype, _static(i)) for k, i in enumerate(node.inputs)) + (
+        Param("out", node.dtype, _static(node), True),)
+    out_shape = _static(node)
+
+    def epilogue(acc: Expr, vars_: list[Expr]) -> Expr:
+        env: dict[Node, Expr] = {anchor: acc}
+        for k, p in enumerate(places):
+            if p not in (a, b):
+                env[p] = Load(k, linear_index(vars_, _broadcast_strides(_static(p), out_shape)),
+                              p.dtype)
+        for n in body.nodes:
+            if n.op == "constant":
+                env[n] = _c(n.attrs["value"].array.reshape(-1)[0].item(), n.dtype)
+        for n in chain:
+            env[n] = SCALAR[n.op]([env[i] for i in n.inputs], n.attrs, n.dtype)
+        return env[body.outputs[0]]
+
+    return matmul_kernel(name, params, places.index(a), places.index(b), epilogue,
+                         tuple(node.attrs["body"].ops))
+
+
 COPIES = frozenset({"reshape", "flatten", "squeeze", "unsqueeze", "reshape_like"})
 REDUCTIONS = frozenset(_COMBINE)
 
@@ -402,15 +487,18 @@ def lower(node: Node, name: str) -> Kernel | None:
     if node.op in REDUCTIONS:
         return _lower_plain_reduce(node, name)
     handlers: dict[str, Callable[[Node, str], Kernel | None]] = {
-        "transpose": _lower_transpose, "slice": _lower_slice, "full_like": _lower_full_like}
+        "transpose": _lower_transpose, "slice": _lower_slice, "full_like": _lower_full_like,
+        "matmul": _lower_matmul}
     if node.op in handlers:
         return handlers[node.op](node, name)
     if node.op == "fused" and node.attrs["kind"] == "elementwise":
         return _lower_fused_elementwise(node, name)
     if node.op == "fused" and node.attrs["kind"] == "reduction":
         return _lower_fused_reduce(node, name)
+    if node.op == "fused" and node.attrs["kind"] == "epilogue":
+        return _lower_fused_epilogue(node, name)
     return None
 
 
 def lowered_ops() -> set[str]:
-    return set(SCALAR) | COPIES | REDUCTIONS | {"transpose", "slice", "full_like"}
+    return set(SCALAR) | COPIES | REDUCTIONS | {"transpose", "slice", "full_like", "matmul"}

@@ -40,14 +40,28 @@ def test_elementwise_and_reduction_kernels_are_vectorised() -> None:
 
 def test_native_and_fallback_ops_are_reported() -> None:
     assert {"relu", "gelu", "where", "sum", "transpose", "slice", "cast"} <= lowered_ops()
-    exe = compile_one(lambda x, w: gn.relu(x @ w), (4, 8), (8, 3))
-    assert exe.fallback_ops == {"matmul"}  # not lowered yet: runs its numpy reference
-    x, w = np.ones((4, 8), np.float32), np.ones((8, 3), np.float32)
+    exe = compile_one(lambda x, w: gn.relu(gn.conv1d(x, w)), (4, 8, 5), (3, 8, 2))
+    assert exe.fallback_ops == {"conv"}  # not lowered yet: runs its numpy reference
+    x, w = np.ones((4, 8, 5), np.float32), np.ones((3, 8, 2), np.float32)
     with gn.Graph() as g:
-        xp, wp = gn.placeholder((4, 8), name="x"), gn.placeholder((8, 3), name="w")
-        y = gn.relu(xp @ wp - 5.0)
+        xp, wp = gn.placeholder((4, 8, 5), name="x"), gn.placeholder((3, 8, 2), name="w")
+        y = gn.relu(gn.conv1d(xp, wp) - 5.0)
     np.testing.assert_array_equal(gn.Session(g, backend="llvm").run(y, {xp: x, wp: w}),
-                                  np.full((4, 3), 3.0))
+                                  np.full((4, 3, 4), 11.0))
+
+
+def test_matmul_and_its_fused_epilogue_are_native() -> None:
+    exe = compile_one(lambda x, w: x @ w, (64, 128), (128, 256))
+    assert not exe.fallback_ops and packed_ops(exe.compiled.assembly)
+    graph, _ = gn.models.inference_graph("mlp", batch=16)
+    sess = gn.Session(graph, backend="llvm", opt_level=2)
+    x = np.random.default_rng(0).standard_normal((16, 784)).astype(np.float32)
+    out = sess.run(graph.outputs[0], {"x": x})
+    np.testing.assert_allclose(out, gn.Session(graph).run(graph.outputs[0], {"x": x}),
+                               rtol=1e-4, atol=1e-6)
+    fused = [k for k in sess._cache.values()][0].exe.kernels
+    assert [k.source for k in fused if "matmul" in k.source] == [
+        ("matmul", "add", "relu"), ("matmul", "add", "relu"), ("matmul", "add")]
 
 
 def test_dumps_kernel_ir_llvm_ir_and_assembly(tmp_path: pathlib.Path) -> None:
@@ -96,3 +110,26 @@ def test_training_step_runs_on_llvm() -> None:
         model.compile(gn.optim.Adam(0.05), backend=backend)
         losses[backend] = model.fit(x, y, batch_size=8, epochs=3, verbose=0).history["loss"]
     np.testing.assert_allclose(losses["llvm"], losses["reference"], rtol=1e-5)
+
+
+@pytest.mark.parametrize(("dtype", "bounds"), [(np.float32, {"exp": 1.5, "tanh": 1.5}),
+                                                (np.float64, {"exp": 2.5, "tanh": 1.5})])
+def test_vectorised_exp_and_tanh_error_bounds(dtype: type, bounds: dict) -> None:
+    """The inline polynomials, in ulp of the correctly rounded result (numpy in float64)."""
+    x = np.linspace(-80, 80, 100_001).astype(dtype)
+    special = np.array([0.0, -0.0, 1e-30, 100.0, -120.0, 1e4, -1e4, np.inf, -np.inf, np.nan],
+                       dtype)
+    with gn.Graph() as g:
+        p = gn.placeholder(x.shape, dtype, name="x")
+        q = gn.placeholder(special.shape, dtype, name="s")
+        outs = [gn.exp(p), gn.tanh(p), gn.exp(q), gn.tanh(q)]
+    exe_outs = gn.Session(g, backend="llvm").run(outs, {p: x, q: special})
+    with np.errstate(over="ignore"):
+        for name, got, fn in (("exp", exe_outs[0], np.exp), ("tanh", exe_outs[1], np.tanh)):
+            ref = fn(x.astype(np.float64))
+            keep = np.isfinite(ref.astype(dtype)) & (ref != 0)
+            ulp = np.abs(got[keep] - ref[keep]) / np.spacing(np.abs(ref[keep].astype(dtype)))
+            assert ulp.max() <= bounds[name], (name, ulp.max())
+        np.testing.assert_array_equal(exe_outs[2], np.exp(special))
+        np.testing.assert_array_equal(exe_outs[3], np.tanh(special))
+    assert packed_ops(compile_one(lambda v: gn.exp(v), (4096,)).compiled.assembly)
