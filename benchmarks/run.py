@@ -1,0 +1,327 @@
+"""graphnn against numpy and (when installed) PyTorch, workload by workload, in one run.
+
+    python benchmarks/run.py                       # all workloads, all frameworks found
+    python benchmarks/run.py --workload W1 W5 --framework graphnn-llvm numpy --json out.json
+
+Prints, per workload and batch, each framework's median time, its ratio to graphnn-llvm, and
+GFLOP/s or GB/s; ``--json`` writes a list of records
+``{"workload", "batch", "framework", "median_s", "compile_s", "max_abs_err"}`` where
+``max_abs_err`` compares with the numpy reference of the same weights and inputs.
+Timing: median of ``--repeat`` runs after one warm-up; ``compile_s`` is the first run's time
+(compilation included) minus the median. PyTorch runs with ``torch.set_num_threads`` equal to
+``GRAPHNN_NUM_THREADS`` (default: the cores available). W3 (ResNet-18) and W4 (transformer) come
+with the native convolution and layer-norm kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import graphnn as gn
+
+THREADS = int(os.environ.get("GRAPHNN_NUM_THREADS", len(os.sched_getaffinity(0))))
+rng = np.random.default_rng(0)
+
+
+@dataclass
+class Case:
+    workload: str
+    batch: int
+    flops: float = 0.0  # per run; 0 for bandwidth-bound workloads
+    bytes: float = 0.0
+    runners: dict[str, Callable[[], Callable[[], np.ndarray]]] = field(default_factory=dict)
+
+
+def _w(*shape: int) -> np.ndarray:
+    return (rng.standard_normal(shape) / np.sqrt(shape[-1] if len(shape) == 2 else
+                                                 np.prod(shape[1:]))).astype(np.float32)
+
+
+def _graphnn(build: Callable[[], tuple[gn.Graph, dict[str, np.ndarray], gn.Node]],
+             backend: str = "llvm", opt_level: int = 2) -> Callable[[], Callable[[], np.ndarray]]:
+    def setup() -> Callable[[], np.ndarray]:
+        graph, feeds, out = build()
+        sess = gn.Session(graph, backend=backend, opt_level=opt_level)
+        return lambda: sess.run(out, feeds)
+
+    return setup
+
+
+# -- W1: MLP 784-512-512-10 ---------------------------------------------------------------------
+
+
+def w1(batch: int) -> Case:
+    ws = [_w(784, 512), _w(512, 512), _w(512, 10)]
+    bs = [np.zeros(n, np.float32) for n in (512, 512, 10)]
+    x = rng.standard_normal((batch, 784)).astype(np.float32)
+
+    def numpy_run() -> np.ndarray:
+        h = np.maximum(x @ ws[0] + bs[0], 0)
+        h = np.maximum(h @ ws[1] + bs[1], 0)
+        z = h @ ws[2] + bs[2]
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def build() -> tuple[gn.Graph, dict[str, np.ndarray], gn.Node]:
+        with gn.Graph("w1") as g:
+            xp = gn.placeholder((batch, 784), name="x")
+            h = gn.relu(gn.dense(xp, gn.constant(ws[0]), gn.constant(bs[0])))
+            h = gn.relu(gn.dense(h, gn.constant(ws[1]), gn.constant(bs[1])))
+            out = gn.softmax(gn.dense(h, gn.constant(ws[2]), gn.constant(bs[2])))
+        return g, {"x": x}, out
+
+    def torch_run() -> Callable[[], np.ndarray]:
+        import torch
+
+        tw = [torch.from_numpy(w) for w in ws]
+        tb = [torch.from_numpy(b) for b in bs]
+        tx = torch.from_numpy(x)
+
+        def run() -> np.ndarray:
+            with torch.no_grad():
+                h = torch.relu(tx @ tw[0] + tb[0])
+                h = torch.relu(h @ tw[1] + tb[1])
+                return torch.softmax(h @ tw[2] + tb[2], dim=1).numpy()
+
+        return run
+
+    flops = 2 * batch * (784 * 512 + 512 * 512 + 512 * 10)
+    return Case("W1", batch, flops=flops, runners={
+        "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build), "torch": torch_run})
+
+
+# -- W2: the small CNN on 1x28x28 ---------------------------------------------------------------
+
+
+def _conv_np(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    win = np.lib.stride_tricks.sliding_window_view(x, w.shape[2:], axis=(2, 3))
+    return np.einsum("nchwij,ocij->nohw", win, w, optimize=True) + b[None, :, None, None]
+
+
+def _pool_np(x: np.ndarray) -> np.ndarray:
+    n, c, h, w = x.shape
+    return x[:, :, :h // 2 * 2, :w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+
+
+def w2_params() -> dict[str, np.ndarray]:
+    return {"c1": _w(32, 1, 3, 3), "b1": np.zeros(32, np.float32),
+            "c2": _w(64, 32, 3, 3), "b2": np.zeros(64, np.float32),
+            "c3": _w(128, 64, 3, 3), "b3": np.zeros(128, np.float32),
+            "fc": _w(128, 10), "fb": np.zeros(10, np.float32)}
+
+
+def w2(batch: int) -> Case:
+    p = w2_params()
+    x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+
+    def numpy_run() -> np.ndarray:
+        h = np.maximum(_conv_np(x, p["c1"], p["b1"]), 0)
+        h = _pool_np(np.maximum(_conv_np(h, p["c2"], p["b2"]), 0))
+        h = _pool_np(np.maximum(_conv_np(h, p["c3"], p["b3"]), 0))
+        return h.mean(axis=(2, 3)) @ p["fc"] + p["fb"]
+
+    def build() -> tuple[gn.Graph, dict[str, np.ndarray], gn.Node]:
+        with gn.Graph("w2") as g:
+            xp = gn.placeholder((batch, 1, 28, 28), name="x")
+            c = {k: gn.constant(v) for k, v in p.items()}
+            h = gn.relu(gn.conv2d(xp, c["c1"], c["b1"]))
+            h = gn.max_pool2d(gn.relu(gn.conv2d(h, c["c2"], c["b2"])), 2)
+            h = gn.max_pool2d(gn.relu(gn.conv2d(h, c["c3"], c["b3"])), 2)
+            out = gn.dense(gn.mean(h, axis=(2, 3)), c["fc"], c["fb"])
+        return g, {"x": x}, out
+
+    def torch_run() -> Callable[[], np.ndarray]:
+        import torch
+        import torch.nn.functional as F
+
+        t = {k: torch.from_numpy(v) for k, v in p.items()}
+        tx = torch.from_numpy(x)
+
+        def run() -> np.ndarray:
+            with torch.no_grad():
+                h = F.relu(F.conv2d(tx, t["c1"], t["b1"]))
+                h = F.max_pool2d(F.relu(F.conv2d(h, t["c2"], t["b2"])), 2)
+                h = F.max_pool2d(F.relu(F.conv2d(h, t["c3"], t["b3"])), 2)
+                return (h.mean(dim=(2, 3)) @ t["fc"] + t["fb"]).numpy()
+
+        return run
+
+    flops = 2 * batch * (26 * 26 * 32 * 9 + 24 * 24 * 64 * 32 * 9 + 10 * 10 * 128 * 64 * 9)
+    return Case("W2", batch, flops=flops, runners={
+        "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build), "torch": torch_run})
+
+
+# -- W5: an elementwise chain over 16M float32 ---------------------------------------------------
+
+
+def w5(batch: int = 1) -> Case:
+    n = 1 << 24
+    x = rng.standard_normal(n).astype(np.float32)
+    a, b = np.float32(1.5), np.float32(0.5)
+
+    def numpy_run() -> np.ndarray:
+        z = x * a + b
+        g = 0.5 * z * (1 + np.tanh(np.float32(0.7978845608) * (z + np.float32(0.044715) * z**3)))
+        return g * (1 / (1 + np.exp(-x)))
+
+    def build() -> tuple[gn.Graph, dict[str, np.ndarray], gn.Node]:
+        with gn.Graph("w5") as g:
+            xp = gn.placeholder((n,), name="x")
+            out = gn.gelu(xp * 1.5 + 0.5, approximate="tanh") * gn.sigmoid(xp)
+        return g, {"x": x}, out
+
+    def torch_run() -> Callable[[], np.ndarray]:
+        import torch
+
+        tx = torch.from_numpy(x)
+        return lambda: (torch.nn.functional.gelu(tx * 1.5 + 0.5, approximate="tanh")
+                        * torch.sigmoid(tx)).numpy()
+
+    return Case("W5", batch, bytes=2 * 4 * n, runners={
+        "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build), "torch": torch_run})
+
+
+# -- W6: a full training step of the W2 CNN -------------------------------------------------------
+
+
+def w6(batch: int = 64) -> Case:
+    x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+
+    def graphnn_step() -> Callable[[], np.ndarray]:
+        nn = gn.nn
+        nn.init.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(),
+                              nn.MaxPool2d(2), nn.Conv2d(64, 128, 3), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.GlobalAvgPool(), nn.Linear(128, 10))
+        model.compile(gn.optim.Adam(1e-3), backend="llvm", opt_level=2)
+        t = model.trainer
+        t.build(x, y)
+        return lambda: t.session.run([t.apply, t.train_loss], {t.x: x, t.y: y})[1]
+
+    def torch_step() -> Callable[[], np.ndarray]:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(),
+                              nn.MaxPool2d(2), nn.Conv2d(64, 128, 3), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+        def step() -> np.ndarray:
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(tx), ty)
+            loss.backward()
+            opt.step()
+            return loss.detach().numpy()
+
+        return step
+
+    return Case("W6", batch, runners={"graphnn-llvm": graphnn_step, "torch": torch_step})
+
+
+# -- matmul 1024^3 ----------------------------------------------------------------------------
+
+
+def mm(batch: int = 1) -> Case:
+    n = 1024
+    a, b = _w(n, n), _w(n, n)
+
+    def build() -> tuple[gn.Graph, dict[str, np.ndarray], gn.Node]:
+        with gn.Graph("mm") as g:
+            pa, pb = gn.placeholder((n, n), name="a"), gn.placeholder((n, n), name="b")
+            out = pa @ pb
+        return g, {"a": a, "b": b}, out
+
+    def torch_run() -> Callable[[], np.ndarray]:
+        import torch
+
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        return lambda: (ta @ tb).numpy()
+
+    return Case("MM", 1, flops=2 * n**3, runners={
+        "numpy": lambda: lambda: a @ b, "graphnn-llvm": _graphnn(build), "torch": torch_run})
+
+
+WORKLOADS: dict[str, Callable[[], list[Case]]] = {
+    "W1": lambda: [w1(1), w1(256)], "W2": lambda: [w2(1), w2(64)], "W5": lambda: [w5()],
+    "W6": lambda: [w6()], "MM": lambda: [mm()],
+}
+
+
+def _available(framework: str) -> bool:
+    if framework == "torch":
+        try:
+            import torch
+
+            torch.set_num_threads(THREADS)
+            return True
+        except ImportError:
+            return False
+    return True
+
+
+def measure(case: Case, framework: str, repeat: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    run = case.runners[framework]()
+    first = time.perf_counter()
+    result = run()
+    first_s = time.perf_counter() - first
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    ref = case.runners.get("numpy")
+    err = None
+    if ref is not None and framework != "numpy":
+        err = float(np.max(np.abs(np.asarray(result) - ref()())))
+    return {"workload": case.workload, "batch": case.batch, "framework": framework,
+            "median_s": median, "compile_s": max(first_s - median, 0.0) + (first - start),
+            "max_abs_err": err}
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", nargs="*", default=list(WORKLOADS))
+    parser.add_argument("--framework", nargs="*", default=["graphnn-llvm", "numpy", "torch"])
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--json", help="write the records to this file")
+    args = parser.parse_args(argv)
+    records = []
+    frameworks = [f for f in args.framework if _available(f)]
+    print(f"threads: {THREADS}; frameworks: {', '.join(frameworks)}")
+    print(f"{'workload':<9}{'batch':>6}  {'framework':<14}{'median ms':>11}{'ours/peer':>12}"
+          f"{'rate':>16}{'max err':>10}")
+    for name in args.workload:
+        for case in WORKLOADS[name]():
+            rows = [measure(case, f, args.repeat) for f in frameworks if f in case.runners]
+            ours = next((r["median_s"] for r in rows if r["framework"] == "graphnn-llvm"), None)
+            for r in rows:
+                rate = (f"{case.flops / r['median_s'] / 1e9:.1f} GFLOP/s" if case.flops else
+                        f"{case.bytes / r['median_s'] / 1e9:.1f} GB/s" if case.bytes else "")
+                ratio = f"{ours / r['median_s']:.2f}x" if ours else "-"
+                err = "-" if r["max_abs_err"] is None else f"{r['max_abs_err']:.1e}"
+                print(f"{r['workload']:<9}{r['batch']:>6}  {r['framework']:<14}"
+                      f"{r['median_s'] * 1e3:>11.3f}{ratio:>12}{rate:>16}{err:>10}")
+            records.extend(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+    return records
+
+
+if __name__ == "__main__":
+    main()
