@@ -46,8 +46,10 @@ _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 
 
 @contextlib.contextmanager
-def for_range(builder: ir.IRBuilder, extent: int, name: str) -> Iterator[ir.Value]:
-    """``for name in range(extent)``: yields the i64 induction variable; the body goes inside."""
+def for_range(builder: ir.IRBuilder, stop: int | ir.Value, name: str,
+              start: ir.Value | None = None) -> Iterator[ir.Value]:
+    """``for name in range(start, stop)``: yields the i64 induction variable; the body goes
+    inside the ``with`` block (numba's cgutils idiom)."""
     pre = builder.block
     header = builder.append_basic_block(f"{name}.head")
     body = builder.append_basic_block(f"{name}.body")
@@ -55,8 +57,9 @@ def for_range(builder: ir.IRBuilder, extent: int, name: str) -> Iterator[ir.Valu
     builder.branch(header)
     builder.position_at_end(header)
     i = builder.phi(I64, name=name)
-    i.add_incoming(ir.Constant(I64, 0), pre)
-    builder.cbranch(builder.icmp_signed("<", i, ir.Constant(I64, extent)), body, done)
+    i.add_incoming(start if start is not None else ir.Constant(I64, 0), pre)
+    end = stop if isinstance(stop, ir.Value) else ir.Constant(I64, stop)
+    builder.cbranch(builder.icmp_signed("<", i, end), body, done)
     builder.position_at_end(body)
     yield i
     nxt = builder.add(i, ir.Constant(I64, 1), name=f"{name}.next", flags=["nsw"])
@@ -65,32 +68,72 @@ def for_range(builder: ir.IRBuilder, extent: int, name: str) -> Iterator[ir.Valu
     builder.position_at_end(done)
 
 
+# A kernel goes multi-threaded when its loops do at least this many iterations in all: below,
+# starting threads costs more than it saves.
+PARALLEL_MIN_WORK = 1 << 16
+
+
+def _work(stmts: tuple[Stmt, ...]) -> int:
+    total = 0
+    for s in stmts:
+        total += s.extent * max(_work(s.body), 1) if isinstance(s, Loop) else 1
+    return total
+
+
 class KernelEmitter:
-    """Emits one kernel function into a module."""
+    """Emits kernels into a module: for each, ``name_chunk(ptr params, i64 lo, i64 hi)`` running
+    iterations [lo, hi) of its outer parallel loop, and ``name(ptr p0, ..., ptr out)``, which runs
+    the chunk over the whole range, split across ``graphnn_num_threads`` threads when the kernel
+    is large (``graphnn_parallel_for`` from the runtime)."""
 
     def __init__(self, module: ir.Module) -> None:
         self.module = module
+        self.parallel_for = ir.Function(module, ir.FunctionType(
+            ir.VoidType(), [PTR, PTR, I64, I64]), "graphnn_parallel_for")
+        self.num_threads = ir.GlobalVariable(module, I64, "graphnn_num_threads")
 
     def emit(self, kernel: Kernel) -> ir.Function:
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * len(kernel.params)),
-                         kernel.name)
+        n = len(kernel.params)
+        chunk = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]),
+                            kernel.name + "_chunk")
+        self.fn, self.kernel = chunk, kernel
+        self.entry = chunk.append_basic_block("entry")
+        self.b = ir.IRBuilder(self.entry)
+        ctx, lo, hi = chunk.args
+        self.params = [self.b.load(self.b.gep(ctx, [ir.Constant(I64, i)], source_etype=PTR),
+                                   typ=PTR, name=p.name) for i, p in enumerate(kernel.params)]
+        self.vars: dict[str, ir.Value] = {}
+        self.locals: dict[str, tuple[ir.AllocaInstr, DType]] = {}
+        outer = kernel.body[0] if len(kernel.body) == 1 and isinstance(kernel.body[0], Loop) \
+            and kernel.body[0].parallel else None
+        for s in kernel.body:
+            self.stmt(s, (lo, hi) if s is outer else None)
+        self.b.ret_void()
+        return self._wrapper(kernel, chunk, outer, n)
+
+    def _wrapper(self, kernel: Kernel, chunk: ir.Function, outer: Loop | None,
+                 n: int) -> ir.Function:
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * n), kernel.name)
         for arg, p in zip(fn.args, kernel.params):
             arg.name = p.name
             arg.add_attribute("noalias")
-        self.fn, self.kernel = fn, kernel
-        self.entry = fn.append_basic_block("entry")
-        self.b = ir.IRBuilder(self.entry)
-        self.vars: dict[str, ir.Value] = {}
-        self.locals: dict[str, tuple[ir.AllocaInstr, DType]] = {}
-        for s in kernel.body:
-            self.stmt(s)
-        self.b.ret_void()
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        ctx = b.alloca(PTR, ir.Constant(I64, n), name="params")
+        for i, arg in enumerate(fn.args):
+            b.store(arg, b.gep(ctx, [ir.Constant(I64, i)], source_etype=PTR))
+        extent = ir.Constant(I64, outer.extent if outer else 0)
+        if outer is not None and _work(kernel.body) >= PARALLEL_MIN_WORK and outer.extent > 1:
+            b.call(self.parallel_for, [chunk, ctx, extent, b.load(self.num_threads, typ=I64)])
+        else:
+            b.call(chunk, [ctx, ir.Constant(I64, 0), extent])
+        b.ret_void()
         return fn
 
     # -- statements ----------------------------------------------------------------------------
-    def stmt(self, s: Stmt) -> None:
+    def stmt(self, s: Stmt, bounds: tuple[ir.Value, ir.Value] | None = None) -> None:
         if isinstance(s, Loop):
-            with for_range(self.b, s.extent, s.var) as i:
+            start, stop = bounds if bounds is not None else (None, s.extent)
+            with for_range(self.b, stop, s.var, start) as i:
                 self.vars[s.var] = i
                 for inner in s.body:
                     self.stmt(inner)
@@ -113,7 +156,7 @@ class KernelEmitter:
 
     def _address(self, buf: int, index: Expr) -> ir.Value:
         p = self.kernel.params[buf]
-        return self.b.gep(self.fn.args[buf], [self.expr(index)], inbounds=True,
+        return self.b.gep(self.params[buf], [self.expr(index)], inbounds=True,
                           source_etype=_MEM[p.dtype])
 
     # -- expressions ---------------------------------------------------------------------------

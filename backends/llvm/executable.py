@@ -19,7 +19,7 @@ from graphnn.backends.base import RunResult
 from graphnn.backends.kernel.ir import Kernel, format_kernel
 from graphnn.backends.kernel.lower import lower
 from graphnn.backends.llvm.codegen import PTR, KernelEmitter
-from graphnn.backends.llvm.jit import Compiled, Target
+from graphnn.backends.llvm.jit import Compiled, Target, default_threads
 from graphnn.backends.reference import _evaluate
 from llvmlite import ir
 
@@ -32,7 +32,7 @@ SOURCES = ("placeholder", "variable", "constant")
 
 class LLVMExecutable:
     def __init__(self, graph: Graph, fetches: Sequence[Node], target: Target,
-                 dump_dir: str | None = None) -> None:
+                 dump_dir: str | None = None, threads: int = 1) -> None:
         self.fetches = tuple(fetches)
         order = graph.subgraph_order(self.fetches)
         unknown = [n for n in order if any(d is None for d in n.shape)]
@@ -66,6 +66,8 @@ class LLVMExecutable:
         self._close_segment(module, segment)
         self.llvm_ir = str(module)
         self.compiled = Compiled(self.llvm_ir, target) if self.kernels else None
+        if self.compiled:
+            self.compiled.set_threads(threads)
         self._entries = [ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self.compiled.address(f"seg{k}"))
                          for k in range(self._segments)] if self.compiled else []
         if dump_dir:
@@ -138,9 +140,10 @@ class LLVMBackend:
     static_shapes = True
 
     def __init__(self, cpu: str | None = None, features: str | None = None,
-                 dump_dir: str | None = None) -> None:
+                 dump_dir: str | None = None, threads: int | None = None) -> None:
         self.target = Target.host(cpu, features)
+        self.threads = threads if threads is not None else default_threads()
         self.dump_dir = dump_dir if dump_dir is not None else os.environ.get("GRAPHNN_DUMP")
 
     def compile(self, graph: Graph, fetches: Sequence[Node]) -> LLVMExecutable:
-        return LLVMExecutable(graph, fetches, self.target, self.dump_dir)
+        return LLVMExecutable(graph, fetches, self.target, self.dump_dir, self.threads)

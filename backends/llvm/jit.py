@@ -8,8 +8,10 @@ for the host's triple, CPU name and features (AVX2/AVX-512 where present), or fo
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -48,7 +50,10 @@ class Compiled:
     def __init__(self, llvm_ir: str, target: Target) -> None:
         start = time.perf_counter()
         tm = target.machine()
+        from graphnn.backends.llvm.runtime import RUNTIME_IR
+
         module = llvm.parse_assembly(llvm_ir)
+        module.link_in(llvm.parse_assembly(RUNTIME_IR))
         module.triple, module.data_layout = target.triple, str(tm.target_data)
         module.verify()
         pto = llvm.create_pipeline_tuning_options(speed_level=3)
@@ -65,3 +70,16 @@ class Compiled:
 
     def address(self, name: str) -> int:
         return int(self.engine.get_function_address(name))
+
+    def set_threads(self, n: int) -> None:
+        """How many threads large kernels use from now on (the runtime's global)."""
+        ctypes.c_int64.from_address(self.engine.get_global_value_address(
+            "graphnn_num_threads")).value = max(1, int(n))
+
+
+def default_threads() -> int:
+    """``GRAPHNN_NUM_THREADS``, else the cores this process may run on."""
+    env = os.environ.get("GRAPHNN_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
