@@ -32,7 +32,7 @@ SOURCES = ("placeholder", "variable", "constant")
 
 class LLVMExecutable:
     def __init__(self, graph: Graph, fetches: Sequence[Node], target: Target,
-                 dump_dir: str | None = None, threads: int = 1) -> None:
+                 dump_dir: str | None = None, threads: int = 1, cache: bool = True) -> None:
         self.fetches = tuple(fetches)
         order = graph.subgraph_order(self.fetches)
         unknown = [n for n in order if any(d is None for d in n.shape)]
@@ -65,7 +65,7 @@ class LLVMExecutable:
             segment.append((kernel, n))
         self._close_segment(module, segment)
         self.llvm_ir = str(module)
-        self.compiled = Compiled(self.llvm_ir, target) if self.kernels else None
+        self.compiled = Compiled(self.llvm_ir, target, cache) if self.kernels else None
         if self.compiled:
             self.compiled.set_threads(threads)
         self._entries = [ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self.compiled.address(f"seg{k}"))
@@ -126,11 +126,11 @@ class LLVMExecutable:
             f.write("\n\n".join(format_kernel(k) for k in self.kernels) + "\n")
         with open(stem + ".ll", "w") as f:
             f.write(self.llvm_ir)
-        if self.compiled:
+        if self.compiled and not self.compiled.from_cache:  # a cache hit skipped both stages
             with open(stem + ".opt.ll", "w") as f:
-                f.write(self.compiled.optimized_ir)
+                f.write(self.compiled.optimized_ir or "")
             with open(stem + ".s", "w") as f:
-                f.write(self.compiled.assembly)
+                f.write(self.compiled.assembly or "")
 
 
 class LLVMBackend:
@@ -140,10 +140,13 @@ class LLVMBackend:
     static_shapes = True
 
     def __init__(self, cpu: str | None = None, features: str | None = None,
-                 dump_dir: str | None = None, threads: int | None = None) -> None:
+                 dump_dir: str | None = None, threads: int | None = None,
+                 cache: bool = True) -> None:
         self.target = Target.host(cpu, features)
+        self.cache = cache  # the on-disk compile cache (off: always optimise and emit assembly)
         self.threads = threads if threads is not None else default_threads()
         self.dump_dir = dump_dir if dump_dir is not None else os.environ.get("GRAPHNN_DUMP")
 
     def compile(self, graph: Graph, fetches: Sequence[Node]) -> LLVMExecutable:
-        return LLVMExecutable(graph, fetches, self.target, self.dump_dir, self.threads)
+        return LLVMExecutable(graph, fetches, self.target, self.dump_dir, self.threads,
+                              self.cache)

@@ -8,10 +8,13 @@ for the host's triple, CPU name and features (AVX2/AVX-512 where present), or fo
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import hashlib
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -44,29 +47,71 @@ class Target:
             cpu=self.cpu, features=self.features, opt=3, codemodel="jitdefault")
 
 
-class Compiled:
-    """An optimised module loaded into an MCJIT engine (kept alive as long as this object)."""
+CODEGEN_FLAGS = "O3+loop-vectorize+slp-vectorize"
+_MAGIC = b"GNNOBJ1\n"
 
-    def __init__(self, llvm_ir: str, target: Target) -> None:
-        start = time.perf_counter()
-        tm = target.machine()
+
+def cache_dir() -> str:
+    """``GRAPHNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/graphnn``, else ``~/.cache/graphnn``."""
+    env = os.environ.get("GRAPHNN_CACHE_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "graphnn")
+
+
+def cache_key(llvm_ir: str, target: Target) -> str:
+    """Everything the machine code depends on: the IR, the runtime, the target, the flags and
+    the versions of llvmlite and graphnn."""
+    import llvmlite
+    from graphnn.backends.llvm.runtime import RUNTIME_IR
+
+    import graphnn
+
+    parts = [llvm_ir, RUNTIME_IR, target.triple, target.cpu, target.features, CODEGEN_FLAGS,
+             llvmlite.__version__, graphnn.__version__]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+class Compiled:
+    """An optimised module loaded into an MCJIT engine (kept alive as long as this object).
+
+    Machine code is cached on disk (``cache_dir()``) by ``cache_key``: a second process with the
+    same graph, shapes and target loads the object file instead of optimising and generating
+    code again. A damaged entry (bad magic or checksum) is deleted and rebuilt.
+    """
+
+    def __init__(self, llvm_ir: str, target: Target, use_cache: bool = True) -> None:
         from graphnn.backends.llvm.runtime import RUNTIME_IR
 
+        start = time.perf_counter()
+        tm = target.machine()
+        self.key = cache_key(llvm_ir, target)
+        self.path = os.path.join(cache_dir(), self.key[:2], self.key + ".o")
+        cached = _read_object(self.path) if use_cache else None
         module = llvm.parse_assembly(llvm_ir)
         module.link_in(llvm.parse_assembly(RUNTIME_IR))
         module.triple, module.data_layout = target.triple, str(tm.target_data)
         module.verify()
-        pto = llvm.create_pipeline_tuning_options(speed_level=3)
-        pto.loop_vectorization = True
-        pto.slp_vectorization = True
-        pb = llvm.create_pass_builder(tm, pto)
-        pb.getModulePassManager().run(module, pb)
-        self.optimized_ir = str(module)
+        if cached is None:
+            pto = llvm.create_pipeline_tuning_options(speed_level=3)
+            pto.loop_vectorization = True
+            pto.slp_vectorization = True
+            pb = llvm.create_pass_builder(tm, pto)
+            pb.getModulePassManager().run(module, pb)
+        self.from_cache = cached is not None
+        self.optimized_ir = None if self.from_cache else str(module)
         self.engine = llvm.create_mcjit_compiler(module, tm)
+        fresh: list[bytes] = []
+        self.engine.set_object_cache(lambda m, buf: fresh.append(bytes(buf)),
+                                     lambda m: cached)
         self.engine.finalize_object()
-        self.assembly = tm.emit_assembly(module)
+        if fresh and use_cache:
+            _write_object(self.path, fresh[0])
+        self.assembly = None if self.from_cache else tm.emit_assembly(module)
         self.seconds = time.perf_counter() - start
-        log.debug("compiled %d bytes of LLVM IR in %.3f s", len(llvm_ir), self.seconds)
+        log.debug("%s: %d bytes of LLVM IR in %.3f s (cache %s)", self.key[:12], len(llvm_ir),
+                  self.seconds, "hit" if self.from_cache else "miss")
 
     def address(self, name: str) -> int:
         return int(self.engine.get_function_address(name))
@@ -75,6 +120,33 @@ class Compiled:
         """How many threads large kernels use from now on (the runtime's global)."""
         ctypes.c_int64.from_address(self.engine.get_global_value_address(
             "graphnn_num_threads")).value = max(1, int(n))
+
+
+def _read_object(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError:
+        return None
+    digest, payload = blob[len(_MAGIC):len(_MAGIC) + 32], blob[len(_MAGIC) + 32:]
+    if not blob.startswith(_MAGIC) or hashlib.sha256(payload).digest() != digest:
+        log.warning("compile cache entry %s is damaged: rebuilding it", path)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return None
+    return payload
+
+
+def _write_object(path: str, payload: bytes) -> None:
+    """Atomically: a crash leaves either no entry or a whole one."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(_MAGIC + hashlib.sha256(payload).digest() + payload)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only or full disk only costs the next process a compile
+        log.warning("could not write the compile cache entry %s: %s", path, e)
 
 
 def default_threads() -> int:

@@ -18,7 +18,7 @@ def compile_one(build, *shapes, backend: LLVMBackend | None = None):  # type: ig
     with gn.Graph("k") as g:
         xs = [gn.placeholder(s, name=f"x{i}") for i, s in enumerate(shapes)]
         out = build(*xs)
-    return (backend or LLVMBackend()).compile(g, [out])
+    return (backend or LLVMBackend(cache=False)).compile(g, [out])
 
 
 def packed_ops(assembly: str) -> set[str]:
@@ -68,7 +68,8 @@ def test_dumps_kernel_ir_llvm_ir_and_assembly(tmp_path: pathlib.Path) -> None:
     with gn.Graph("dumped") as g:
         x = gn.placeholder((None, 16), name="x")
         y = gn.tanh(x) * 2.0
-    gn.Session(g, backend="llvm", dump_dir=str(tmp_path)).run(y, {x: np.ones((3, 16))})
+    gn.Session(g, backend=LLVMBackend(cache=False), dump_dir=str(tmp_path)).run(
+        y, {x: np.ones((3, 16))})
     names = {p.name for p in tmp_path.iterdir()}
     assert {"llvm_dumped.kir", "llvm_dumped.ll", "llvm_dumped.opt.ll", "llvm_dumped.s",
             "00_input.txt"} <= names
@@ -79,7 +80,7 @@ def test_dumps_kernel_ir_llvm_ir_and_assembly(tmp_path: pathlib.Path) -> None:
 
 
 def test_generic_target_has_no_avx() -> None:
-    generic = LLVMBackend(cpu="x86-64", features="")
+    generic = LLVMBackend(cpu="x86-64", features="", cache=False)
     if generic.target.triple.split("-")[0] != "x86_64":
         pytest.skip("the generic-x86-64 check needs an x86-64 host")
     asm = compile_one(lambda x: x * 3.0, (4096,), backend=generic).compiled.assembly
@@ -153,3 +154,31 @@ def test_threaded_kernels_match_the_reference(threads: int) -> None:
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5)
     big = compile_one(lambda x: x * 2.0, (1 << 20,))
     assert "graphnn_parallel_for" in big.llvm_ir
+
+
+def test_compile_cache_hits_in_a_new_process_and_rebuilds_damaged_entries(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
+    script = ("import graphnn as gn\n"
+              "from graphnn.backends.llvm import LLVMBackend\n"
+              "with gn.Graph('cached') as g:\n"
+              "    x = gn.placeholder((64, 64), name='x')\n"
+              "    y = gn.tanh(x @ x) + 1.0\n"
+              "exe = LLVMBackend().compile(g, [y])\n"
+              "print(exe.compiled.from_cache)\n")
+
+    def run() -> str:
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             check=True)
+        return out.stdout.strip()
+
+    assert run() == "False"  # cold: optimised and compiled, then stored
+    entries = list(tmp_path.rglob("*.o"))
+    assert len(entries) == 1
+    assert run() == "True"  # warm: a new process loads the object file
+    entries[0].write_bytes(b"GNNOBJ1\n" + b"\0" * 40)  # damaged
+    assert run() == "False"  # detected, rebuilt, not a crash
+    assert run() == "True"
