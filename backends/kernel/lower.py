@@ -438,10 +438,12 @@ def _lower_fused_epilogue(node: Node, name: str) -> Kernel | None:
     body = node.attrs["body"].graph
     compute = [n for n in body.nodes if n.op not in ("placeholder", "constant")]
     anchor, chain = compute[0], compute[1:]
-    if anchor.op != "matmul" or any(not _scalar_ok(n) for n in chain):
+    if anchor.op not in ("matmul", "conv") or any(not _scalar_ok(n) for n in chain):
         return None
-    a, b = anchor.inputs
-    if a.ndim < 2 or b.ndim < 2 or a.op != "placeholder" or b.op != "placeholder":
+    if any(i.op != "placeholder" for i in anchor.inputs) or not anchor.dtype.is_float:
+        return None
+    a, b = anchor.inputs[:2]
+    if anchor.op == "matmul" and (a.ndim < 2 or b.ndim < 2):
         return None
     places = body.placeholders
     params = tuple(Param(f"in{k}", i.dtype, _static(i)) for k, i in enumerate(node.inputs)) + (
@@ -461,8 +463,111 @@ def _lower_fused_epilogue(node: Node, name: str) -> Kernel | None:
             env[n] = SCALAR[n.op]([env[i] for i in n.inputs], n.attrs, n.dtype)
         return env[body.outputs[0]]
 
-    return matmul_kernel(name, params, places.index(a), places.index(b), epilogue,
-                         tuple(node.attrs["body"].ops))
+    ops = tuple(node.attrs["body"].ops)
+    if anchor.op == "conv":
+        bias = places.index(anchor.inputs[2]) if len(anchor.inputs) == 3 else None
+        return conv_kernel(name, params, places.index(a), places.index(b), bias, anchor.attrs,
+                           epilogue, ops)
+    return matmul_kernel(name, params, places.index(a), places.index(b), epilogue, ops)
+
+
+# -- direct convolution and max pooling ---------------------------------------------------------
+
+
+def _i(op: str, a: Expr, b: Expr) -> Expr:
+    return Binary(op, a, b, DType.int64)
+
+
+def _window_loads(x: Param, xbuf: int, n: Expr, ch: Expr, out_pos: list[Expr], taps: list[Expr],
+                  stride: Sequence[int], dilation: Sequence[int], pads_begin: Sequence[int],
+                  fill: Const) -> Expr:
+    """x[n, ch, out*stride + tap*dilation - pad], or ``fill`` outside the input (the load reads
+    a clamped, always valid index; the select discards it)."""
+    spatial = x.shape[2:]
+    valid: Expr | None = None
+    index: list[Expr] = [n, ch]
+    for d, size in enumerate(spatial):
+        pos = _i("sub", add_i(_i("mul", out_pos[d], const_i(stride[d])),
+                              _i("mul", taps[d], const_i(dilation[d]))), const_i(pads_begin[d]))
+        ok = Binary("and", Binary("ge", pos, const_i(0), DType.bool),
+                    Binary("lt", pos, const_i(size), DType.bool), DType.bool)
+        valid = ok if valid is None else Binary("and", valid, ok, DType.bool)
+        index.append(_i("min", _i("max", pos, const_i(0)), const_i(size - 1)))
+    load = Load(xbuf, linear_index(index, row_major_strides(x.shape)), x.dtype)
+    return load if valid is None else Select(valid, load, fill, x.dtype)
+
+
+def conv_kernel(name: str, params: tuple[Param, ...], xbuf: int, wbuf: int, bbuf: int | None,
+                attrs: Attrs, epilogue: Callable[[Expr, list[Expr]], Expr] | None,
+                source: tuple[str, ...]) -> Kernel:
+    """Direct convolution, channels first: for each (sample, output channel) and output row,
+    accumulate every (input channel, tap) into the row with a unit-stride inner loop."""
+    x, w, out = params[xbuf], params[wbuf], params[-1]
+    nd = len(x.shape) - 2
+    n_out, c_out = out.shape[:2]
+    cg, kernel = w.shape[1], w.shape[2:]
+    og = c_out // attrs["groups"]
+    no = Var("no")
+    n, o = _i("div", no, const_i(c_out)), _i("sub", no, _i("mul", _i("div", no, const_i(c_out)),
+                                                              const_i(c_out)))
+    group_base = _i("mul", _i("div", o, const_i(og)), const_i(cg))
+    rows = [Var(f"y{d}") for d in range(nd - 1)]
+    col = Var("xo")
+    out_pos: list[Expr] = [*rows, col]
+    out_index = linear_index([n, o, *out_pos], row_major_strides(out.shape))
+    dt = out.dtype
+    init: Expr = Load(bbuf, o, dt) if bbuf is not None else _c(0, dt)
+    taps = [Var(f"k{d}") for d in range(nd)]
+    w_val = Load(wbuf, linear_index([o, Var("c"), *taps], row_major_strides(w.shape)), dt)
+    pixel = _window_loads(x, xbuf, n, add_i(group_base, Var("c")), out_pos, list(taps),
+                          attrs["stride"], attrs["dilation"], attrs["pads"][:nd], _c(0, dt))
+    accumulate: tuple[Stmt, ...] = (Loop("xo", out.shape[-1], (Store(
+        len(params) - 1, out_index, _add(Load(len(params) - 1, out_index, dt),
+                                         _mul(w_val, pixel, dt), dt)),), vectorize=True),)
+    for d in reversed(range(nd)):
+        accumulate = (Loop(f"k{d}", kernel[d], accumulate),)
+    row: list[Stmt] = [Loop("xo", out.shape[-1], (Store(len(params) - 1, out_index, init),),
+                            vectorize=True), Loop("c", cg, accumulate)]
+    if epilogue is not None:
+        row.append(Loop("xo", out.shape[-1], (Store(len(params) - 1, out_index, epilogue(
+            Load(len(params) - 1, out_index, dt), [n, o, *out_pos])),), vectorize=True))
+    stmts: tuple[Stmt, ...] = tuple(row)
+    for d in reversed(range(nd - 1)):
+        stmts = (Loop(f"y{d}", out.shape[2 + d], stmts),)
+    return Kernel(name, params, (Loop("no", n_out * c_out, stmts, parallel=True),), source)
+
+
+def _lower_conv(node: Node, name: str) -> Kernel | None:
+    if not node.dtype.is_float:
+        return None
+    params = tuple(Param(f"in{k}", i.dtype, _static(i)) for k, i in enumerate(node.inputs)) + (
+        Param("out", node.dtype, _static(node), True),)
+    return conv_kernel(name, params, 0, 1, 2 if len(node.inputs) == 3 else None, node.attrs,
+                       None, ("conv",))
+
+
+def _lower_max_pool(node: Node, name: str) -> Kernel | None:
+    x = node.inputs[0]
+    a, nd = node.attrs, node.ndim - 2
+    params = (Param("in0", x.dtype, _static(x)), Param("out", node.dtype, _static(node), True))
+    out_vars: list[Expr] = [Var(f"y{d}") for d in range(nd)]
+    taps: list[Expr] = [Var(f"k{d}") for d in range(nd)]
+    n, ch = Var("n"), Var("ch")
+    dt = node.dtype
+    pixel = _window_loads(params[0], 0, n, ch, out_vars, taps, a["stride"], a["dilation"],
+                          a["pads"][:nd], _c(-np.inf, dt))
+    acc = Var("acc", dt)
+    inner: tuple[Stmt, ...] = (Assign("acc", _max(acc, pixel, dt)),)
+    for d in reversed(range(nd)):
+        inner = (Loop(f"k{d}", a["kernel_size"][d], inner),)
+    out_index = linear_index([n, ch, *out_vars], row_major_strides(_static(node)))
+    stmts: tuple[Stmt, ...] = (Declare("acc", dt, _c(-np.inf, dt)), *inner,
+                               Store(1, out_index, acc))
+    for d in reversed(range(nd)):
+        stmts = (Loop(f"y{d}", node.shape[2 + d] or 0, stmts, vectorize=d == nd - 1),)
+    stmts = (Loop("ch", node.shape[1] or 0, stmts),)
+    return Kernel(name, params, (Loop("n", node.shape[0] or 0, stmts, parallel=True),),
+                  ("max_pool",))
 
 
 COPIES = frozenset({"reshape", "flatten", "squeeze", "unsqueeze", "reshape_like"})
@@ -488,7 +593,7 @@ def lower(node: Node, name: str) -> Kernel | None:
         return _lower_plain_reduce(node, name)
     handlers: dict[str, Callable[[Node, str], Kernel | None]] = {
         "transpose": _lower_transpose, "slice": _lower_slice, "full_like": _lower_full_like,
-        "matmul": _lower_matmul}
+        "matmul": _lower_matmul, "conv": _lower_conv, "max_pool": _lower_max_pool}
     if node.op in handlers:
         return handlers[node.op](node, name)
     if node.op == "fused" and node.attrs["kind"] == "elementwise":
@@ -501,4 +606,5 @@ def lower(node: Node, name: str) -> Kernel | None:
 
 
 def lowered_ops() -> set[str]:
-    return set(SCALAR) | COPIES | REDUCTIONS | {"transpose", "slice", "full_like", "matmul"}
+    return set(SCALAR) | COPIES | REDUCTIONS | {"transpose", "slice", "full_like", "matmul",
+                                                "conv", "max_pool"}

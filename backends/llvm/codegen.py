@@ -88,44 +88,62 @@ class KernelEmitter:
 
     def __init__(self, module: ir.Module) -> None:
         self.module = module
-        self.parallel_for = ir.Function(module, ir.FunctionType(
-            ir.VoidType(), [PTR, PTR, I64, I64]), "graphnn_parallel_for")
-        self.num_threads = ir.GlobalVariable(module, I64, "graphnn_num_threads")
+        self._runtime: tuple[ir.Function, ir.GlobalVariable] | None = None
+
+    def runtime(self) -> tuple[ir.Function, ir.GlobalVariable]:
+        """Declarations of the runtime's parallel-for and thread count (linked in by the JIT)."""
+        if self._runtime is None:
+            self._runtime = (ir.Function(self.module, ir.FunctionType(
+                ir.VoidType(), [PTR, PTR, I64, I64]), "graphnn_parallel_for"),
+                ir.GlobalVariable(self.module, I64, "graphnn_num_threads"))
+        return self._runtime
 
     def emit(self, kernel: Kernel) -> ir.Function:
-        n = len(kernel.params)
-        chunk = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]),
-                            kernel.name + "_chunk")
-        self.fn, self.kernel = chunk, kernel
-        self.entry = chunk.append_basic_block("entry")
-        self.b = ir.IRBuilder(self.entry)
-        ctx, lo, hi = chunk.args
-        self.params = [self.b.load(self.b.gep(ctx, [ir.Constant(I64, i)], source_etype=PTR),
-                                   typ=PTR, name=p.name) for i, p in enumerate(kernel.params)]
-        self.vars: dict[str, ir.Value] = {}
-        self.locals: dict[str, tuple[ir.AllocaInstr, DType]] = {}
         outer = kernel.body[0] if len(kernel.body) == 1 and isinstance(kernel.body[0], Loop) \
             and kernel.body[0].parallel else None
-        for s in kernel.body:
-            self.stmt(s, (lo, hi) if s is outer else None)
-        self.b.ret_void()
-        return self._wrapper(kernel, chunk, outer, n)
+        if outer is None or outer.extent < 2 or _work(kernel.body) < PARALLEL_MIN_WORK:
+            fn = self._signature(kernel, kernel.name)  # small: one thread, no wrapper
+            self._body(kernel, fn, list(fn.args), None, None)
+            return fn
+        chunk = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]),
+                            kernel.name + "_chunk")
+        b = ir.IRBuilder(chunk.append_basic_block("entry"))
+        ctx, lo, hi = chunk.args
+        params = [b.load(b.gep(ctx, [ir.Constant(I64, i)], source_etype=PTR), typ=PTR,
+                         name=p.name) for i, p in enumerate(kernel.params)]
+        self._body(kernel, chunk, params, outer, (lo, hi))
+        return self._wrapper(kernel, chunk, outer)
 
-    def _wrapper(self, kernel: Kernel, chunk: ir.Function, outer: Loop | None,
-                 n: int) -> ir.Function:
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * n), kernel.name)
+    def _signature(self, kernel: Kernel, name: str) -> ir.Function:
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * len(kernel.params)),
+                         name)
         for arg, p in zip(fn.args, kernel.params):
             arg.name = p.name
             arg.add_attribute("noalias")
+        return fn
+
+    def _body(self, kernel: Kernel, fn: ir.Function, params: list[ir.Value],
+              outer: Loop | None, bounds: tuple[ir.Value, ir.Value] | None) -> None:
+        self.fn, self.kernel, self.params = fn, kernel, params
+        self.entry = fn.blocks[0] if fn.blocks else fn.append_basic_block("entry")
+        self.b = ir.IRBuilder(self.entry)
+        self.b.position_at_end(self.entry)
+        self.vars: dict[str, ir.Value] = {}
+        self.locals: dict[str, tuple[ir.AllocaInstr, DType]] = {}
+        for s in kernel.body:
+            self.stmt(s, bounds if s is outer else None)
+        self.b.ret_void()
+
+    def _wrapper(self, kernel: Kernel, chunk: ir.Function, outer: Loop) -> ir.Function:
+        """``name(p0, ..., out)``: packs the pointers and runs the chunk on all threads."""
+        parallel_for, num_threads = self.runtime()
+        fn = self._signature(kernel, kernel.name)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        ctx = b.alloca(PTR, ir.Constant(I64, n), name="params")
+        ctx = b.alloca(PTR, ir.Constant(I64, len(fn.args)), name="params")
         for i, arg in enumerate(fn.args):
             b.store(arg, b.gep(ctx, [ir.Constant(I64, i)], source_etype=PTR))
-        extent = ir.Constant(I64, outer.extent if outer else 0)
-        if outer is not None and _work(kernel.body) >= PARALLEL_MIN_WORK and outer.extent > 1:
-            b.call(self.parallel_for, [chunk, ctx, extent, b.load(self.num_threads, typ=I64)])
-        else:
-            b.call(chunk, [ctx, ir.Constant(I64, 0), extent])
+        b.call(parallel_for, [chunk, ctx, ir.Constant(I64, outer.extent),
+                              b.load(num_threads, typ=I64)])
         b.ret_void()
         return fn
 

@@ -90,7 +90,9 @@ class Compiled:
         self.path = os.path.join(cache_dir(), self.key[:2], self.key + ".o")
         cached = _read_object(self.path) if use_cache else None
         module = llvm.parse_assembly(llvm_ir)
-        module.link_in(llvm.parse_assembly(RUNTIME_IR))
+        self.threaded = "graphnn_parallel_for" in llvm_ir
+        if self.threaded:  # the runtime only where a kernel calls it: less to compile
+            module.link_in(llvm.parse_assembly(RUNTIME_IR))
         module.triple, module.data_layout = target.triple, str(tm.target_data)
         module.verify()
         if cached is None:
@@ -118,6 +120,8 @@ class Compiled:
 
     def set_threads(self, n: int) -> None:
         """How many threads large kernels use from now on (the runtime's global)."""
+        if not self.threaded:
+            return
         ctypes.c_int64.from_address(self.engine.get_global_value_address(
             "graphnn_num_threads")).value = max(1, int(n))
 

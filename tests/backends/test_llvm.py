@@ -40,14 +40,24 @@ def test_elementwise_and_reduction_kernels_are_vectorised() -> None:
 
 def test_native_and_fallback_ops_are_reported() -> None:
     assert {"relu", "gelu", "where", "sum", "transpose", "slice", "cast"} <= lowered_ops()
-    exe = compile_one(lambda x, w: gn.relu(gn.conv1d(x, w)), (4, 8, 5), (3, 8, 2))
-    assert exe.fallback_ops == {"conv"}  # not lowered yet: runs its numpy reference
-    x, w = np.ones((4, 8, 5), np.float32), np.ones((3, 8, 2), np.float32)
+    exe = compile_one(lambda x: gn.relu(gn.avg_pool1d(x, 2)), (4, 8, 6))
+    assert exe.fallback_ops == {"avg_pool"}  # not lowered yet: runs its numpy reference
     with gn.Graph() as g:
-        xp, wp = gn.placeholder((4, 8, 5), name="x"), gn.placeholder((3, 8, 2), name="w")
-        y = gn.relu(gn.conv1d(xp, wp) - 5.0)
-    np.testing.assert_array_equal(gn.Session(g, backend="llvm").run(y, {xp: x, wp: w}),
-                                  np.full((4, 3, 4), 11.0))
+        xp = gn.placeholder((4, 8, 6), name="x")
+        y = gn.relu(gn.avg_pool1d(xp, 2) - 0.5)
+    np.testing.assert_array_equal(gn.Session(g, backend="llvm").run(y, {xp: np.ones((4, 8, 6))}),
+                                  np.full((4, 8, 3), 0.5))
+
+
+def test_digits_cnn_forward_is_native() -> None:
+    graph, y = gn.models.inference_graph("digits-cnn", batch=4)
+    exe = gn.Session(graph, backend=LLVMBackend(cache=False), opt_level=2)
+    x = np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32)
+    out = exe.run(y, {"x": x})
+    np.testing.assert_allclose(out, gn.Session(graph).run(y, {"x": x}), rtol=1e-4, atol=1e-5)
+    compiled = next(iter(exe._cache.values())).exe
+    assert compiled.fallback_ops == set()
+    assert ("conv", "relu") in [k.source for k in compiled.kernels]
 
 
 def test_matmul_and_its_fused_epilogue_are_native() -> None:
