@@ -497,44 +497,61 @@ def _window_loads(x: Param, xbuf: int, n: Expr, ch: Expr, out_pos: list[Expr], t
     return load if valid is None else Select(valid, load, fill, x.dtype)
 
 
+def _tap_range(t: int, size: int, out_size: int, stride: int, dil: int, pad: int
+               ) -> tuple[int, int]:
+    """Output positions whose input position out*stride + t*dil - pad lies inside [0, size)."""
+    lo = max(0, -(-(pad - t * dil) // stride))
+    hi = min(out_size, (size - 1 + pad - t * dil) // stride + 1)
+    return lo, max(lo, hi)
+
+
 def conv_kernel(name: str, params: tuple[Param, ...], xbuf: int, wbuf: int, bbuf: int | None,
                 attrs: Attrs, epilogue: Callable[[Expr, list[Expr]], Expr] | None,
                 source: tuple[str, ...]) -> Kernel:
-    """Direct convolution, channels first: for each (sample, output channel) and output row,
-    accumulate every (input channel, tap) into the row with a unit-stride inner loop."""
+    """Direct convolution, channels first. For each (sample, output channel): initialise the
+    output plane with the bias, then for every kernel tap (unrolled here) and input channel add
+    w * x over the output positions whose input is inside the image; that range is static per
+    tap, so every load is affine and vectorises, and padding costs nothing."""
     x, w, out = params[xbuf], params[wbuf], params[-1]
     nd = len(x.shape) - 2
     n_out, c_out = out.shape[:2]
     cg, kernel = w.shape[1], w.shape[2:]
     og = c_out // attrs["groups"]
+    stride, dil, pads = attrs["stride"], attrs["dilation"], attrs["pads"][:nd]
     no = Var("no")
-    n, o = _i("div", no, const_i(c_out)), _i("sub", no, _i("mul", _i("div", no, const_i(c_out)),
-                                                              const_i(c_out)))
+    n = _i("div", no, const_i(c_out))
+    o = _i("sub", no, _i("mul", n, const_i(c_out)))
     group_base = _i("mul", _i("div", o, const_i(og)), const_i(cg))
-    rows = [Var(f"y{d}") for d in range(nd - 1)]
-    col = Var("xo")
-    out_pos: list[Expr] = [*rows, col]
-    out_index = linear_index([n, o, *out_pos], row_major_strides(out.shape))
+    out_strides = row_major_strides(out.shape)
+    x_strides = row_major_strides(x.shape)
     dt = out.dtype
+    ovars: list[Expr] = [Var(f"y{d}") for d in range(nd)]
+    plane = linear_index([n, o, *ovars], out_strides)
     init: Expr = Load(bbuf, o, dt) if bbuf is not None else _c(0, dt)
-    taps = [Var(f"k{d}") for d in range(nd)]
-    w_val = Load(wbuf, linear_index([o, Var("c"), *taps], row_major_strides(w.shape)), dt)
-    pixel = _window_loads(x, xbuf, n, add_i(group_base, Var("c")), out_pos, list(taps),
-                          attrs["stride"], attrs["dilation"], attrs["pads"][:nd], _c(0, dt))
-    accumulate: tuple[Stmt, ...] = (Loop("xo", out.shape[-1], (Store(
-        len(params) - 1, out_index, _add(Load(len(params) - 1, out_index, dt),
-                                         _mul(w_val, pixel, dt), dt)),), vectorize=True),)
-    for d in reversed(range(nd)):
-        accumulate = (Loop(f"k{d}", kernel[d], accumulate),)
-    row: list[Stmt] = [Loop("xo", out.shape[-1], (Store(len(params) - 1, out_index, init),),
-                            vectorize=True), Loop("c", cg, accumulate)]
+    body: list[Stmt] = list(_nest(out.shape[2:], [Store(len(params) - 1, plane, init)], "y"))
+    c = Var("c")
+    for taps in np.ndindex(*kernel):
+        ranges = [_tap_range(t, x.shape[2 + d], out.shape[2 + d], stride[d], dil[d], pads[d])
+                  for d, t in enumerate(taps)]
+        if any(hi <= lo for lo, hi in ranges):
+            continue  # this tap only ever sees padding
+        jvars = [Var(f"j{d}") for d in range(nd)]
+        out_pos = [add_i(j, const_i(lo)) for j, (lo, _) in zip(jvars, ranges)]
+        in_pos = [add_i(_i("mul", p, const_i(stride[d])), const_i(taps[d] * dil[d] - pads[d]))
+                  for d, p in enumerate(out_pos)]
+        at = linear_index([n, o, *out_pos], out_strides)
+        w_val = Load(wbuf, linear_index([o, c, *[const_i(t) for t in taps]],
+                                        row_major_strides(w.shape)), dt)
+        pixel = Load(xbuf, linear_index([n, add_i(group_base, c), *in_pos], x_strides), dt)
+        inner: tuple[Stmt, ...] = (Store(len(params) - 1, at, _add(
+            Load(len(params) - 1, at, dt), _mul(w_val, pixel, dt), dt)),)
+        for d in reversed(range(nd)):
+            inner = (Loop(f"j{d}", ranges[d][1] - ranges[d][0], inner, vectorize=d == nd - 1),)
+        body.append(Loop("c", cg, inner))
     if epilogue is not None:
-        row.append(Loop("xo", out.shape[-1], (Store(len(params) - 1, out_index, epilogue(
-            Load(len(params) - 1, out_index, dt), [n, o, *out_pos])),), vectorize=True))
-    stmts: tuple[Stmt, ...] = tuple(row)
-    for d in reversed(range(nd - 1)):
-        stmts = (Loop(f"y{d}", out.shape[2 + d], stmts),)
-    return Kernel(name, params, (Loop("no", n_out * c_out, stmts, parallel=True),), source)
+        body.extend(_nest(out.shape[2:], [Store(len(params) - 1, plane, epilogue(
+            Load(len(params) - 1, plane, dt), [n, o, *ovars]))], "y"))
+    return Kernel(name, params, (Loop("no", n_out * c_out, tuple(body), parallel=True),), source)
 
 
 def _lower_conv(node: Node, name: str) -> Kernel | None:
@@ -579,9 +596,12 @@ def _scalar_ok(n: Node) -> bool:
     return n.op in SCALAR and not (n.op == "pow" and n.dtype.is_int)
 
 
-def lower(node: Node, name: str) -> Kernel | None:
-    """The kernel computing ``node``, or None when its op has no lowering yet."""
+def lower(node: Node, name: str, skip: frozenset[str] = frozenset()) -> Kernel | None:
+    """The kernel computing ``node``, or None when its op has no lowering yet (or is in ``skip``,
+    ops a backend prefers to leave to their reference implementation)."""
     if any(d is None for d in node.shape) or any(d is None for i in node.inputs for d in i.shape):
+        return None
+    if node.op in skip or (node.op == "fused" and skip & set(node.attrs["body"].ops)):
         return None
     if node.op in SCALAR:
         if not _scalar_ok(node):

@@ -105,13 +105,24 @@ class KernelEmitter:
             fn = self._signature(kernel, kernel.name)  # small: one thread, no wrapper
             self._body(kernel, fn, list(fn.args), None, None)
             return fn
+        # impl(ptr noalias p0, ..., i64 lo, i64 hi): the body, with the no-alias facts the
+        # vectoriser needs (they survive inlining as alias scopes); chunk(ctx, lo, hi) unpacks
+        # the pointer array the runtime passes around and calls it.
+        n = len(kernel.params)
+        impl = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * n + [I64, I64]),
+                           kernel.name + "_impl")
+        for arg, p in zip(impl.args, kernel.params):
+            arg.name = p.name
+            arg.add_attribute("noalias")
+        self._body(kernel, impl, list(impl.args[:n]), outer, (impl.args[n], impl.args[n + 1]))
         chunk = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]),
                             kernel.name + "_chunk")
         b = ir.IRBuilder(chunk.append_basic_block("entry"))
         ctx, lo, hi = chunk.args
         params = [b.load(b.gep(ctx, [ir.Constant(I64, i)], source_etype=PTR), typ=PTR,
                          name=p.name) for i, p in enumerate(kernel.params)]
-        self._body(kernel, chunk, params, outer, (lo, hi))
+        b.call(impl, [*params, lo, hi])
+        b.ret_void()
         return self._wrapper(kernel, chunk, outer)
 
     def _signature(self, kernel: Kernel, name: str) -> ir.Function:

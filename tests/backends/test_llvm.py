@@ -51,7 +51,7 @@ def test_native_and_fallback_ops_are_reported() -> None:
 
 def test_digits_cnn_forward_is_native() -> None:
     graph, y = gn.models.inference_graph("digits-cnn", batch=4)
-    exe = gn.Session(graph, backend=LLVMBackend(cache=False), opt_level=2)
+    exe = gn.Session(graph, backend=LLVMBackend(cache=False, native_conv=True), opt_level=2)
     x = np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32)
     out = exe.run(y, {"x": x})
     np.testing.assert_allclose(out, gn.Session(graph).run(y, {"x": x}), rtol=1e-4, atol=1e-5)
@@ -192,3 +192,24 @@ def test_compile_cache_hits_in_a_new_process_and_rebuilds_damaged_entries(
     entries[0].write_bytes(b"GNNOBJ1\n" + b"\0" * 40)  # damaged
     assert run() == "False"  # detected, rebuilt, not a crash
     assert run() == "True"
+
+
+CONVS = [((2, 4, 9, 8), (6, 2, 3, 3), {"padding": 1, "groups": 2}),
+         ((1, 3, 7, 7), (4, 3, 3, 3), {"stride": 2, "padding": "same"}),
+         ((2, 2, 9, 9), (3, 2, 3, 2), {"dilation": 2, "padding": [(2, 0), (1, 3)]}),
+         ((1, 3, 10), (5, 3, 4), {"stride": 3, "padding": 2}),
+         ((1, 2, 4, 5, 4), (2, 2, 2, 3, 2), {"padding": 1})]
+
+
+@pytest.mark.parametrize(("xs", "ws", "kw"), CONVS)
+def test_native_convolution_kernel(xs: tuple, ws: tuple, kw: dict) -> None:
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    with gn.Graph() as g:
+        p = gn.placeholder(xs, name="x")
+        y = gn.relu(gn.conv(p, gn.constant(w), gn.constant(b), **kw) + 0.25)
+    native = LLVMBackend(cache=False, native_conv=True)
+    got = gn.Session(g, backend=native, opt_level=2).run(y, {p: x})
+    np.testing.assert_allclose(got, gn.Session(g).run(y, {p: x}), rtol=1e-4, atol=1e-5)
+    assert "conv" not in native.compile(g, [y]).fallback_ops
