@@ -1,6 +1,6 @@
 """The ``graphnn`` command line.
 
-    graphnn dump MODEL [--opt-level 2] [--after PASS] [--batch 32] [--freeze] [--emit llvm]
+    graphnn dump MODEL [--opt-level 2] [--after PASS] [--batch 32] [--freeze] [--emit kir|llvm|asm]
     graphnn passes
 
 MODEL is a built-in model name (``graphnn.models``: digits-cnn, mlp, cnn-bn) or a saved-model
@@ -35,9 +35,9 @@ def cmd_dump(args: argparse.Namespace) -> int:
     from graphnn.passes import PassManager
     from graphnn.text_ir import print_graph
 
-    if args.emit:
-        print(f"graphnn: --emit {args.emit}: no code generator is installed yet (the LLVM and "
-              "OpenCL backends are not part of this version)", file=sys.stderr)
+    if args.emit == "opencl":
+        print("graphnn: --emit opencl: the OpenCL backend is not part of this version yet",
+              file=sys.stderr)
         return 2
     graph = _graph(args.model, args.batch)
     pm = PassManager(opt_level=args.opt_level, verify=True, dump_dir=args.dump_dir,
@@ -47,11 +47,34 @@ def cmd_dump(args: argparse.Namespace) -> int:
               f"({', '.join(p for p, _ in pm.passes)})", file=sys.stderr)
         return 2
     pm.run(graph)
+    if args.emit:
+        return _emit(pm.history[-1].graph, args.emit)
     stage = next((s for s in pm.history if s.name == args.after), pm.history[-1])
     print(f"# {args.model}, O{args.opt_level}, after {stage.name}")
     print(print_graph(stage.graph))
     if args.stats:
         print(pm.report())
+    return 0
+
+
+def _emit(graph, what: str) -> int:  # type: ignore[no-untyped-def]
+    """Print the code the LLVM backend generates for ``graph`` (static shapes needed)."""
+    from graphnn.backends.kernel.ir import format_kernel
+    from graphnn.backends.llvm import LLVMBackend
+
+    if any(d is None for n in graph.nodes for d in n.shape):
+        print("graphnn: --emit needs static shapes: pass --batch N", file=sys.stderr)
+        return 2
+    exe = LLVMBackend(cache=False, native_conv=True).compile(graph, list(graph.outputs))
+    if what == "kir":
+        print("\n\n".join(format_kernel(k) for k in exe.kernels))
+    elif what == "llvm":
+        print(exe.llvm_ir)
+    else:
+        print(exe.compiled.assembly if exe.compiled else "")
+    if exe.fallback_ops:
+        print(f"# ops without native code (run by numpy): {', '.join(sorted(exe.fallback_ops))}",
+              file=sys.stderr)
     return 0
 
 
@@ -73,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     dump.add_argument("--after", help="show the graph after this pass")
     dump.add_argument("--batch", type=int, help="specialise the batch dimension")
     dump.add_argument("--freeze", action="store_true", help="treat weights as constants")
-    dump.add_argument("--emit", choices=["llvm", "asm", "opencl"], help="generated code")
+    dump.add_argument("--emit", choices=["kir", "llvm", "asm", "opencl"],
+                      help="print generated code: kernel IR, LLVM IR or assembly")
     dump.add_argument("--dump-dir", help="also write every stage (text and DOT) here")
     dump.add_argument("--stats", action="store_true", help="print per-pass statistics")
     dump.set_defaults(fn=cmd_dump)

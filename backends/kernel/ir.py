@@ -144,6 +144,9 @@ def const_i(v: int) -> Const:
 
 
 def add_i(a: Expr, b: Expr) -> Expr:
+    """a + b on int64, folding constants (so dumps read like the index arithmetic they mean)."""
+    if isinstance(a, Const) and isinstance(b, Const):
+        return const_i(int(a.value) + int(b.value))
     if isinstance(a, Const) and a.value == 0:
         return b
     if isinstance(b, Const) and b.value == 0:
@@ -152,8 +155,11 @@ def add_i(a: Expr, b: Expr) -> Expr:
 
 
 def mul_i(a: Expr, k: int) -> Expr:
+    """a * k on int64, folding constants."""
     if k == 0:
         return const_i(0)
+    if isinstance(a, Const):
+        return const_i(int(a.value) * k)
     if k == 1:
         return a
     return Binary("mul", a, const_i(k), DType.int64)

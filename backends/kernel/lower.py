@@ -35,6 +35,7 @@ from graphnn.backends.kernel.ir import (
     add_i,
     const_i,
     linear_index,
+    mul_i,
     row_major_strides,
 )
 
@@ -475,6 +476,12 @@ def _lower_fused_epilogue(node: Node, name: str) -> Kernel | None:
 
 
 def _i(op: str, a: Expr, b: Expr) -> Expr:
+    if op == "mul" and isinstance(b, Const):
+        return mul_i(a, int(b.value))
+    if op == "add":
+        return add_i(a, b)
+    if op == "sub" and isinstance(b, Const):
+        return add_i(a, const_i(-int(b.value)))
     return Binary(op, a, b, DType.int64)
 
 
@@ -537,7 +544,7 @@ def conv_kernel(name: str, params: tuple[Param, ...], xbuf: int, wbuf: int, bbuf
             continue  # this tap only ever sees padding
         jvars = [Var(f"j{d}") for d in range(nd)]
         out_pos = [add_i(j, const_i(lo)) for j, (lo, _) in zip(jvars, ranges)]
-        in_pos = [add_i(_i("mul", p, const_i(stride[d])), const_i(taps[d] * dil[d] - pads[d]))
+        in_pos = [add_i(mul_i(p, stride[d]), const_i(taps[d] * dil[d] - pads[d]))
                   for d, p in enumerate(out_pos)]
         at = linear_index([n, o, *out_pos], out_strides)
         w_val = Load(wbuf, linear_index([o, c, *[const_i(t) for t in taps]],

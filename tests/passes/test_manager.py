@@ -79,8 +79,15 @@ def test_cli_dump_and_passes(capsys: pytest.CaptureFixture, tmp_path: pathlib.Pa
     assert out.startswith("# mlp, O2, after dce") and out.count("= fused[") == 3
     assert cli.main(["dump", "digits-cnn", "--after", "simplify", "--opt-level", "1"]) == 0
     assert "after simplify" in capsys.readouterr().out
-    assert cli.main(["dump", "mlp", "--emit", "llvm"]) == 2
-    assert "no code generator" in capsys.readouterr().err
+    assert cli.main(["dump", "mlp", "--emit", "llvm"]) == 2  # unknown batch size
+    assert "needs static shapes" in capsys.readouterr().err
+    assert cli.main(["dump", "mlp", "--batch", "2", "--freeze", "--emit", "kir"]) == 0
+    assert "kernel k0_fused(" in capsys.readouterr().out
+    assert cli.main(["dump", "mlp", "--batch", "2", "--emit", "llvm"]) == 0
+    assert 'define void @"k0_' in capsys.readouterr().out
+    assert cli.main(["dump", "digits-cnn", "--batch", "2", "--emit", "asm"]) == 0
+    assert "ret" in capsys.readouterr().out
+    assert cli.main(["dump", "mlp", "--emit", "opencl"]) == 2
     assert cli.main(["dump", "mlp", "--after", "fuse_epilogue", "--opt-level", "1"]) == 2
     assert cli.main(["passes"]) == 0
     assert "O2: fold_constants" in capsys.readouterr().out
