@@ -45,6 +45,7 @@ class LLVMExecutable:
         self.random = any(get_op(n.op).random for n in order)
         self.slot = {n: i for i, n in enumerate(order)}
         self.order = order
+        self._segments = 0
         self.steps: list[tuple[str, Any]] = []  # ("native", (segment, nodes)) | ("numpy", node)
         self.kernels: list[Kernel] = []
         module = ir.Module(name=graph.name)
@@ -73,8 +74,6 @@ class LLVMExecutable:
                          for k in range(self._segments)] if self.compiled else []
         if dump_dir:
             self._dump(dump_dir, graph.name)
-
-    _segments = 0
 
     def _close_segment(self, module: ir.Module, segment: list[tuple[Kernel, Node]]) -> None:
         """One entry ``seg<k>(ptr slots)`` calling the segment's kernels in order."""

@@ -287,27 +287,30 @@ def conv_transpose(x: TensorLike, weight: TensorLike, bias: TensorLike | None = 
     return make_node("conv_transpose", inputs, attrs, name=name)
 
 
-def _with_rank(fn: Any, nd: int, label: str) -> Any:
-    def wrapper(x: TensorLike, weight: TensorLike, *args: Any, **kwargs: Any) -> Node:
+def with_rank(fn: Any, nd: int, label: str) -> Any:
+    """``fn`` restricted to inputs (N, C, *spatial) with ``nd`` spatial dims (conv2d, max_pool2d:
+    the rank-specific names PyTorch users call)."""
+
+    def wrapper(x: TensorLike, *args: Any, **kwargs: Any) -> Node:
         x_node = as_node(x)
         if x_node.ndim != nd + 2:
             from graphnn.ops.registry import context_message
 
             raise ShapeError(context_message(
                 label, "%?", [x_node], f"expects a rank-{nd + 2} input (N, C, {nd} spatial dims)"))
-        return fn(x_node, weight, *args, **kwargs)
+        return fn(x_node, *args, **kwargs)
 
     wrapper.__name__ = label
     wrapper.__doc__ = f"{label}: ``{fn.__name__}`` for {nd} spatial dim(s).\n\n{fn.__doc__}"
     return wrapper
 
 
-conv1d = _with_rank(conv, 1, "conv1d")
-conv2d = _with_rank(conv, 2, "conv2d")
-conv3d = _with_rank(conv, 3, "conv3d")
-conv_transpose1d = _with_rank(conv_transpose, 1, "conv_transpose1d")
-conv_transpose2d = _with_rank(conv_transpose, 2, "conv_transpose2d")
-conv_transpose3d = _with_rank(conv_transpose, 3, "conv_transpose3d")
+conv1d = with_rank(conv, 1, "conv1d")
+conv2d = with_rank(conv, 2, "conv2d")
+conv3d = with_rank(conv, 3, "conv3d")
+conv_transpose1d = with_rank(conv_transpose, 1, "conv_transpose1d")
+conv_transpose2d = with_rank(conv_transpose, 2, "conv_transpose2d")
+conv_transpose3d = with_rank(conv_transpose, 3, "conv_transpose3d")
 
 
 

@@ -19,7 +19,7 @@ from graphnn import dtypes as dt
 from graphnn.dtypes import DType
 from graphnn.errors import AttrError, ShapeError
 from graphnn.ir import Attrs, Dim, Node, Shape
-from graphnn.ops.conv import _tuple, _windows, resolve_padding
+from graphnn.ops.conv import _tuple, _windows, resolve_padding, with_rank
 from graphnn.ops.elementwise import TensorLike
 from graphnn.ops.reduce import max as reduce_max
 from graphnn.ops.reduce import mean
@@ -193,21 +193,8 @@ def avg_pool(x: TensorLike, kernel_size: int | Sequence[int],
                  count_include_pad=count_include_pad)
 
 
-def _sized(fn, nd: int, label: str):  # type: ignore[no-untyped-def]
-    def wrapper(x: TensorLike, *args: object, **kwargs: object) -> Node:
-        x_node = as_node(x)
-        if x_node.ndim != nd + 2:
-            raise ShapeError(f"{label}: expects a rank-{nd + 2} input (N, C, {nd} spatial dims), "
-                             f"got {x_node.type_str}")
-        return fn(x_node, *args, **kwargs)
-
-    wrapper.__name__ = label
-    wrapper.__doc__ = f"{label}: ``{fn.__name__}`` for {nd} spatial dim(s).\n\n{fn.__doc__}"
-    return wrapper
-
-
-max_pool1d, max_pool2d, max_pool3d = (_sized(max_pool, n, f"max_pool{n}d") for n in (1, 2, 3))
-avg_pool1d, avg_pool2d, avg_pool3d = (_sized(avg_pool, n, f"avg_pool{n}d") for n in (1, 2, 3))
+max_pool1d, max_pool2d, max_pool3d = (with_rank(max_pool, n, f"max_pool{n}d") for n in (1, 2, 3))
+avg_pool1d, avg_pool2d, avg_pool3d = (with_rank(avg_pool, n, f"avg_pool{n}d") for n in (1, 2, 3))
 
 
 def adaptive_avg_pool(x: TensorLike, output_size: int | Sequence[int],
