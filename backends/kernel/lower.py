@@ -594,6 +594,204 @@ def _lower_max_pool(node: Node, name: str) -> Kernel | None:
                   ("max_pool",))
 
 
+# -- row-wise and multi-pass reductions: softmax, log_softmax, logsumexp, var, std, argmax ------
+
+
+def _is_finite(v: Expr, dt: DType) -> Expr:
+    return Binary("and", Binary("eq", v, v, DType.bool),
+                  Binary("ne", Unary("abs", v, dt), _c(np.inf, dt), DType.bool), DType.bool)
+
+
+def _split(shape: tuple[int, ...], axes: Sequence[int]) -> tuple[list[Expr], list[int]]:
+    """Index variables for ``shape`` (i<d> kept, r<d> reduced) and the kept dims."""
+    vars_: list[Expr] = [Var(f"r{d}") if d in axes else Var(f"i{d}") for d in range(len(shape))]
+    return vars_, [d for d in range(len(shape)) if d not in axes]
+
+
+def _over(shape: tuple[int, ...], axes: Sequence[int], body: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
+    for d in reversed(axes):
+        body = (Loop(f"r{d}", shape[d], body),)
+    return body
+
+
+def _around(shape: tuple[int, ...], kept: list[int], body: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
+    for pos, d in reversed(list(enumerate(kept))):
+        body = (Loop(f"i{d}", shape[d], body, parallel=pos == 0),)
+    return body
+
+
+def _lower_rowwise(node: Node, name: str) -> Kernel | None:
+    """softmax / log_softmax along one axis: a max pass, a sum-of-exp pass, a write pass."""
+    x = node.inputs[0]
+    xs, dt = _static(x), node.dtype
+    axis = node.attrs["axis"] % x.ndim
+    vars_, kept = _split(xs, [axis])
+    at = linear_index(vars_, row_major_strides(xs))
+    v = Load(0, at, dt)
+    m, total = Var("m", dt), Var("s", dt)
+    shifted = Binary("sub", v, m, dt)
+    result: Expr = (Binary("div", Unary("exp", shifted, dt), total, dt) if node.op == "softmax"
+                    else Binary("sub", shifted, Unary("log", total, dt), dt))
+    body = (Declare("m", dt, _c(-np.inf, dt)),
+            *_over(xs, [axis], (Assign("m", _max(m, v, dt)),)),
+            Declare("s", dt, _c(0, dt)),
+            *_over(xs, [axis], (Assign("s", _add(total, Unary("exp", shifted, dt), dt)),)),
+            *_over(xs, [axis], (Store(1, at, result),)))
+    params = (Param("in0", x.dtype, xs), Param("out", dt, _static(node), True))
+    return Kernel(name, params, _around(xs, kept, body), (node.op,))
+
+
+def _lower_multipass(node: Node, name: str) -> Kernel | None:
+    """logsumexp, var and std over any axes: two passes over the reduced elements."""
+    x = node.inputs[0]
+    xs, dt, axes = _static(x), node.dtype, node.attrs["axes"]
+    vars_, kept = _split(xs, axes)
+    v = Load(0, linear_index(vars_, row_major_strides(xs)), dt)
+    a, total = Var("a", dt), Var("s", dt)
+    count = math.prod(xs[d] for d in axes)
+    if node.op == "logsumexp":  # max-shifted; a non-finite max shifts by 0, as the reference
+        first: Stmt = Assign("a", _max(a, v, dt))
+        a_init: Expr = _c(-np.inf, dt)
+        safe = Select(_is_finite(a, dt), a, _c(0, dt), dt)
+        second: Stmt = Assign("s", _add(total, Unary("exp", Binary("sub", v, safe, dt), dt), dt))
+        result: Expr = _add(Unary("log", total, dt), safe, dt)
+    else:  # var / std: the mean, then the sum of squared deviations
+        first, a_init = Assign("a", _add(a, v, dt)), _c(0, dt)
+        mean = Binary("div", a, _c(count, dt), dt)
+        dev = Binary("sub", v, mean, dt)
+        second = Assign("s", _add(total, _mul(dev, dev, dt), dt))
+        result = Binary("div", total, _c(count - node.attrs["correction"], dt), dt)
+        if node.op == "std":
+            result = Unary("sqrt", result, dt)
+    out_index = linear_index([Var(f"i{d}") for d in kept],
+                             row_major_strides(tuple(xs[d] for d in kept)))
+    body = (Declare("a", dt, a_init), *_over(xs, axes, (first,)), Declare("s", dt, _c(0, dt)),
+            *_over(xs, axes, (second,)), Store(1, out_index, result))
+    params = (Param("in0", x.dtype, xs), Param("out", dt, _static(node), True))
+    return Kernel(name, params, _around(xs, kept, body), (node.op,))
+
+
+def _lower_arg(node: Node, name: str) -> Kernel | None:
+    """argmax / argmin: the first index of the extreme value; NaN counts as the extreme (numpy)."""
+    x = node.inputs[0]
+    if node.attrs["axis"] is None:
+        return None  # the flattened form: not lowered yet
+    xs, dt = _static(x), x.dtype
+    axis = node.attrs["axis"] % x.ndim
+    vars_, kept = _split(xs, [axis])
+    v = Load(0, linear_index(vars_, row_major_strides(xs)), dt)
+    best, where = Var("best", dt), Var("where", DType.int64)
+    beats = Binary("gt" if node.op == "argmax" else "lt", v, best, DType.bool)
+    if dt.is_float:  # a NaN wins over any number, and the first NaN stays
+        beats = Binary("or", beats, Binary("and", Binary("ne", v, v, DType.bool),
+                                           Binary("eq", best, best, DType.bool), DType.bool),
+                       DType.bool)
+    init = _INIT["max" if node.op == "argmax" else "min"](dt)
+    r = Var(f"r{axis}")
+    body = (Declare("best", dt, init), Declare("where", DType.int64, const_i(0)),
+            *_over(xs, [axis], (Assign("where", Select(beats, r, where, DType.int64)),
+                                Assign("best", Select(beats, v, best, dt)))),
+            Store(1, linear_index([Var(f"i{d}") for d in kept],
+                                  row_major_strides(tuple(xs[d] for d in kept))), where))
+    params = (Param("in0", dt, xs), Param("out", DType.int64, _static(node), True))
+    return Kernel(name, params, _around(xs, kept, body), (node.op,))
+
+
+# -- data movement: concat, stack, tile, pad, one_hot ---------------------------------------------
+# (take and gather read indices from data; they stay on the reference, which raises a clear
+# error for an out-of-range index, until native code checks its indices)
+
+
+def _out_nest(node: Node, name: str, value: Callable[[list[Expr]], Expr]) -> Kernel:
+    """out[i...] = value(i...) over the output's index space."""
+    vars_: list[Expr] = [Var(f"i{d}") for d in range(node.ndim)]
+    at = linear_index(vars_, row_major_strides(_static(node)))
+    params = _inputs_params(node)
+    return Kernel(name, params, _nest(_static(node), [Store(len(params) - 1, at, value(vars_))]),
+                  (node.op,))
+
+
+def _inputs_params(node: Node) -> tuple[Param, ...]:
+    return tuple(Param(f"in{k}", i.dtype, _static(i)) for k, i in enumerate(node.inputs)) + (
+        Param("out", node.dtype, _static(node), True),)
+
+
+def _lower_concat(node: Node, name: str) -> Kernel:
+    """One loop nest per input, each writing its slab of the output."""
+    axis = node.attrs["axis"] % node.ndim
+    out_shape = _static(node)
+    body: list[Stmt] = []
+    offset = 0
+    for k, x in enumerate(node.inputs):
+        xs = _static(x)
+        vars_: list[Expr] = [Var(f"i{d}") for d in range(node.ndim)]
+        dst = list(vars_)
+        dst[axis] = add_i(vars_[axis], const_i(offset))
+        body.extend(_nest(xs, [Store(len(node.inputs), linear_index(dst, row_major_strides(
+            out_shape)), Load(k, linear_index(vars_, row_major_strides(xs)), x.dtype))]))
+        offset += xs[axis]
+    return Kernel(name, _inputs_params(node), tuple(body), (node.op,))
+
+
+def _lower_stack(node: Node, name: str) -> Kernel:
+    axis = node.attrs["axis"] % node.ndim
+    body: list[Stmt] = []
+    for k, x in enumerate(node.inputs):
+        xs = _static(x)
+        vars_: list[Expr] = [Var(f"i{d}") for d in range(x.ndim)]
+        dst = vars_[:axis] + [const_i(k)] + vars_[axis:]
+        body.extend(_nest(xs, [Store(len(node.inputs), linear_index(dst, row_major_strides(
+            _static(node))), Load(k, linear_index(vars_, row_major_strides(xs)), x.dtype))]))
+    return Kernel(name, _inputs_params(node), tuple(body), (node.op,))
+
+
+def _mod(a: Expr, n: int) -> Expr:
+    return _i("sub", a, mul_i(_i("div", a, const_i(n)), n))
+
+
+def _lower_tile(node: Node, name: str) -> Kernel:
+    x = node.inputs[0]
+    xs = _static(x)
+    return _out_nest(node, name, lambda v: Load(0, linear_index(
+        [_mod(i, d) for i, d in zip(v, xs)], row_major_strides(xs)), x.dtype))
+
+
+def _lower_pad(node: Node, name: str) -> Kernel:
+    x = node.inputs[0]
+    xs, nd, mode = _static(x), x.ndim, node.attrs["mode"]
+    pads = node.attrs["pads"]
+
+    def value(v: list[Expr]) -> Expr:
+        src, valid = [], None
+        for d in range(nd):
+            pos = add_i(v[d], const_i(-pads[d]))
+            if mode == "reflect":  # mirror without repeating the edge: |p|, then 2(L-1) - p
+                pos = Unary("abs", pos, DType.int64)
+                pos = _min(pos, _i("sub", const_i(2 * (xs[d] - 1)), pos), DType.int64)
+            ok = Binary("and", Binary("ge", pos, const_i(0), DType.bool),
+                        Binary("lt", pos, const_i(xs[d]), DType.bool), DType.bool)
+            valid = ok if valid is None else Binary("and", valid, ok, DType.bool)
+            src.append(_min(_max(pos, const_i(0), DType.int64), const_i(xs[d] - 1), DType.int64))
+        load = Load(0, linear_index(src, row_major_strides(xs)), x.dtype)
+        if mode != "constant" or valid is None:
+            return load  # edge: the clamped index is the answer
+        return Select(valid, load, _c(node.attrs["value"], x.dtype), x.dtype)
+
+    return _out_nest(node, name, value)
+
+
+def _lower_one_hot(node: Node, name: str) -> Kernel:
+    idx = node.inputs[0]
+    dt = node.dtype
+
+    def value(v: list[Expr]) -> Expr:
+        i = Load(0, linear_index(v[:-1], row_major_strides(_static(idx))), idx.dtype)
+        i64 = Cast(i, DType.int64) if idx.dtype is not DType.int64 else i
+        return Select(Binary("eq", i64, v[-1], DType.bool), _c(1, dt), _c(0, dt), dt)
+
+    return _out_nest(node, name, value)
+
+
 COPIES = frozenset({"reshape", "flatten", "squeeze", "unsqueeze", "reshape_like"})
 REDUCTIONS = frozenset(_COMBINE)
 
@@ -620,7 +818,11 @@ def lower(node: Node, name: str, skip: frozenset[str] = frozenset()) -> Kernel |
         return _lower_plain_reduce(node, name)
     handlers: dict[str, Callable[[Node, str], Kernel | None]] = {
         "transpose": _lower_transpose, "slice": _lower_slice, "full_like": _lower_full_like,
-        "matmul": _lower_matmul, "conv": _lower_conv, "max_pool": _lower_max_pool}
+        "matmul": _lower_matmul, "conv": _lower_conv, "max_pool": _lower_max_pool,
+        "softmax": _lower_rowwise, "log_softmax": _lower_rowwise, "logsumexp": _lower_multipass,
+        "var": _lower_multipass, "std": _lower_multipass, "argmax": _lower_arg,
+        "argmin": _lower_arg, "concat": _lower_concat, "stack": _lower_stack,
+        "tile": _lower_tile, "pad": _lower_pad, "one_hot": _lower_one_hot}
     if node.op in handlers:
         return handlers[node.op](node, name)
     if node.op == "fused" and node.attrs["kind"] == "elementwise":
@@ -633,5 +835,7 @@ def lower(node: Node, name: str, skip: frozenset[str] = frozenset()) -> Kernel |
 
 
 def lowered_ops() -> set[str]:
-    return set(SCALAR) | COPIES | REDUCTIONS | {"transpose", "slice", "full_like", "matmul",
-                                                "conv", "max_pool"}
+    return set(SCALAR) | COPIES | REDUCTIONS | {
+        "transpose", "slice", "full_like", "matmul", "conv", "max_pool", "softmax",
+        "log_softmax", "logsumexp", "var", "std", "argmax", "argmin", "concat", "stack", "tile",
+        "pad", "one_hot"}

@@ -213,3 +213,23 @@ def test_native_convolution_kernel(xs: tuple, ws: tuple, kw: dict) -> None:
     got = gn.Session(g, backend=native, opt_level=2).run(y, {p: x})
     np.testing.assert_allclose(got, gn.Session(g).run(y, {p: x}), rtol=1e-4, atol=1e-5)
     assert "conv" not in native.compile(g, [y]).fallback_ops
+
+
+def test_reductions_rows_and_data_movement_are_native() -> None:
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((3, 5, 4)).astype(np.float32),
+             "i": rng.integers(0, 4, (3, 5)).astype(np.int64)}
+    with gn.Graph() as g:
+        x = gn.placeholder((3, 5, 4), name="x")
+        i = gn.placeholder((3, 5), gn.int64, name="i")
+        outs = [gn.softmax(x, axis=1), gn.log_softmax(x), gn.logsumexp(x, axis=(0, 2)),
+                gn.var(x, axis=1), gn.std(x, axis=(0, 1), correction=0), gn.argmax(x, axis=2),
+                gn.argmin(x, axis=0), gn.concat([x, x * 2.0], axis=1), gn.stack([x, x], axis=3),
+                gn.tile(x, (1, 2, 1)), gn.pad(x, [(1, 0), (2, 2), (0, 1)], mode="reflect"),
+                gn.pad(x, 1, value=3.0), gn.pad(x, [(0, 0), (1, 1), (3, 0)], mode="edge"),
+                gn.one_hot(i, 4), gn.concat([x, x], axis=1)]
+    exe = LLVMBackend(cache=False).compile(g, outs)
+    assert exe.fallback_ops == set()
+    got = gn.Session(g, backend=LLVMBackend(cache=False)).run(outs, feeds)
+    for a, b in zip(got, gn.Session(g).run(outs, feeds)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
