@@ -1,11 +1,11 @@
 """The LLVM backend (``backend="llvm"``): kernel IR rendered to LLVM IR, optimised at O3 for the
 host CPU and run in-process through MCJIT.
 
-State: elementwise ops (all of them, broadcasting included), fused elementwise kernels, plain and
-fused reductions (sum, mean, max, min, prod), reshapes, transposes, slices and fills run as native
-code. Every other op still runs its numpy reference between native segments (the executable's
-``fallback_ops``); matmul/convolution micro-kernels, multi-threading, the compile cache and the
-single native entry point are the next steps of this backend.
+State (docs/llvm.md): elementwise ops, fused kernels, reductions, softmax-like row ops, matmul
+with epilogues, max pooling, data movement run as native, multi-threaded code, cached on disk.
+Other ops still run their numpy reference between native segments (the executable's
+``fallback_ops``); a packed GEMM, im2col convolution and a single native entry point using the
+memory plan are the next steps.
 """
 
 from graphnn.backends.llvm.executable import LLVMBackend, LLVMExecutable
