@@ -66,6 +66,13 @@ class LLVMExecutable:
             self.kernels.append(kernel)
             segment.append((kernel, n))
         self._close_segment(module, segment)
+        # Intermediates are allocated once and reused by every run (fetches are copied out:
+        # measured cheaper than letting threaded kernels page-fault fresh output arrays).
+        # Values that become variable state are fresh each run, so no run aliases another's.
+        writers = {n for n in order if get_op(n.op).writes_input is not None}
+        self._scratch = {n: np.empty([d or 0 for d in n.shape], n.dtype.np) for n in order
+                         if n.op not in SOURCES and not get_op(n.op).no_value
+                         and n not in writers}
         self.llvm_ir = str(module)
         self.compiled = Compiled(self.llvm_ir, target, cache) if self.kernels else None
         if self.compiled:
@@ -103,6 +110,8 @@ class LLVMExecutable:
                 values[self.slot[n]] = np.require(state[n], requirements="C")
             elif n.op == "constant":
                 values[self.slot[n]] = n.attrs["value"].array
+            elif n in self._scratch:
+                values[self.slot[n]] = self._scratch[n]
             elif not get_op(n.op).no_value:
                 values[self.slot[n]] = np.empty([d or 0 for d in n.shape], n.dtype.np)
         pointers = (ctypes.c_void_p * len(values))(
