@@ -792,6 +792,60 @@ def _lower_one_hot(node: Node, name: str) -> Kernel:
     return _out_nest(node, name, value)
 
 
+# -- normalisations -----------------------------------------------------------------------------
+
+
+def _lower_batch_norm(node: Node, name: str) -> Kernel:
+    """Inference batch norm is elementwise once the (C,) parameters are viewed as (1, C, 1, ...)."""
+    x, dt = node.inputs[0], node.dtype
+    chan = (1, x.shape[1] or 0) + (1,) * (x.ndim - 2)
+    ins = [(dt, _static(x))] + [(dt, chan)] * 4
+
+    def build(v: list[Expr]) -> Expr:
+        xv, m, var, w, b = v
+        inv = Binary("div", _c(1, dt), Unary("sqrt", _add(var, _c(node.attrs["eps"], dt), dt), dt),
+                     dt)
+        return _add(_mul(_mul(Binary("sub", xv, m, dt), inv, dt), w, dt), b, dt)
+
+    return elementwise_kernel(name, ins, (dt, _static(node)), build, ("batch_norm",))
+
+
+def _lower_row_norm(node: Node, name: str) -> Kernel | None:
+    """layer_norm and rms_norm over the trailing ``normalized_shape`` dims: statistics passes,
+    then a write pass with the optional affine parameters (shaped like the trailing dims)."""
+    x, dt = node.inputs[0], node.dtype
+    xs = _static(x)
+    k = len(node.attrs["normalized_shape"])
+    axes = list(range(x.ndim - k, x.ndim))
+    vars_, kept = _split(xs, axes)
+    at = linear_index(vars_, row_major_strides(xs))
+    v = Load(0, at, dt)
+    count = math.prod(xs[d] for d in axes)
+    a, t = Var("a", dt), Var("t", dt)
+    trail = linear_index(vars_[x.ndim - k:], row_major_strides(xs[x.ndim - k:]))
+    if node.op == "layer_norm":
+        eps = node.attrs["eps"]
+        mean = Binary("div", a, _c(count, dt), dt)
+        dev = Binary("sub", v, mean, dt)
+        passes = [Declare("a", dt, _c(0, dt)), *_over(xs, axes, (Assign("a", _add(a, v, dt)),)),
+                  Declare("t", dt, _c(0, dt)),
+                  *_over(xs, axes, (Assign("t", _add(t, _mul(dev, dev, dt), dt)),))]
+        normed: Expr = Binary("div", dev, Unary("sqrt", _add(
+            Binary("div", t, _c(count, dt), dt), _c(eps, dt), dt), dt), dt)
+    else:
+        eps = node.attrs["eps"] if node.attrs["eps"] is not None else float(np.finfo(dt.np).eps)
+        passes = [Declare("a", dt, _c(0, dt)),
+                  *_over(xs, axes, (Assign("a", _add(a, _mul(v, v, dt), dt)),))]
+        normed = Binary("div", v, Unary("sqrt", _add(Binary("div", a, _c(count, dt), dt),
+                                                     _c(eps, dt), dt), dt), dt)
+    if len(node.inputs) > 1:
+        normed = _mul(normed, Load(1, trail, dt), dt)
+    if len(node.inputs) > 2:
+        normed = _add(normed, Load(2, trail, dt), dt)
+    body = (*passes, *_over(xs, axes, (Store(len(node.inputs), at, normed),)))
+    return Kernel(name, _inputs_params(node), _around(xs, kept, body), (node.op,))
+
+
 COPIES = frozenset({"reshape", "flatten", "squeeze", "unsqueeze", "reshape_like"})
 REDUCTIONS = frozenset(_COMBINE)
 
@@ -822,7 +876,9 @@ def lower(node: Node, name: str, skip: frozenset[str] = frozenset()) -> Kernel |
         "softmax": _lower_rowwise, "log_softmax": _lower_rowwise, "logsumexp": _lower_multipass,
         "var": _lower_multipass, "std": _lower_multipass, "argmax": _lower_arg,
         "argmin": _lower_arg, "concat": _lower_concat, "stack": _lower_stack,
-        "tile": _lower_tile, "pad": _lower_pad, "one_hot": _lower_one_hot}
+        "tile": _lower_tile, "pad": _lower_pad, "one_hot": _lower_one_hot,
+        "batch_norm": _lower_batch_norm, "layer_norm": _lower_row_norm,
+        "rms_norm": _lower_row_norm}
     if node.op in handlers:
         return handlers[node.op](node, name)
     if node.op == "fused" and node.attrs["kind"] == "elementwise":
@@ -838,4 +894,4 @@ def lowered_ops() -> set[str]:
     return set(SCALAR) | COPIES | REDUCTIONS | {
         "transpose", "slice", "full_like", "matmul", "conv", "max_pool", "softmax",
         "log_softmax", "logsumexp", "var", "std", "argmax", "argmin", "concat", "stack", "tile",
-        "pad", "one_hot"}
+        "pad", "one_hot", "batch_norm", "layer_norm", "rms_norm"}

@@ -227,7 +227,12 @@ def test_reductions_rows_and_data_movement_are_native() -> None:
                 gn.argmin(x, axis=0), gn.concat([x, x * 2.0], axis=1), gn.stack([x, x], axis=3),
                 gn.tile(x, (1, 2, 1)), gn.pad(x, [(1, 0), (2, 2), (0, 1)], mode="reflect"),
                 gn.pad(x, 1, value=3.0), gn.pad(x, [(0, 0), (1, 1), (3, 0)], mode="edge"),
-                gn.one_hot(i, 4), gn.concat([x, x], axis=1)]
+                gn.one_hot(i, 4), gn.concat([x, x], axis=1),
+                gn.batch_norm(x, *[gn.constant(rng.uniform(0.5, 1.5, 5).astype(np.float32))
+                                   for _ in range(4)]),
+                gn.layer_norm(x, (5, 4), gn.constant(np.full((5, 4), 2.0, np.float32)),
+                              gn.constant(np.ones((5, 4), np.float32))),
+                gn.rms_norm(x, 4, gn.constant(np.full(4, 0.5, np.float32)))]
     exe = LLVMBackend(cache=False).compile(g, outs)
     assert exe.fallback_ops == set()
     got = gn.Session(g, backend=LLVMBackend(cache=False)).run(outs, feeds)
