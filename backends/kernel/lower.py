@@ -846,6 +846,43 @@ def _lower_row_norm(node: Node, name: str) -> Kernel | None:
     return Kernel(name, _inputs_params(node), _around(xs, kept, body), (node.op,))
 
 
+def _lower_avg_pool(node: Node, name: str) -> Kernel | None:
+    """Average pooling with PyTorch's divisor: the window clipped to the padded input when
+    padding counts (count_include_pad), else to the input; the ceil-mode overhang never counts."""
+    x = node.inputs[0]
+    a, nd, dt = node.attrs, node.ndim - 2, node.dtype
+    xs = _static(x)
+    params = (Param("in0", x.dtype, xs), Param("out", dt, _static(node), True))
+    out_vars: list[Expr] = [Var(f"y{d}") for d in range(nd)]
+    taps: list[Expr] = [Var(f"k{d}") for d in range(nd)]
+    n, ch = Var("n"), Var("ch")
+    pads = a["pads"]
+    pixel = _window_loads(params[0], 0, n, ch, out_vars, taps, a["stride"], a["dilation"],
+                          pads[:nd], _c(0, dt))
+    divisor: Expr = const_i(1)
+    for d in range(nd):
+        start = add_i(mul_i(out_vars[d], a["stride"][d]), const_i(-pads[d]))
+        end = add_i(start, const_i(a["kernel_size"][d]))
+        if a["count_include_pad"]:
+            lo, hi = start, _min(end, const_i(xs[2 + d] + pads[d + nd]), DType.int64)
+        else:
+            lo = _max(start, const_i(0), DType.int64)
+            hi = _min(end, const_i(xs[2 + d]), DType.int64)
+        divisor = Binary("mul", divisor, _i("sub", hi, lo), DType.int64)
+    acc = Var("acc", dt)
+    inner: tuple[Stmt, ...] = (Assign("acc", _add(acc, pixel, dt)),)
+    for d in reversed(range(nd)):
+        inner = (Loop(f"k{d}", a["kernel_size"][d], inner),)
+    out_index = linear_index([n, ch, *out_vars], row_major_strides(_static(node)))
+    stmts: tuple[Stmt, ...] = (Declare("acc", dt, _c(0, dt)), *inner,
+                               Store(1, out_index, Binary("div", acc, Cast(divisor, dt), dt)))
+    for d in reversed(range(nd)):
+        stmts = (Loop(f"y{d}", node.shape[2 + d] or 0, stmts, vectorize=d == nd - 1),)
+    stmts = (Loop("ch", node.shape[1] or 0, stmts),)
+    return Kernel(name, params, (Loop("n", node.shape[0] or 0, stmts, parallel=True),),
+                  ("avg_pool",))
+
+
 COPIES = frozenset({"reshape", "flatten", "squeeze", "unsqueeze", "reshape_like"})
 REDUCTIONS = frozenset(_COMBINE)
 
@@ -878,7 +915,7 @@ def lower(node: Node, name: str, skip: frozenset[str] = frozenset()) -> Kernel |
         "argmin": _lower_arg, "concat": _lower_concat, "stack": _lower_stack,
         "tile": _lower_tile, "pad": _lower_pad, "one_hot": _lower_one_hot,
         "batch_norm": _lower_batch_norm, "layer_norm": _lower_row_norm,
-        "rms_norm": _lower_row_norm}
+        "rms_norm": _lower_row_norm, "avg_pool": _lower_avg_pool}
     if node.op in handlers:
         return handlers[node.op](node, name)
     if node.op == "fused" and node.attrs["kind"] == "elementwise":
@@ -894,4 +931,4 @@ def lowered_ops() -> set[str]:
     return set(SCALAR) | COPIES | REDUCTIONS | {
         "transpose", "slice", "full_like", "matmul", "conv", "max_pool", "softmax",
         "log_softmax", "logsumexp", "var", "std", "argmax", "argmin", "concat", "stack", "tile",
-        "pad", "one_hot", "batch_norm", "layer_norm", "rms_norm"}
+        "pad", "one_hot", "batch_norm", "layer_norm", "rms_norm", "avg_pool"}
