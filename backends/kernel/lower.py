@@ -883,6 +883,77 @@ def _lower_avg_pool(node: Node, name: str) -> Kernel | None:
                   ("avg_pool",))
 
 
+def _lower_group_norm(node: Node, name: str) -> Kernel | None:
+    """Per (sample, group): the group's channels and all positions are one contiguous run of
+    Cg * S elements in NCHW, so the statistics are row passes over it."""
+    x, dt = node.inputs[0], node.dtype
+    xs = _static(x)
+    g = node.attrs["num_groups"]
+    spatial = math.prod(xs[2:])
+    run = xs[1] // g * spatial
+    ng, r = Var("ng"), Var("r")
+    at = add_i(mul_i(ng, run), r)
+    v = Load(0, at, dt)
+    a, t = Var("a", dt), Var("t", dt)
+    dev = Binary("sub", v, Binary("div", a, _c(run, dt), dt), dt)
+    normed: Expr = Binary("div", dev, Unary("sqrt", _add(Binary("div", t, _c(run, dt), dt),
+                                                         _c(node.attrs["eps"], dt), dt), dt), dt)
+    channel = add_i(mul_i(_i("sub", ng, mul_i(_i("div", ng, const_i(g)), g)), xs[1] // g),
+                    _i("div", r, const_i(spatial)))
+    if len(node.inputs) > 1:
+        normed = _mul(normed, Load(1, channel, dt), dt)
+    if len(node.inputs) > 2:
+        normed = _add(normed, Load(2, channel, dt), dt)
+    body = (Declare("a", dt, _c(0, dt)), Loop("r", run, (Assign("a", _add(a, v, dt)),)),
+            Declare("t", dt, _c(0, dt)), Loop("r", run, (Assign("t", _add(t, _mul(dev, dev, dt),
+                                                                                dt)),)),
+            Loop("r", run, (Store(len(node.inputs), at, normed),), vectorize=True))
+    return Kernel(name, _inputs_params(node), (Loop("ng", xs[0] * g, body, parallel=True),),
+                  (node.op,))
+
+
+def _lower_adaptive(node: Node, name: str) -> Kernel | None:
+    """Adaptive pooling: window i of a dim spans [floor(i L / o), ceil((i + 1) L / o)); loops run
+    over the largest window with a mask, the bounds are index arithmetic."""
+    x, dt = node.inputs[0], node.dtype
+    xs, out = _static(x), node.attrs["output_size"]
+    nd = len(out)
+    is_max = node.op == "adaptive_max_pool"
+    n, ch = Var("n"), Var("ch")
+    ovars = [Var(f"y{d}") for d in range(nd)]
+    taps = [Var(f"k{d}") for d in range(nd)]
+    index: list[Expr] = [n, ch]
+    valid: Expr | None = None
+    count: Expr = const_i(1)
+    widest = []
+    for d in range(nd):
+        size, o = xs[2 + d], out[d]
+        start = _i("div", mul_i(ovars[d], size), const_i(o))
+        end = _i("div", add_i(mul_i(add_i(ovars[d], const_i(1)), size), const_i(o - 1)),
+                 const_i(o))
+        widest.append(max(-(-((i + 1) * size) // o) - (i * size) // o for i in range(o)))
+        pos = add_i(start, taps[d])
+        ok = Binary("lt", pos, end, DType.bool)
+        valid = ok if valid is None else Binary("and", valid, ok, DType.bool)
+        index.append(_min(pos, const_i(size - 1), DType.int64))
+        count = Binary("mul", count, _i("sub", end, start), DType.int64)
+    fill = _c(-np.inf if is_max else 0, dt)
+    pixel = Select(valid, Load(0, linear_index(index, row_major_strides(xs)), dt), fill, dt)
+    acc = Var("acc", dt)
+    update = _max(acc, pixel, dt) if is_max else _add(acc, pixel, dt)
+    inner: tuple[Stmt, ...] = (Assign("acc", update),)
+    for d in reversed(range(nd)):
+        inner = (Loop(f"k{d}", widest[d], inner),)
+    result: Expr = acc if is_max else Binary("div", acc, Cast(count, dt), dt)
+    out_index = linear_index([n, ch, *ovars], row_major_strides(_static(node)))
+    stmts: tuple[Stmt, ...] = (Declare("acc", dt, fill), *inner, Store(1, out_index, result))
+    for d in reversed(range(nd)):
+        stmts = (Loop(f"y{d}", out[d], stmts),)
+    stmts = (Loop("ch", xs[1], stmts),)
+    params = (Param("in0", dt, xs), Param("out", dt, _static(node), True))
+    return Kernel(name, params, (Loop("n", xs[0], stmts, parallel=True),), (node.op,))
+
+
 COPIES = frozenset({"reshape", "flatten", "squeeze", "unsqueeze", "reshape_like"})
 REDUCTIONS = frozenset(_COMBINE)
 
@@ -915,7 +986,9 @@ def lower(node: Node, name: str, skip: frozenset[str] = frozenset()) -> Kernel |
         "argmin": _lower_arg, "concat": _lower_concat, "stack": _lower_stack,
         "tile": _lower_tile, "pad": _lower_pad, "one_hot": _lower_one_hot,
         "batch_norm": _lower_batch_norm, "layer_norm": _lower_row_norm,
-        "rms_norm": _lower_row_norm, "avg_pool": _lower_avg_pool}
+        "rms_norm": _lower_row_norm, "avg_pool": _lower_avg_pool,
+        "group_norm": _lower_group_norm, "adaptive_avg_pool": _lower_adaptive,
+        "adaptive_max_pool": _lower_adaptive}
     if node.op in handlers:
         return handlers[node.op](node, name)
     if node.op == "fused" and node.attrs["kind"] == "elementwise":
@@ -931,4 +1004,5 @@ def lowered_ops() -> set[str]:
     return set(SCALAR) | COPIES | REDUCTIONS | {
         "transpose", "slice", "full_like", "matmul", "conv", "max_pool", "softmax",
         "log_softmax", "logsumexp", "var", "std", "argmax", "argmin", "concat", "stack", "tile",
-        "pad", "one_hot", "batch_norm", "layer_norm", "rms_norm", "avg_pool"}
+        "pad", "one_hot", "batch_norm", "layer_norm", "rms_norm", "avg_pool", "group_norm",
+        "adaptive_avg_pool", "adaptive_max_pool"}
