@@ -230,6 +230,23 @@ def _lower_elementwise(node: Node, name: str) -> Kernel:
                               lambda loads: fn(loads, node.attrs, node.dtype), (node.op,))
 
 
+def _scalar_body(body: Any, known: dict[Node, Expr], target: Node) -> Expr:
+    """The scalar expression of ``target`` in a fused kernel's body, given expressions for some
+    of its nodes (the loads of its inputs, or an anchor's result): constants become immediates,
+    the ops in between go through ``SCALAR``."""
+    env = dict(known)
+    for n in body.nodes:
+        if target in env:
+            break
+        if n in env or n.op == "placeholder":
+            continue
+        if n.op == "constant":
+            env[n] = _c(n.attrs["value"].array.reshape(-1)[0].item(), n.dtype)
+        else:
+            env[n] = SCALAR[n.op]([env[i] for i in n.inputs], n.attrs, n.dtype)
+    return env[target]
+
+
 def _lower_fused_elementwise(node: Node, name: str) -> Kernel | None:
     body = node.attrs["body"].graph
     if any(not _scalar_ok(n) and n.op not in ("placeholder", "constant") for n in body.nodes):
@@ -237,16 +254,7 @@ def _lower_fused_elementwise(node: Node, name: str) -> Kernel | None:
     ins = [(i.dtype, _static(i)) for i in node.inputs]
 
     def build(loads: list[Expr]) -> Expr:
-        env: dict[Node, Expr] = {}
-        params = iter(loads)
-        for n in body.nodes:
-            if n.op == "placeholder":
-                env[n] = next(params)
-            elif n.op == "constant":
-                env[n] = _c(n.attrs["value"].array.reshape(-1)[0].item(), n.dtype)
-            else:
-                env[n] = SCALAR[n.op]([env[i] for i in n.inputs], n.attrs, n.dtype)
-        return env[body.outputs[0]]
+        return _scalar_body(body, dict(zip(body.placeholders, loads)), body.outputs[0])
 
     return elementwise_kernel(name, ins, (node.dtype, _static(node)), build,
                               tuple(node.attrs["body"].ops))
@@ -305,16 +313,10 @@ def _lower_fused_reduce(node: Node, name: str) -> Kernel | None:
         Param("out", node.dtype, _static(node), True),)
 
     def value(vars_: list[Expr], _: Expr) -> Expr:
-        env: dict[Node, Expr] = {}
-        for k, p in enumerate(body.placeholders):
-            env[p] = Load(k, linear_index(vars_, _broadcast_strides(_static(p), x_shape)),
-                          p.dtype)
-        for n in body.nodes:
-            if n.op == "constant":
-                env[n] = _c(n.attrs["value"].array.reshape(-1)[0].item(), n.dtype)
-            elif n.op != "placeholder" and n is not root:
-                env[n] = SCALAR[n.op]([env[i] for i in n.inputs], n.attrs, n.dtype)
-        return env[root.inputs[0]]
+        loads: dict[Node, Expr] = {
+            p: Load(k, linear_index(vars_, _broadcast_strides(_static(p), x_shape)), p.dtype)
+            for k, p in enumerate(body.placeholders)}
+        return _scalar_body(body, loads, root.inputs[0])
 
     fake = _ReduceView(root)
     return _lower_reduce(fake, name, x_shape, root.inputs[0].dtype, value, params,
@@ -452,17 +454,12 @@ def _lower_fused_epilogue(node: Node, name: str) -> Kernel | None:
     out_shape = _static(node)
 
     def epilogue(acc: Expr, vars_: list[Expr]) -> Expr:
-        env: dict[Node, Expr] = {anchor: acc}
+        known: dict[Node, Expr] = {anchor: acc}
         for k, p in enumerate(places):
-            if p not in (a, b):
-                env[p] = Load(k, linear_index(vars_, _broadcast_strides(_static(p), out_shape)),
-                              p.dtype)
-        for n in body.nodes:
-            if n.op == "constant":
-                env[n] = _c(n.attrs["value"].array.reshape(-1)[0].item(), n.dtype)
-        for n in chain:
-            env[n] = SCALAR[n.op]([env[i] for i in n.inputs], n.attrs, n.dtype)
-        return env[body.outputs[0]]
+            if p not in anchor.inputs:
+                known[p] = Load(k, linear_index(vars_, _broadcast_strides(_static(p), out_shape)),
+                                p.dtype)
+        return _scalar_body(body, known, body.outputs[0])
 
     ops = tuple(node.attrs["body"].ops)
     if anchor.op == "conv":
