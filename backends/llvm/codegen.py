@@ -88,6 +88,7 @@ class KernelEmitter:
 
     def __init__(self, module: ir.Module) -> None:
         self.module = module
+        self._noalias = True
         self._runtime: tuple[ir.Function, ir.GlobalVariable] | None = None
 
     def runtime(self) -> tuple[ir.Function, ir.GlobalVariable]:
@@ -98,7 +99,10 @@ class KernelEmitter:
                 ir.GlobalVariable(self.module, I64, "graphnn_num_threads"))
         return self._runtime
 
-    def emit(self, kernel: Kernel) -> ir.Function:
+    def emit(self, kernel: Kernel, may_alias: bool = False) -> ir.Function:
+        """Define ``kernel.name``; ``may_alias`` drops the no-alias facts (a kernel planned to
+        write in place, into the buffer of an input)."""
+        self._noalias = not may_alias
         outer = kernel.body[0] if len(kernel.body) == 1 and isinstance(kernel.body[0], Loop) \
             and kernel.body[0].parallel else None
         if outer is None or outer.extent < 2 or _work(kernel.body) < PARALLEL_MIN_WORK:
@@ -113,7 +117,8 @@ class KernelEmitter:
                            kernel.name + "_impl")
         for arg, p in zip(impl.args, kernel.params):
             arg.name = p.name
-            arg.add_attribute("noalias")
+            if self._noalias:
+                arg.add_attribute("noalias")
         self._body(kernel, impl, list(impl.args[:n]), outer, (impl.args[n], impl.args[n + 1]))
         chunk = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]),
                             kernel.name + "_chunk")
@@ -130,7 +135,8 @@ class KernelEmitter:
                          name)
         for arg, p in zip(fn.args, kernel.params):
             arg.name = p.name
-            arg.add_attribute("noalias")
+            if self._noalias:
+                arg.add_attribute("noalias")
         return fn
 
     def _body(self, kernel: Kernel, fn: ir.Function, params: list[ir.Value],
