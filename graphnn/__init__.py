@@ -49,6 +49,9 @@ from graphnn.verify import verify
 
 __version__ = "0.1.0"
 
+# Ahead-of-time compilation (imports llvmlite; after __version__, which the library records)
+from graphnn.backends.aot import CompiledModel, compile, load_compiled  # noqa: E402
+
 __all__ = [
     "ArrayValue", "AttrError", "Attrs", "DType", "DTypeError", "ExecutionError", "FeedError",
     "Graph", "GraphError", "GraphnnError", "Node", "ParseError", "Session", "ShapeError",
@@ -59,5 +62,6 @@ __all__ = [
     "reset_default_graph", "to_dot", "verify", "dump", "losses", "metrics", "nn", "optim",
     "load_checkpoint", "load_model", "save_checkpoint", "save_model", "Callback",
     "EarlyStopping", "History", "LearningRateScheduler", "ModelCheckpoint", "Trainer",
+    "CompiledModel", "compile", "load_compiled",
     *_op_names,
 ]
