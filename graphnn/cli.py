@@ -1,6 +1,8 @@
 """The ``graphnn`` command line.
 
     graphnn dump MODEL [--opt-level 2] [--after PASS] [--batch 32] [--freeze] [--emit kir|llvm|asm]
+    graphnn compile MODEL --out build/NAME [--batch 1] [--triple T] [--cpu C] [--features F]
+                    [--weights-file]
     graphnn passes
 
 MODEL is a built-in model name (``graphnn.models``: digits-cnn, mlp, cnn-bn) or a saved-model
@@ -78,6 +80,24 @@ def _emit(graph, what: str) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
+def cmd_compile(args: argparse.Namespace) -> int:
+    """Ahead-of-time compile a saved model or built-in model into a library and header."""
+    from graphnn.backends.aot import compile as aot_compile
+
+    graph = _graph(args.model, None)
+    shapes = {p.name: (args.batch, *p.shape[1:]) for p in graph.placeholders}
+    art = aot_compile(graph, shapes, output=args.out, name=args.name, triple=args.triple,
+                      cpu=args.cpu, features=args.features,
+                      weights="file" if args.weights_file else "embedded")
+    for what, path in (("object", art.object), ("header", art.header),
+                       ("library", art.library), ("weights", art.weights)):
+        if path:
+            print(f"{what:8} {path} ({os.path.getsize(path):,} bytes)")
+    target = art.metadata["target"]
+    print(f"target   {target['triple']}, cpu {target['cpu']}; compiled in {art.seconds:.2f} s")
+    return 0
+
+
 def cmd_passes(args: argparse.Namespace) -> int:
     from graphnn.passes import PASSES, PIPELINES
 
@@ -101,6 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     dump.add_argument("--dump-dir", help="also write every stage (text and DOT) here")
     dump.add_argument("--stats", action="store_true", help="print per-pass statistics")
     dump.set_defaults(fn=cmd_dump)
+    comp = sub.add_parser("compile", help="compile a model ahead of time into a C library")
+    comp.add_argument("model", help="built-in model name or saved-model file")
+    comp.add_argument("--out", required=True, help="path stem: DIR/NAME writes DIR/libNAME.so, "
+                      "DIR/NAME.h, DIR/NAME.o")
+    comp.add_argument("--batch", type=int, default=1, help="the compiled batch size")
+    comp.add_argument("--name", help="C prefix of the API (default: the stem of --out)")
+    comp.add_argument("--triple", help="LLVM target triple (default: this host)")
+    comp.add_argument("--cpu", help="target CPU, e.g. x86-64-v3 (default: this host's)")
+    comp.add_argument("--features", help="LLVM target features, e.g. +avx2,+fma")
+    comp.add_argument("--weights-file", action="store_true",
+                      help="write the weights to NAME.weights instead of embedding them")
+    comp.set_defaults(fn=cmd_compile)
     passes = sub.add_parser("passes", help="list passes and optimisation levels")
     passes.set_defaults(fn=cmd_passes)
     args = parser.parse_args(argv)
