@@ -11,6 +11,7 @@ module (``program.build_program`` + the C API) -> LLVM O3 -> an object file for 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import keyword
 import logging
@@ -18,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -233,12 +235,19 @@ def object_code(program: Program, tm: llvm.TargetMachine, triple: str, cpu: str,
     return tm.emit_object(module), str(module)
 
 
-def find_c_compiler() -> str | None:
-    """``$CC``, else the first of cc, gcc, clang on PATH."""
+def find_c_compiler() -> list[str] | None:
+    """The command that links shared libraries: ``$CC``, else the first of cc, gcc, clang on
+    PATH, else zig's bundled clang when the ``ziglang`` package is installed (a C toolchain from
+    pip, for machines with Python and nothing else); None when there is none."""
     env = os.environ.get("CC")
     if env and shutil.which(env):
-        return shutil.which(env)
-    return next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
+        return [str(shutil.which(env))]
+    found = next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
+    if found:
+        return [found]
+    if importlib.util.find_spec("ziglang") is not None:
+        return [sys.executable, "-m", "ziglang", "cc"]
+    return None
 
 
 def link_shared(obj: str, library: str) -> None:
@@ -251,9 +260,10 @@ def link_shared(obj: str, library: str) -> None:
     if cc is None:
         raise GraphnnError(f"linking {library} needs a C compiler (cc, gcc or clang) and none is "
                            "on PATH: install one (Debian/Ubuntu: apt install gcc; Fedora: dnf "
-                           f"install gcc; macOS: xcode-select --install). The object file {obj} "
-                           "is written; link it with: cc -shared -o LIB OBJ -lm -lpthread")
-    cmd = [cc, "-shared", "-o", library, obj, "-lm", "-lpthread"]
+                           "install gcc; macOS: xcode-select --install) or, with pip only, "
+                           f"pip install ziglang. The object file {obj} is written; link it "
+                           "with: cc -shared -o LIB OBJ -lm -lpthread")
+    cmd = [*cc, "-shared", "-o", library, obj, "-lm", "-lpthread"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise GraphnnError(f"linking failed: {' '.join(cmd)}\n{proc.stderr.strip()}")

@@ -7,6 +7,7 @@ import ctypes
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -202,7 +203,7 @@ def test_header_compiles_and_c_example_matches_session(tmp_path: pathlib.Path) -
     cc = find_c_compiler()
     if cc is None:
         pytest.fail("no C compiler (cc, gcc or clang) on PATH: install one, e.g. "
-                    "`apt install gcc`, to build and run the AOT example")
+                    "`apt install gcc` or `pip install ziglang`, to build the AOT example")
     nn.init.manual_seed(0)
     digits = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -211,7 +212,7 @@ def test_header_compiles_and_c_example_matches_session(tmp_path: pathlib.Path) -
     art = gn.compile(digits, [x], output=str(tmp_path / "digits"))
     assert pathlib.Path(art.header).name == "digits.h"
     demo = tmp_path / "digits_demo"
-    subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-std=c99", "-I", str(tmp_path),
+    subprocess.run([*cc, "-O2", "-Wall", "-Wextra", "-Werror", "-std=c99", "-I", str(tmp_path),
                     str(ROOT / "examples" / "aot" / "main.c"), "-L", str(tmp_path), "-ldigits",
                     "-lm", "-lpthread", f"-Wl,-rpath,{tmp_path}", "-o", str(demo)], check=True)
     images = np.random.default_rng(6).random((3, 2, 1, 8, 8), np.float32)  # three batches
@@ -238,3 +239,21 @@ def test_cli_compile(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> N
     assert cli(["compile", "digits-cnn", "--out", str(tmp_path / "a"),
                 "--triple", "aarch64-linux-gnu"]) == 0
     assert "aarch64" in capsys.readouterr().out
+
+
+def test_link_falls_back_to_ziglang_then_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no cc/gcc/clang on PATH, the ziglang package's clang links; without it, the error
+    names what to install."""
+    import importlib.util
+
+    from graphnn.backends.aot import build
+
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(build.shutil, "which", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name: object() if name == "ziglang" else None)
+    assert build.find_c_compiler() == [sys.executable, "-m", "ziglang", "cc"]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert build.find_c_compiler() is None
+    with pytest.raises(gn.GraphnnError, match="apt install gcc.*pip install ziglang"):
+        build.link_shared("m.o", "libm.so")
