@@ -1,35 +1,43 @@
 """Backends: one interface (``base.Backend``), looked up by name.
 
-``reference`` (numpy) is the oracle. The code-generating backends (``llvm``, ``opencl``) and the
-ahead-of-time compiler register here when they land.
+``reference`` (numpy) is the oracle; ``llvm`` and ``opencl`` generate code. (The ahead-of-time
+compiler, ``graphnn.backends.aot``, builds libraries rather than sessions.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from graphnn.backends.base import Backend, Executable, RunResult
 
 from graphnn.errors import GraphError
 
-_FACTORIES: dict[str, Callable[[], Backend]] = {}
+_FACTORIES: dict[str, Callable[..., Backend]] = {}
 
 
-def register_backend(name: str, factory: Callable[[], Backend]) -> None:
+def register_backend(name: str, factory: Callable[..., Backend]) -> None:
     """Make ``Session(backend=name)`` build its backend with ``factory()``."""
     _FACTORIES[name] = factory
 
 
-def get_backend(name: str | Backend) -> Backend:
-    """The backend called ``name`` (a Backend instance passes through).
+def get_backend(name: str | Backend, **options: Any) -> Backend:
+    """The backend called ``name`` built with ``options`` (``device=`` for opencl); a Backend
+    instance passes through.
 
-    Raises:  GraphError naming the available backends for an unknown name.
+    Raises:  GraphError naming the available backends for an unknown name, or naming the options
+             the backend does not take.
     """
     if not isinstance(name, str):
         return name
     if name not in _FACTORIES:
         raise GraphError(f"unknown backend {name!r}; available: {', '.join(sorted(_FACTORIES))}")
-    return _FACTORIES[name]()
+    try:
+        return _FACTORIES[name](**options)
+    except TypeError as e:
+        if not options:
+            raise
+        raise GraphError(f"backend {name!r} does not take {', '.join(options)}= ({e})") from None
 
 
 def available_backends() -> list[str]:
@@ -48,8 +56,15 @@ def _llvm() -> Backend:
     return LLVMBackend()
 
 
+def _opencl(device: str | int | None = None) -> Backend:
+    from graphnn.backends.opencl import OpenCLBackend
+
+    return OpenCLBackend(device)
+
+
 register_backend("reference", _reference)
 register_backend("llvm", _llvm)
+register_backend("opencl", _opencl)
 
 __all__ = ["Backend", "Executable", "RunResult", "available_backends", "get_backend",
            "register_backend"]

@@ -1,8 +1,10 @@
 """The ``graphnn`` command line.
 
-    graphnn dump MODEL [--opt-level 2] [--after PASS] [--batch 32] [--freeze] [--emit kir|llvm|asm]
+    graphnn dump MODEL [--opt-level 2] [--after PASS] [--batch 32] [--freeze]
+                 [--emit kir|llvm|asm|opencl]
     graphnn compile MODEL --out build/NAME [--batch 1] [--triple T] [--cpu C] [--features F]
                     [--weights-file]
+    graphnn devices
     graphnn passes
 
 MODEL is a built-in model name (``graphnn.models``: digits-cnn, mlp, cnn-bn) or a saved-model
@@ -37,10 +39,6 @@ def cmd_dump(args: argparse.Namespace) -> int:
     from graphnn.passes import PassManager
     from graphnn.text_ir import print_graph
 
-    if args.emit == "opencl":
-        print("graphnn: --emit opencl: the OpenCL backend is not part of this version yet",
-              file=sys.stderr)
-        return 2
     graph = _graph(args.model, args.batch)
     pm = PassManager(opt_level=args.opt_level, verify=True, dump_dir=args.dump_dir,
                      variables_as_constants=args.freeze)
@@ -60,13 +58,22 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def _emit(graph, what: str) -> int:  # type: ignore[no-untyped-def]
-    """Print the code the LLVM backend generates for ``graph`` (static shapes needed)."""
+    """Print the code the LLVM or OpenCL backend generates for ``graph`` (static shapes)."""
     from graphnn.backends.kernel.ir import format_kernel
     from graphnn.backends.llvm import LLVMBackend
 
     if any(d is None for n in graph.nodes for d in n.shape):
         print("graphnn: --emit needs static shapes: pass --batch N", file=sys.stderr)
         return 2
+    if what == "opencl":
+        from graphnn.backends.opencl import OpenCLBackend
+
+        ocl = OpenCLBackend().compile(graph, list(graph.outputs))
+        print(ocl.source)
+        if ocl.fallback_ops:
+            print(f"# ops without OpenCL kernels (run by numpy on the host): "
+                  f"{', '.join(sorted(ocl.fallback_ops))}", file=sys.stderr)
+        return 0
     exe = LLVMBackend(cache=False, native_conv=True).compile(graph, list(graph.outputs))
     if what == "kir":
         print("\n\n".join(format_kernel(k) for k in exe.kernels))
@@ -98,6 +105,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_devices(args: argparse.Namespace) -> int:
+    """List OpenCL platforms and devices with the limits kernels are sized by."""
+    from graphnn.backends.opencl import list_devices, select_device
+
+    devices = list_devices()
+    for d in devices:
+        print(d.line())
+    chosen = select_device(None)
+    name = f"{chosen.name.strip()} ({chosen.platform.name.strip()})"
+    print(f"default for backend='opencl': {name}"
+          + (" (GRAPHNN_OPENCL_DEVICE)" if os.environ.get("GRAPHNN_OPENCL_DEVICE") else ""))
+    return 0
+
+
 def cmd_passes(args: argparse.Namespace) -> int:
     from graphnn.passes import PASSES, PIPELINES
 
@@ -117,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     dump.add_argument("--batch", type=int, help="specialise the batch dimension")
     dump.add_argument("--freeze", action="store_true", help="treat weights as constants")
     dump.add_argument("--emit", choices=["kir", "llvm", "asm", "opencl"],
-                      help="print generated code: kernel IR, LLVM IR or assembly")
+                      help="print generated code: kernel IR, LLVM IR, assembly or OpenCL C")
     dump.add_argument("--dump-dir", help="also write every stage (text and DOT) here")
     dump.add_argument("--stats", action="store_true", help="print per-pass statistics")
     dump.set_defaults(fn=cmd_dump)
@@ -133,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--weights-file", action="store_true",
                       help="write the weights to NAME.weights instead of embedding them")
     comp.set_defaults(fn=cmd_compile)
+    devices = sub.add_parser("devices", help="list OpenCL platforms and devices")
+    devices.set_defaults(fn=cmd_devices)
     passes = sub.add_parser("passes", help="list passes and optimisation levels")
     passes.set_defaults(fn=cmd_passes)
     args = parser.parse_args(argv)

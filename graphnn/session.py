@@ -39,13 +39,17 @@ class Session:
             ``graphnn.passes``), specialised to the fed shapes.
         passes: an explicit pass list instead of opt_level.
         dump_dir: write the graph after every pass there (also ``GRAPHNN_DUMP``).
+        device: for ``backend="opencl"``: "gpu", "cpu", an index or a name substring (see
+            ``graphnn devices``; ``GRAPHNN_OPENCL_DEVICE`` overrides it).
+
+    Raises:  GraphError for an unknown backend, or a device given to a backend without devices.
     """
 
     def __init__(self, graph: Graph | None = None, backend: str | Backend = "reference",
                  opt_level: int = 0, passes: Sequence[Any] | None = None,
-                 dump_dir: str | None = None) -> None:
+                 dump_dir: str | None = None, device: str | int | None = None) -> None:
         self.graph = graph if graph is not None else get_default_graph()
-        self.backend = get_backend(backend)
+        self.backend = get_backend(backend, **({} if device is None else {"device": device}))
         self.opt_level, self.passes, self.dump_dir = opt_level, passes, dump_dir
         if dump_dir is not None and hasattr(self.backend, "dump_dir"):
             self.backend.dump_dir = dump_dir  # generated code goes beside the pass dumps

@@ -128,12 +128,18 @@ class Param:
 
 @dataclass(frozen=True)
 class Kernel:
-    """One function: ``name(params...)``; ``source`` names the graph nodes it computes."""
+    """One function: ``name(params...)``; ``source`` names the graph nodes it computes.
+
+    ``schedule`` names the loop nest's pattern where a renderer may swap in a hand-tuned
+    template computing the same thing (``("matmul", a, b)``: the body is ``matmul_kernel``'s,
+    with a and b the operand parameters); renderers without one render ``body``.
+    """
 
     name: str
     params: tuple[Param, ...]
     body: tuple[Stmt, ...]
     source: tuple[str, ...] = field(default=())
+    schedule: tuple[str | int, ...] = field(default=())
 
 
 # -- helpers for building index arithmetic ------------------------------------------------------

@@ -386,6 +386,17 @@ def _lower_full_like(node: Node, name: str) -> Kernel:
 # -- matmul (and matmul epilogues) -----------------------------------------------------------
 
 
+def matmul_index(shape: tuple[int, ...], batch: tuple[int, ...], rows: Expr, cols: Expr) -> Expr:
+    """The flat index of element (rows, cols) of a matmul operand or output of ``shape`` in batch
+    ``b0, b1, ...`` (loop variables) of the output's ``batch`` dims (numpy broadcasting)."""
+    strides = row_major_strides(shape)
+    skip = len(batch) - (len(shape) - 2)  # batch dims this operand lacks (broadcast)
+    lead = [0 if d < skip or shape[d - skip] == 1 and batch[d] != 1 else strides[d - skip]
+            for d in range(len(batch))]
+    within = add_i(linear_index([rows], [strides[-2]]), linear_index([cols], [strides[-1]]))
+    return add_i(linear_index([Var(f"b{d}") for d in range(len(batch))], lead), within)
+
+
 def matmul_kernel(name: str, params: tuple[Param, ...], a: int, b: int,
                   epilogue: Callable[[Expr, list[Expr]], Expr] | None,
                   source: tuple[str, ...]) -> Kernel:
@@ -404,12 +415,7 @@ def matmul_kernel(name: str, params: tuple[Param, ...], a: int, b: int,
     i, j, k = Var("i"), Var("j"), Var("k")
 
     def index(shape: tuple[int, ...], rows: Expr, cols: Expr) -> Expr:
-        strides = row_major_strides(shape)
-        skip = len(batch) - (len(shape) - 2)  # batch dims this operand lacks (broadcast)
-        lead = [0 if d < skip or shape[d - skip] == 1 and batch[d] != 1 else strides[d - skip]
-                for d in range(len(batch))]
-        within = add_i(linear_index([rows], [strides[-2]]), linear_index([cols], [strides[-1]]))
-        return add_i(linear_index(bvars, lead), within)
+        return matmul_index(shape, batch, rows, cols)
 
     out_at = index(out_shape, i, j)
     dt = po.dtype
@@ -425,7 +431,7 @@ def matmul_kernel(name: str, params: tuple[Param, ...], a: int, b: int,
     stmts: tuple[Stmt, ...] = (Loop("i", m, tuple(body), parallel=not batch),)
     for d in reversed(range(len(batch))):
         stmts = (Loop(f"b{d}", batch[d], stmts, parallel=d == 0),)
-    return Kernel(name, params, stmts, source)
+    return Kernel(name, params, stmts, source, ("matmul", a, b))
 
 
 def _lower_matmul(node: Node, name: str) -> Kernel | None:

@@ -1,0 +1,375 @@
+"""Rendering kernel IR as OpenCL C: one program holding every kernel of a graph.
+
+A kernel's outer parallel loop becomes the NDRange: its iterations, and those of the perfectly
+nested loops under it whose iterations are independent, are collapsed into one global index
+(``get_global_id(0)``), rounded up to whole work-groups and guarded. A kernel without a parallel
+loop runs as one work-item. Matmul nests (``Kernel.schedule == ("matmul", a, b)``) use a template
+tiled through local memory, with the fused epilogue applied to the accumulator before the store.
+Scalar locals are hoisted to the top of the kernel (they are private to a work-item), bool buffers
+are one byte per element (numpy's layout), and float64 needs ``cl_khr_fp64``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from graphnn.backends.kernel.ir import (
+    Assign,
+    Binary,
+    Cast,
+    Const,
+    Declare,
+    Expr,
+    Kernel,
+    Load,
+    Loop,
+    Select,
+    Stmt,
+    Store,
+    Unary,
+    Var,
+)
+from graphnn.backends.kernel.lower import matmul_index
+
+from graphnn.dtypes import DType
+
+CTYPE = {DType.float32: "float", DType.float64: "double", DType.int32: "int",
+         DType.int64: "long", DType.bool: "uchar"}
+_REG = {**CTYPE, DType.bool: "int"}  # bools are 0/1 ints in registers
+_INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "lt": "<", "le": "<=", "gt": ">",
+          "ge": ">=", "eq": "==", "ne": "!=", "and": "&", "or": "|", "xor": "^"}
+_MATH = {"exp": "exp", "log": "log", "log1p": "log1p", "expm1": "expm1", "sqrt": "sqrt",
+         "sin": "sin", "cos": "cos", "tanh": "tanh", "erf": "erf", "floor": "floor",
+         "ceil": "ceil", "round": "rint", "abs": "fabs"}  # rint: halves to even, as numpy
+
+# max/min with numpy's NaN rule, and integer abs, as functions: an argument used twice in a
+# macro would duplicate whole subexpressions (exponentially, in nested fused bodies).
+_HELPERS = """
+inline float gn_max_float(float a, float b) { return (a > b || isnan(a)) ? a : b; }
+inline float gn_min_float(float a, float b) { return (a < b || isnan(a)) ? a : b; }
+inline int gn_abs_int(int a) { return a < 0 ? -a : a; }
+inline long gn_abs_long(long a) { return a < 0 ? -a : a; }
+"""
+_HELPERS_FP64 = """
+inline double gn_max_double(double a, double b) { return (a > b || isnan(a)) ? a : b; }
+inline double gn_min_double(double a, double b) { return (a < b || isnan(a)) ? a : b; }
+"""
+TILE = 16  # matmul tile edge: TILE x TILE work-items share TILE x TILE tiles of a and b
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to run one rendered kernel: NDRange sizes in work-items (local None: the
+    implementation chooses)."""
+
+    name: str
+    global_size: tuple[int, ...]
+    local_size: tuple[int, ...] | None
+    fp64: bool
+
+
+def _const(c: Const) -> str:
+    v = c.value
+    if c.dtype.is_float:
+        x = float(v)
+        suffix = "f" if c.dtype is DType.float32 else ""
+        cast = "" if c.dtype is DType.float32 else "(double)"
+        if math.isnan(x):
+            return f"{cast}NAN"
+        if math.isinf(x):
+            return f"({'-' if x < 0 else ''}{cast}INFINITY)"
+        return f"{x!r}{suffix}" if ("e" in repr(x) or "." in repr(x)) else f"{x!r}.0{suffix}"
+    if c.dtype is DType.bool:
+        return "1" if v else "0"
+    i = int(v)
+    if c.dtype is DType.int64:
+        return "(-9223372036854775807L - 1)" if i == -2**63 else f"{i}L"
+    return "(-2147483647 - 1)" if i == -2**31 else str(i)
+
+
+def _reads(stmts: tuple[Stmt, ...]) -> set[int]:
+    out: set[int] = set()
+
+    def expr(e: Expr) -> None:
+        if isinstance(e, Load):
+            out.add(e.buf)
+            expr(e.index)
+        elif isinstance(e, Unary | Cast):
+            expr(e.a)
+        elif isinstance(e, Binary):
+            expr(e.a)
+            expr(e.b)
+        elif isinstance(e, Select):
+            expr(e.cond)
+            expr(e.a)
+            expr(e.b)
+
+    for s in _walk(stmts):
+        if isinstance(s, Store):
+            expr(s.index)
+            expr(s.value)
+        elif isinstance(s, Declare):
+            expr(s.init)
+        elif isinstance(s, Assign):
+            expr(s.value)
+    return out
+
+
+def _walk(stmts: tuple[Stmt, ...]) -> list[Stmt]:
+    out: list[Stmt] = []
+    for s in stmts:
+        out.append(s)
+        if isinstance(s, Loop):
+            out.extend(_walk(s.body))
+    return out
+
+
+def _mentions(e: Expr, name: str) -> bool:
+    if isinstance(e, Var):
+        return e.name == name
+    if isinstance(e, Load):
+        return _mentions(e.index, name)
+    if isinstance(e, Unary | Cast):
+        return _mentions(e.a, name)
+    if isinstance(e, Binary):
+        return _mentions(e.a, name) or _mentions(e.b, name)
+    if isinstance(e, Select):
+        return any(_mentions(x, name) for x in (e.cond, e.a, e.b))
+    return False
+
+
+def independent(loop: Loop) -> bool:
+    """Iterations of ``loop`` can run concurrently: it stores nothing it also reads, every store
+    depends on its variable (distinct iterations write distinct elements) and every scalar it
+    assigns is declared inside it (private to the iteration)."""
+    body = _walk(loop.body)
+    stored = {s.buf for s in body if isinstance(s, Store)}
+    declared = {s.name for s in body if isinstance(s, Declare)}
+    return (not stored & _reads(loop.body)
+            and all(_mentions(s.index, loop.var) for s in body if isinstance(s, Store))
+            and all(s.name in declared for s in body if isinstance(s, Assign)))
+
+
+def parallel_nest(kernel: Kernel) -> list[Loop]:
+    """The loops collapsed into the NDRange: the outer parallel loop and the perfectly nested,
+    independent loops under it (empty: the kernel runs as one work-item)."""
+    if len(kernel.body) != 1 or not isinstance(kernel.body[0], Loop) or \
+            not kernel.body[0].parallel:
+        return []
+    nest = [kernel.body[0]]
+    while len(nest[-1].body) == 1 and isinstance(nest[-1].body[0], Loop) and \
+            independent(nest[-1].body[0]):
+        nest.append(nest[-1].body[0])
+    return nest
+
+
+class KernelRenderer:
+    """Renders one kernel to OpenCL C (``render``) and says how to launch it (``launch``)."""
+
+    def __init__(self, kernel: Kernel, work_group: int) -> None:
+        self.k = kernel
+        self.work_group = work_group
+        self.locals: dict[str, DType] = {}
+        for s in _walk(kernel.body):
+            if isinstance(s, Declare):
+                if self.locals.setdefault(s.name, s.dtype) is not s.dtype:
+                    raise TypeError(f"{kernel.name}: local {s.name} declared with two dtypes")
+        self.fp64 = any(p.dtype is DType.float64 for p in kernel.params) or any(
+            d is DType.float64 for d in self.locals.values())
+        self.lines: list[str] = []
+
+    # -- expressions ---------------------------------------------------------------------------
+    def var(self, name: str) -> str:
+        return f"l_{name}" if name in self.locals else f"v_{name}"
+
+    def expr(self, e: Expr) -> str:
+        if isinstance(e, Const):
+            return _const(e)
+        if isinstance(e, Var):
+            return self.var(e.name)
+        if isinstance(e, Load):
+            at = f"p{e.buf}[{self.expr(e.index)}]"
+            return f"({at} != 0)" if self.k.params[e.buf].dtype is DType.bool else at
+        if isinstance(e, Unary):
+            return self.unary(e.op, self.expr(e.a), e.a.dtype)
+        if isinstance(e, Binary):
+            return self.binary(e.op, self.expr(e.a), self.expr(e.b), e.a.dtype)
+        if isinstance(e, Select):
+            return f"({self.expr(e.cond)} ? {self.expr(e.a)} : {self.expr(e.b)})"
+        if isinstance(e, Cast):
+            if e.dtype is DType.bool:
+                return f"({self.expr(e.a)} != 0)"
+            return f"(({_REG[e.dtype]})({self.expr(e.a)}))"
+        raise TypeError(e)  # pragma: no cover
+
+    def unary(self, op: str, a: str, dt: DType) -> str:
+        if op == "neg":
+            return f"(-{a})"
+        if op == "not":
+            return f"(!{a})"
+        if op == "abs" and not dt.is_float:
+            return f"gn_abs_{_REG[dt]}({a})"
+        return f"{_MATH[op]}({a})"
+
+    def binary(self, op: str, a: str, b: str, dt: DType) -> str:
+        if op in ("max", "min"):
+            return f"gn_{op}_{_REG[dt]}({a}, {b})" if dt.is_float else f"{op}({a}, {b})"
+        if op == "pow":
+            return f"pow({a}, {b})"
+        return f"({a} {_INFIX[op]} {b})"
+
+    # -- statements ----------------------------------------------------------------------------
+    def emit(self, line: str, depth: int) -> None:
+        self.lines.append("    " * depth + line)
+
+    def stmt(self, s: Stmt, depth: int) -> None:
+        if isinstance(s, Loop):
+            v = self.var(s.var)
+            self.emit(f"for (long {v} = 0; {v} < {s.extent}L; ++{v}) {{", depth)
+            for inner in s.body:
+                self.stmt(inner, depth + 1)
+            self.emit("}", depth)
+        elif isinstance(s, Store):
+            value = self.expr(s.value)
+            if self.k.params[s.buf].dtype is DType.bool:
+                value = f"(uchar)({value})"
+            self.emit(f"p{s.buf}[{self.expr(s.index)}] = {value};", depth)
+        elif isinstance(s, Declare):
+            self.emit(f"l_{s.name} = {self.expr(s.init)};", depth)
+        else:
+            self.emit(f"l_{s.name} = {self.expr(s.value)};", depth)
+
+    def signature(self, attributes: str = "") -> str:
+        params = []
+        for i, p in enumerate(self.k.params):
+            const = "" if p.output or any(isinstance(s, Store) and s.buf == i
+                                          for s in _walk(self.k.body)) else "const "
+            params.append(f"__global {const}{CTYPE[p.dtype]} *restrict p{i}")
+        return f"__kernel {attributes}void {self.k.name}({', '.join(params)})"
+
+    # -- whole kernels -------------------------------------------------------------------------
+    def render(self) -> tuple[str, Launch]:
+        if self.k.schedule[:1] == ("matmul",):
+            return self._matmul()
+        nest = parallel_nest(self.k)
+        self.emit(self.signature() + " {", 0)
+        for name, dt in self.locals.items():
+            self.emit(f"{_REG[dt]} l_{name};", 1)
+        if not nest:
+            for s in self.k.body:
+                self.stmt(s, 1)
+            self.emit("}", 0)
+            return "\n".join(self.lines), Launch(self.k.name, (1,), (1,), self.fp64)
+        total = math.prod(loop.extent for loop in nest)
+        if total == 0:  # an empty index space: never launched
+            self.emit("}", 0)
+            return "\n".join(self.lines), Launch(self.k.name, (0,), None, self.fp64)
+        self.emit("const long g = (long)get_global_id(0);", 1)
+        self.emit(f"if (g >= {total}L) return;", 1)
+        inner = total
+        for loop in nest:  # the multi-index of g, outermost loop first
+            inner //= max(loop.extent, 1)
+            q = f"g / {inner}L" if inner != 1 else "g"
+            self.emit(f"const long {self.var(loop.var)} = ({q}) % {loop.extent}L;"
+                      if loop is not nest[0] else f"const long {self.var(loop.var)} = {q};", 1)
+        for s in nest[-1].body:
+            self.stmt(s, 1)
+        self.emit("}", 0)
+        wg = self.work_group
+        size = -(-total // wg) * wg
+        return "\n".join(self.lines), Launch(self.k.name, (size,), (wg,), self.fp64)
+
+    def _matmul(self) -> tuple[str, Launch]:
+        """out = a @ b, tiled: each TILE x TILE work-group stages TILE x TILE tiles of a and b
+        in local memory and each work-item accumulates one output in a register; the kernel's
+        epilogue (bias, activation, residual) is applied to the accumulator before the store."""
+        _, a, b = self.k.schedule
+        assert isinstance(a, int) and isinstance(b, int)
+        po, pa = self.k.params[-1], self.k.params[a]
+        out_buf = len(self.k.params) - 1
+        batch, (m, n), kk = po.shape[:-2], po.shape[-2:], pa.shape[-1]
+        ty = _REG[po.dtype]
+        i, j, k = Var("i"), Var("j"), Var("k")
+        a_at = self.expr(matmul_index(pa.shape, batch, i, k))
+        b_at = self.expr(matmul_index(self.k.params[b].shape, batch, k, j))
+        out_at = self.expr(matmul_index(po.shape, batch, i, j))
+        value = "v_acc"  # matmul nests declare no locals, so Var("acc") renders as this
+        epilogue = self._epilogue(out_buf)
+        if epilogue is not None:
+            value = self.expr(_substitute(epilogue, lambda e: Var("acc", po.dtype)
+                                          if isinstance(e, Load) and e.buf == out_buf else None))
+        t = TILE
+        e = self.emit
+        e(self.signature(f"__attribute__((reqd_work_group_size({t}, {t}, 1))) ") + " {", 0)
+        e(f"__local {ty} as[{t}][{t + 1}];", 1)
+        e(f"__local {ty} bs[{t}][{t + 1}];", 1)
+        e("const int lj = get_local_id(0), li = get_local_id(1);", 1)
+        e("const long v_j = get_global_id(0), v_i = get_global_id(1);", 1)
+        e("long rest = get_global_id(2);", 1)
+        for d in reversed(range(len(batch))):
+            e(f"const long v_b{d} = rest % {batch[d]}L; rest /= {batch[d]}L;", 1)
+        e(f"{ty} v_acc = 0;", 1)
+        e(f"for (long t = 0; t < {kk}L; t += {t}) {{", 1)
+        e("long v_k = t + lj;", 2)
+        e(f"as[li][lj] = (v_i < {m}L && v_k < {kk}L) ? p{a}[{a_at}] : ({ty})0;", 2)
+        e("v_k = t + li;", 2)
+        e(f"bs[li][lj] = (v_k < {kk}L && v_j < {n}L) ? p{b}[{b_at}] : ({ty})0;", 2)
+        e("barrier(CLK_LOCAL_MEM_FENCE);", 2)
+        e(f"for (int q = 0; q < {t}; ++q) v_acc += as[li][q] * bs[q][lj];", 2)
+        e("barrier(CLK_LOCAL_MEM_FENCE);", 2)
+        e("}", 1)
+        e(f"if (v_i < {m}L && v_j < {n}L) p{out_buf}[{out_at}] = {value};", 1)
+        e("}", 0)
+        size = (-(-n // t) * t, -(-m // t) * t, max(math.prod(batch), 1))
+        return "\n".join(self.lines), Launch(self.k.name, size, (t, t, 1), self.fp64)
+
+    def _epilogue(self, out_buf: int) -> Expr | None:
+        """The epilogue expression of a matmul nest (its last loop's store), or None."""
+        rows = next(s for s in _walk(self.k.body) if isinstance(s, Loop) and s.var == "i")
+        last = rows.body[-1]
+        if len(rows.body) < 3 or not isinstance(last, Loop):
+            return None
+        store = last.body[0]
+        assert isinstance(store, Store) and store.buf == out_buf
+        return store.value
+
+
+def _substitute(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
+    """``e`` with every subexpression ``x`` for which ``fn(x)`` is not None replaced by it."""
+    new = fn(e)
+    if new is not None:
+        return new
+    if isinstance(e, Load):
+        return Load(e.buf, _substitute(e.index, fn), e.dtype)
+    if isinstance(e, Unary):
+        return Unary(e.op, _substitute(e.a, fn), e.dtype)
+    if isinstance(e, Cast):
+        return Cast(_substitute(e.a, fn), e.dtype)
+    if isinstance(e, Binary):
+        return Binary(e.op, _substitute(e.a, fn), _substitute(e.b, fn), e.dtype)
+    if isinstance(e, Select):
+        return Select(_substitute(e.cond, fn), _substitute(e.a, fn), _substitute(e.b, fn),
+                      e.dtype)
+    return e
+
+
+def render_program(kernels: list[Kernel], work_group: int = 64) -> tuple[str, list[Launch]]:
+    """The OpenCL C source of ``kernels`` (one program) and how to launch each.
+
+    ``work_group``: work-items per group for the collapsed-loop kernels (the device's limit
+    bounds it; the matmul template uses TILE x TILE).
+    """
+    parts, launches = [], []
+    for kernel in kernels:
+        src, launch = KernelRenderer(kernel, work_group).render()
+        comment = f"/* {kernel.name}: {', '.join(kernel.source)} */"
+        parts.append(comment + "\n" + src)
+        launches.append(launch)
+    fp64 = any(launch.fp64 for launch in launches)
+    head = ["/* generated by graphnn from the kernel IR; one kernel per graph node */"]
+    if fp64:
+        head.append("#pragma OPENCL EXTENSION cl_khr_fp64 : enable")
+    head.append(_HELPERS + (_HELPERS_FP64 if fp64 else ""))
+    return "\n".join(head) + "\n" + "\n\n".join(parts) + "\n", launches
