@@ -152,7 +152,8 @@ def test_assign_checks_shape_and_target() -> None:
 
 
 def test_unknown_backend_lists_available() -> None:
-    with pytest.raises(gn.GraphError, match="unknown backend .tpu.; available: llvm, opencl, reference"):
+    with pytest.raises(gn.GraphError,
+                       match="unknown backend .tpu.; available: llvm, opencl, reference"):
         gn.Session(gn.Graph(), backend="tpu")
 
 
