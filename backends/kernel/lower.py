@@ -561,7 +561,10 @@ def conv_kernel(name: str, params: tuple[Param, ...], xbuf: int, wbuf: int, bbuf
     if epilogue is not None:
         body.extend(_nest(out.shape[2:], [Store(len(params) - 1, plane, epilogue(
             Load(len(params) - 1, plane, dt), [n, o, *ovars]))], "y"))
-    return Kernel(name, params, (Loop("no", n_out * c_out, tuple(body), parallel=True),), source)
+    schedule = ("conv", xbuf, wbuf, -1 if bbuf is None else bbuf, attrs["groups"], *stride, *dil,
+                *pads)
+    return Kernel(name, params, (Loop("no", n_out * c_out, tuple(body), parallel=True),), source,
+                  schedule)
 
 
 def _lower_conv(node: Node, name: str) -> Kernel | None:

@@ -203,9 +203,10 @@ class OpenCLExecutable:
     def _check_fp64(self, order: list[Node]) -> None:
         if self.device.info.fp64:
             return
-        wide = next((n for n in order if n.dtype.np == np.float64), None)
-        if wide is not None:
-            raise OpenCLError(f"{describe(wide)} computes in float64, which {self.device.name} "
+        wide = [n for n in order if n.dtype.np == np.float64]
+        wide.sort(key=lambda n: n.op in SOURCES)  # name a computing node first
+        if wide:
+            raise OpenCLError(f"{describe(wide[0])} computes in float64, which {self.device.name} "
                               "does not support (no cl_khr_fp64): use float32, or another "
                               "device (GRAPHNN_OPENCL_DEVICE, graphnn devices)")
 

@@ -253,6 +253,8 @@ class KernelRenderer:
     def render(self) -> tuple[str, Launch]:
         if self.k.schedule[:1] == ("matmul",):
             return self._matmul()
+        if self.k.schedule[:1] == ("conv",):
+            return self._conv()
         nest = parallel_nest(self.k)
         self.emit(self.signature() + " {", 0)
         for name, dt in self.locals.items():
@@ -324,6 +326,61 @@ class KernelRenderer:
         e("}", 0)
         size = (-(-n // t) * t, -(-m // t) * t, max(math.prod(batch), 1))
         return "\n".join(self.lines), Launch(self.k.name, size, (t, t, 1), self.fp64)
+
+    def _conv(self) -> tuple[str, Launch]:
+        """Direct convolution, one output element per work-item (NCHW): the accumulator starts
+        at the bias and sums w * x over input channels and taps inside the image; the fused
+        epilogue is applied before the store. Work-items along the output row are neighbours,
+        so their loads of x coalesce (and vectorise on CPU devices)."""
+        _, xb, wb, bb, groups, *rest = self.k.schedule
+        x, w, out = self.k.params[int(xb)], self.k.params[int(wb)], self.k.params[-1]
+        nd = len(x.shape) - 2
+        stride, dil, pads = (tuple(int(v) for v in rest[i * nd:(i + 1) * nd]) for i in range(3))
+        n_out, c_out, c_in = out.shape[0], out.shape[1], x.shape[1]
+        cg, taps, og = w.shape[1], w.shape[2:], c_out // int(groups)
+        out_buf = len(self.k.params) - 1
+        ty = _REG[out.dtype]
+        total = math.prod(out.shape)
+        e = self.emit
+        e(self.signature() + " {", 0)
+        if total == 0:
+            e("}", 0)
+            return "\n".join(self.lines), Launch(self.k.name, (0,), None, self.fp64)
+        e("const long g = (long)get_global_id(0);", 1)
+        e(f"if (g >= {total}L) return;", 1)
+        e("long rest = g;", 1)
+        for d in reversed(range(nd)):
+            e(f"const long v_y{d} = rest % {out.shape[2 + d]}L; rest /= {out.shape[2 + d]}L;", 1)
+        plane = total // (n_out * c_out)
+        e(f"const long o = rest % {c_out}L, n = rest / {c_out}L, v_no = g / {plane}L;", 1)
+        e(f"const long cbase = (o / {og}L) * {cg}L;", 1)
+        e(f"{ty} v_acc = {f'p{bb}[o]' if int(bb) >= 0 else f'({ty})0'};", 1)
+        e(f"for (long c = 0; c < {cg}L; ++c) {{", 1)
+        w_at, x_at = f"o * {cg}L + c", f"n * {c_in}L + cbase + c"
+        for d in range(nd):
+            depth = 2 + d
+            e(f"for (long t{d} = 0; t{d} < {taps[d]}L; ++t{d}) {{", depth)
+            e(f"const long q{d} = v_y{d} * {stride[d]}L + t{d} * {dil[d]}L - {pads[d]}L;",
+              depth + 1)
+            e(f"if (q{d} < 0 || q{d} >= {x.shape[2 + d]}L) continue;", depth + 1)
+            w_at, x_at = f"({w_at}) * {taps[d]}L + t{d}", f"({x_at}) * {x.shape[2 + d]}L + q{d}"
+        e(f"v_acc += p{wb}[{w_at}] * p{xb}[{x_at}];", 2 + nd)
+        for d in reversed(range(nd + 1)):
+            e("}", 1 + d)
+        value = "v_acc"
+        outer = self.k.body[0]
+        assert isinstance(outer, Loop)
+        planes = [st for st in outer.body if isinstance(st, Loop) and st.var == "y0"]
+        if len(planes) == 2:  # the bias plane, then the epilogue plane
+            store = _walk((planes[1],))[-1]
+            assert isinstance(store, Store) and store.buf == out_buf
+            value = self.expr(_substitute(store.value, lambda x_: Var("acc", out.dtype)
+                                          if isinstance(x_, Load) and x_.buf == out_buf else None))
+        e(f"p{out_buf}[g] = {value};", 1)
+        e("}", 0)
+        wg = self.work_group
+        return "\n".join(self.lines), Launch(self.k.name, (-(-total // wg) * wg,), (wg,),
+                                              self.fp64)
 
     def _epilogue(self, out_buf: int) -> Expr | None:
         """The epilogue expression of a matmul nest (its last loop's store), or None."""

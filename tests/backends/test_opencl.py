@@ -1,0 +1,184 @@
+"""OpenCL backend properties (on PoCL in CI, on a GPU where one is lent): device choice and
+errors, generated source and dumps, templates (tiled matmul, direct convolution) with fused
+epilogues, buffers that stay on the device (a training step moves no weights), atomic runs."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+from graphnn.backends.opencl import DeviceValue, OpenCLBackend, OpenCLError, list_devices
+from graphnn.backends.opencl import device as device_mod
+from graphnn.backends.opencl.executable import OpenCLDevice, shared_device
+
+import graphnn as gn
+from graphnn import nn
+from graphnn.cli import main as cli
+
+
+def compile_one(build, *shapes, dtype=np.float32):  # type: ignore[no-untyped-def]
+    with gn.Graph("k") as g:
+        xs = [gn.placeholder(s, dtype, name=f"x{i}") for i, s in enumerate(shapes)]
+        out = build(*xs)
+    return g, xs, out, OpenCLBackend().compile(g, [out])
+
+
+def test_devices_are_listed_and_selected(monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture) -> None:
+    devices = list_devices()
+    assert devices and all(d.max_work_group_size >= 1 and d.local_mem_bytes > 0 for d in devices)
+    first = devices[0]
+    assert device_mod.select_device(0).name.strip() == first.name
+    assert device_mod.select_device(first.kind).name.strip() == first.name
+    assert device_mod.select_device(first.name[:6].lower()).name.strip() == first.name
+    with pytest.raises(OpenCLError, match=r"no OpenCL device matches 'tpu'; devices:\n  \[0\]"):
+        device_mod.select_device("tpu")
+    monkeypatch.setenv("GRAPHNN_OPENCL_DEVICE", "99")  # the variable overrides the argument
+    with pytest.raises(OpenCLError, match="'99' \\(from GRAPHNN_OPENCL_DEVICE\\)"):
+        gn.Session(gn.Graph(), backend="opencl", device=0)
+    monkeypatch.delenv("GRAPHNN_OPENCL_DEVICE")
+    assert cli(["devices"]) == 0
+    out = capsys.readouterr().out
+    assert f"[0] {first.name}" in out and "max work-group" in out and "default for" in out
+    with pytest.raises(gn.GraphError, match="backend 'llvm' does not take device="):
+        gn.Session(gn.Graph(), backend="llvm", device="gpu")
+
+
+def test_no_platform_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyopencl as cl
+
+    monkeypatch.setattr(cl, "get_platforms", lambda: [])
+    with pytest.raises(OpenCLError, match=r'pip install "pyopencl\[pocl\]".*vendor'):
+        OpenCLBackend()
+
+
+def test_float64_on_a_device_without_fp64_fails_at_compile_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    dev = OpenCLDevice(device_mod.select_device(None))
+    monkeypatch.setattr(dev, "info", dev.info.__class__(**{**dev.info.__dict__, "fp64": False}))
+    backend = OpenCLBackend()
+    backend.device = dev
+    with gn.Graph() as g:
+        x = gn.placeholder((3,), np.float64, name="x")
+        y = gn.exp(x, name="y")
+    with pytest.raises(OpenCLError, match="%y: f64.3. computes in float64.*cl_khr_fp64"):
+        backend.compile(g, [y])
+
+
+def test_build_errors_show_the_offending_source_lines() -> None:
+    source = "__kernel void f(__global float *p) {\n    p[0] = undefined_name;\n}\n"
+    with pytest.raises(OpenCLError, match=r"(?s)rejected the program of test.*undefined_name"
+                                          r".*offending source lines:.*2> +p\[0\]"):
+        shared_device().build(source, "test")
+
+
+def test_source_is_dumped_and_printed(tmp_path: pathlib.Path,
+                                      capsys: pytest.CaptureFixture) -> None:
+    with gn.Graph("dumped") as g:
+        x = gn.placeholder((4, 5), name="x")
+        y = gn.tanh(x * 2.0)
+    sess = gn.Session(g, backend="opencl", opt_level=2, dump_dir=str(tmp_path))
+    sess.run(y, {x: np.ones((4, 5))})
+    cl_files = list(tmp_path.glob("opencl_*.cl"))
+    assert cl_files and "__kernel void" in cl_files[0].read_text()
+    assert "tanh(" in cl_files[0].read_text()
+    assert list(tmp_path.glob("opencl_*.kir"))
+    assert cli(["dump", "mlp", "--batch", "2", "--emit", "opencl"]) == 0
+    assert "__kernel void" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("a", "b"), [((37, 19), (19, 23)), ((2, 3, 17, 33), (33, 5)),
+                                      ((1, 64), (64, 1)), ((5, 0), (0, 4))])
+def test_tiled_matmul_template(a: tuple, b: tuple) -> None:
+    g, xs, out, exe = compile_one(lambda x, w: x @ w, a, b)
+    assert "__local float" in exe.source and "barrier(CLK_LOCAL_MEM_FENCE)" in exe.source
+    rng = np.random.default_rng(1)
+    av, bv = rng.standard_normal(a).astype(np.float32), rng.standard_normal(b).astype(np.float32)
+    got = gn.Session(g, backend="opencl").run(out, {xs[0]: av, xs[1]: bv})
+    np.testing.assert_allclose(got, av @ bv, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["mlp", "digits-cnn", "cnn-bn"])
+def test_zoo_models_with_fused_epilogues_match_the_reference(model: str) -> None:
+    graph, y = gn.models.inference_graph(model, batch=3)
+    x = np.random.default_rng(0).random((3, *graph.placeholders[0].shape[1:]), np.float32)
+    sess = gn.Session(graph, backend="opencl", opt_level=3)
+    np.testing.assert_allclose(sess.run(y, {"x": x}), gn.Session(graph).run(y, {"x": x}),
+                               rtol=1e-4, atol=1e-5)
+    exe = next(iter(sess._cache.values())).exe
+    assert not exe.fallback_ops
+    assert any(len(k.source) > 1 and k.source[0] in ("matmul", "conv") for k in exe.kernels), \
+        "no fused epilogue in the optimised model"
+
+
+def _mlp_training() -> tuple[nn.Module, np.ndarray, np.ndarray]:
+    nn.init.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 10))
+    model.compile(gn.optim.Adam(1e-2), "cross_entropy", backend="opencl")
+    rng = np.random.default_rng(0)
+    return model, rng.random((64, 20), np.float32), rng.integers(0, 10, 64)
+
+
+def test_training_step_moves_no_weights_between_host_and_device() -> None:
+    model, x, y = _mlp_training()
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # compiles and uploads the weights
+    trainer = model.trainer if hasattr(model, "trainer") else None
+    sess = trainer.session if trainer is not None else None
+    assert sess is not None
+    states = [v for v in sess._state.values()]
+    assert states and all(isinstance(v, DeviceValue) for v in states)
+    exes = [e.exe for e in sess._cache.values() if e.exe.writers]
+    assert exes, "no training-step executable"
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    step = exes[0]
+    assert not step.fallback_ops
+    feeds = sum(p.dtype.itemsize * int(np.prod(p.shape)) for p in step.placeholders)
+    fetched = sum(f.dtype.itemsize * int(np.prod(f.shape)) for f in step.fetches
+                  if not gn.get_op(f.op).no_value)
+    t = step.transfers  # the last step: feeds up, fetches down, nothing else
+    assert (t.to_device, t.bytes_to_device) == (len(step.placeholders), feeds)
+    assert t.bytes_to_host == fetched
+    weights = sum(int(np.prod(v.shape)) * 4 for v in step.variables)
+    assert weights > t.bytes_to_device + t.bytes_to_host
+
+
+def test_training_matches_the_reference_backend() -> None:
+    losses = {}
+    for backend in ("reference", "opencl"):
+        model, x, y = _mlp_training()
+        model.compile(gn.optim.Adam(1e-2), "cross_entropy", backend=backend)
+        hist = model.fit(x, y, batch_size=16, epochs=3, verbose=0)
+        losses[backend] = hist.history["loss"] if hasattr(hist, "history") else hist["loss"]
+    np.testing.assert_allclose(losses["opencl"], losses["reference"], rtol=1e-4)
+
+
+def test_a_failed_run_leaves_variables_unchanged() -> None:
+    with gn.Graph() as g:
+        x = gn.placeholder((3,), name="x")
+        w = gn.variable(np.ones(3, np.float32), name="w")
+        step = gn.assign(w, w + x)
+        bad = gn.take(w + 0.0, gn.cast(x, "int64"), axis=0)  # runs the checked reference
+    sess = gn.Session(g, backend="opencl")
+    sess.run(step, {x: np.full(3, 2.0)})
+    np.testing.assert_array_equal(sess.run(w), [3, 3, 3])
+    with pytest.raises(gn.GraphnnError):
+        sess.run([step, bad], {x: np.full(3, 7.0)})  # index 7 is out of range for 3 elements
+    np.testing.assert_array_equal(sess.run(w), [3, 3, 3])
+    assert isinstance(sess._state[w], DeviceValue)
+    np.testing.assert_array_equal(np.asarray(sess._state[w]), [3, 3, 3])
+
+
+def test_collapsed_nests_and_single_work_item_kernels() -> None:
+    g, xs, out, exe = compile_one(lambda x, y: gn.transpose(x, (1, 0, 2)) + y,
+                                  (5, 7, 3), (7, 5, 3))
+    assert any(launch.global_size[0] >= 105 for launch in exe.launches)
+    rng = np.random.default_rng(2)
+    a, b = rng.random((5, 7, 3), np.float32), rng.random((7, 5, 3), np.float32)
+    np.testing.assert_allclose(gn.Session(g, backend="opencl").run(out, {xs[0]: a, xs[1]: b}),
+                               a.transpose(1, 0, 2) + b, rtol=1e-6)
+    g, xs, out, exe = compile_one(lambda x: gn.sum(x), (1000,), dtype=np.float64)
+    assert exe.launches[0].global_size == (1,)  # a full reduction: one work-item
+    v = np.random.default_rng(3).random(1000)
+    np.testing.assert_allclose(gn.Session(g, backend="opencl").run(out, {xs[0]: v}), v.sum(),
+                               rtol=1e-12)
