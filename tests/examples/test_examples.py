@@ -48,3 +48,13 @@ def test_xor() -> None:
 
 def test_iris() -> None:
     assert load("iris_mlp").main() >= 0.95
+
+
+def test_train_digits_on_opencl_matches_the_reference(tmp_path: pathlib.Path) -> None:
+    digits = load("train_digits")
+    common = ["--epochs", "2", "--quiet", "--no-aot"]
+    reference = digits.main([*common, "--out", str(tmp_path / "ref")])
+    opencl = digits.main([*common, "--out", str(tmp_path / "ocl"), "--backend", "opencl"])
+    assert reference > 0.85
+    # the same training run: float rounding may flip at most a couple of the 360 test images
+    assert abs(opencl - reference) <= 2 / 360, (opencl, reference)
