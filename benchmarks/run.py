@@ -4,7 +4,8 @@
     python benchmarks/run.py --workload W1 W5 --framework graphnn-llvm numpy --json out.json
 
 Prints, per workload and batch, each framework's median time, its ratio to graphnn-llvm, and
-GFLOP/s or GB/s; ``--json`` writes a list of records
+GFLOP/s or GB/s (graphnn-opencl runs on the device ``GRAPHNN_OPENCL_DEVICE`` or
+``graphnn devices`` names: PoCL on a machine without a GPU); ``--json`` writes a list of records
 ``{"workload", "batch", "framework", "median_s", "compile_s", "max_abs_err"}`` where
 ``max_abs_err`` compares with the numpy reference of the same weights and inputs.
 Timing: median of ``--repeat`` runs after one warm-up; ``compile_s`` is the first run's time
@@ -96,7 +97,8 @@ def w1(batch: int) -> Case:
 
     flops = 2 * batch * (784 * 512 + 512 * 512 + 512 * 10)
     return Case("W1", batch, flops=flops, runners={
-        "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build), "torch": torch_run})
+        "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build),
+        "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run})
 
 
 # -- W2: the small CNN on 1x28x28 ---------------------------------------------------------------
@@ -157,7 +159,8 @@ def w2(batch: int) -> Case:
 
     flops = 2 * batch * (26 * 26 * 32 * 9 + 24 * 24 * 64 * 32 * 9 + 10 * 10 * 128 * 64 * 9)
     return Case("W2", batch, flops=flops, runners={
-        "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build), "torch": torch_run})
+        "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build),
+        "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run})
 
 
 # -- W5: an elementwise chain over 16M float32 ---------------------------------------------------
@@ -187,7 +190,8 @@ def w5(batch: int = 1) -> Case:
                         * torch.sigmoid(tx)).numpy()
 
     return Case("W5", batch, bytes=2 * 4 * n, runners={
-        "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build), "torch": torch_run})
+        "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build),
+        "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run})
 
 
 # -- W6: a full training step of the W2 CNN -------------------------------------------------------
@@ -197,13 +201,13 @@ def w6(batch: int = 64) -> Case:
     x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, batch)
 
-    def graphnn_step() -> Callable[[], np.ndarray]:
+    def graphnn_step(backend: str = "llvm") -> Callable[[], np.ndarray]:
         nn = gn.nn
         nn.init.manual_seed(0)
         model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(),
                               nn.MaxPool2d(2), nn.Conv2d(64, 128, 3), nn.ReLU(), nn.MaxPool2d(2),
                               nn.GlobalAvgPool(), nn.Linear(128, 10))
-        model.compile(gn.optim.Adam(1e-3), backend="llvm", opt_level=2)
+        model.compile(gn.optim.Adam(1e-3), backend=backend, opt_level=2)
         t = model.trainer
         t.build(x, y)
         return lambda: t.session.run([t.apply, t.train_loss], {t.x: x, t.y: y})[1]
@@ -228,7 +232,8 @@ def w6(batch: int = 64) -> Case:
 
         return step
 
-    return Case("W6", batch, runners={"graphnn-llvm": graphnn_step, "torch": torch_step})
+    return Case("W6", batch, runners={"graphnn-llvm": graphnn_step, "torch": torch_step,
+                                      "graphnn-opencl": lambda: graphnn_step("opencl")})
 
 
 # -- matmul 1024^3 ----------------------------------------------------------------------------
@@ -251,7 +256,8 @@ def mm(batch: int = 1) -> Case:
         return lambda: (ta @ tb).numpy()
 
     return Case("MM", 1, flops=2 * n**3, runners={
-        "numpy": lambda: lambda: a @ b, "graphnn-llvm": _graphnn(build), "torch": torch_run})
+        "numpy": lambda: lambda: a @ b, "graphnn-llvm": _graphnn(build),
+        "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run})
 
 
 WORKLOADS: dict[str, Callable[[], list[Case]]] = {
@@ -261,6 +267,16 @@ WORKLOADS: dict[str, Callable[[], list[Case]]] = {
 
 
 def _available(framework: str) -> bool:
+    if framework == "graphnn-opencl":
+        try:
+            from graphnn.backends.opencl import select_device
+
+            device = select_device(None)
+            print(f"graphnn-opencl runs on {device.name.strip()} ({device.platform.name.strip()})")
+            return True
+        except gn.GraphnnError as e:
+            print(f"graphnn-opencl skipped: {e}")
+            return False
     if framework == "torch":
         try:
             import torch
@@ -296,7 +312,8 @@ def measure(case: Case, framework: str, repeat: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", nargs="*", default=list(WORKLOADS))
-    parser.add_argument("--framework", nargs="*", default=["graphnn-llvm", "numpy", "torch"])
+    parser.add_argument("--framework", nargs="*",
+                        default=["graphnn-llvm", "graphnn-opencl", "numpy", "torch"])
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--json", help="write the records to this file")
     args = parser.parse_args(argv)

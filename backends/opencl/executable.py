@@ -182,8 +182,9 @@ class OpenCLExecutable:
             self.kernels.append(kernel)
         self._check_fp64(order)
         group = min(64, device.info.max_work_group_size)
-        self.source, self.launches = render_program(self.kernels, group) if self.kernels \
-            else ("", [])
+        self.source, self.launches = render_program(self.kernels, group,
+                                                    device.info.kind == "cpu") \
+            if self.kernels else ("", [])
         self.program = device.build(self.source, f"graph {graph.name!r}") if self.kernels \
             else None
         self._cl_kernels = [_cl().Kernel(self.program, k.name) for k in self.kernels]

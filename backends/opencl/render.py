@@ -4,7 +4,9 @@ A kernel's outer parallel loop becomes the NDRange: its iterations, and those of
 nested loops under it whose iterations are independent, are collapsed into one global index
 (``get_global_id(0)``), rounded up to whole work-groups and guarded. A kernel without a parallel
 loop runs as one work-item. Matmul nests (``Kernel.schedule == ("matmul", a, b)``) use a template
-tiled through local memory, with the fused epilogue applied to the accumulator before the store.
+tiled through local memory on GPUs and a register-blocked one on CPU devices, convolutions a
+direct template with one output per work-item; fused epilogues are applied to the accumulator
+before the store.
 Scalar locals are hoisted to the top of the kernel (they are private to a work-item), bool buffers
 are one byte per element (numpy's layout), and float64 needs ``cl_khr_fp64``.
 """
@@ -56,7 +58,9 @@ _HELPERS_FP64 = """
 inline double gn_max_double(double a, double b) { return (a > b || isnan(a)) ? a : b; }
 inline double gn_min_double(double a, double b) { return (a < b || isnan(a)) ? a : b; }
 """
-TILE = 16  # matmul tile edge: TILE x TILE work-items share TILE x TILE tiles of a and b
+TILE = 16  # matmul tile edge (GPUs): TILE x TILE work-items share TILE x TILE tiles of a and b
+MM_ROWS, MM_COLS = 8, 8  # matmul register block (CPU devices): rows x columns per work-item
+CONV_CHANNELS, CONV_PIXELS = 8, 8  # convolution register block (CPU devices)
 
 
 @dataclass(frozen=True)
@@ -168,9 +172,10 @@ def parallel_nest(kernel: Kernel) -> list[Loop]:
 class KernelRenderer:
     """Renders one kernel to OpenCL C (``render``) and says how to launch it (``launch``)."""
 
-    def __init__(self, kernel: Kernel, work_group: int) -> None:
+    def __init__(self, kernel: Kernel, work_group: int, cpu: bool = False) -> None:
         self.k = kernel
         self.work_group = work_group
+        self.cpu = cpu  # a CPU device: register-blocked templates instead of local-memory tiles
         self.locals: dict[str, DType] = {}
         for s in _walk(kernel.body):
             if isinstance(s, Declare):
@@ -252,9 +257,12 @@ class KernelRenderer:
     # -- whole kernels -------------------------------------------------------------------------
     def render(self) -> tuple[str, Launch]:
         if self.k.schedule[:1] == ("matmul",):
-            return self._matmul()
+            return self._matmul_blocked() if self.cpu else self._matmul()
         if self.k.schedule[:1] == ("conv",):
-            return self._conv()
+            # a channel block must lie in one group: depthwise and narrow groups go one by one
+            per_group = self.k.params[-1].shape[1] // int(self.k.schedule[4])
+            blocked = self.cpu and per_group % CONV_CHANNELS == 0
+            return self._conv_blocked() if blocked else self._conv()
         nest = parallel_nest(self.k)
         self.emit(self.signature() + " {", 0)
         for name, dt in self.locals.items():
@@ -382,6 +390,147 @@ class KernelRenderer:
         return "\n".join(self.lines), Launch(self.k.name, (-(-total // wg) * wg,), (wg,),
                                               self.fp64)
 
+    def _matmul_blocked(self) -> tuple[str, Launch]:
+        """out = a @ b for CPU devices (PoCL): each work-item accumulates a ROWS x COLS block in
+        ROWS vector registers, loading COLS consecutive elements of b at once and reusing them
+        for every row (register blocking; the implementation vectorises across work-items too).
+        Blocks at the right edge load b element by element; rows past the end reread the last
+        row, and the guarded store drops them. Measured on PoCL, 2 cores: 47 GFLOP/s for
+        256x784 @ 784x512 against 4 for the local-memory tiles."""
+        _, a, b = self.k.schedule
+        assert isinstance(a, int) and isinstance(b, int)
+        po, pa, pb = self.k.params[-1], self.k.params[a], self.k.params[b]
+        out_buf = len(self.k.params) - 1
+        batch, (m, n), kk = po.shape[:-2], po.shape[-2:], pa.shape[-1]
+        ty, rows, cols = _REG[po.dtype], MM_ROWS, MM_COLS
+        vty = f"{ty}{cols}"
+        i, j, k = Var("i"), Var("j"), Var("k")
+        a_at = self.expr(matmul_index(pa.shape, batch, i, k))
+        b_at = self.expr(matmul_index(pb.shape, batch, k, j))
+        out_at = self.expr(matmul_index(po.shape, batch, i, j))
+        epilogue = self._epilogue(out_buf)
+        value = "v_acc" if epilogue is None else self.expr(_substitute(
+            epilogue, lambda e: Var("acc", po.dtype) if isinstance(e, Load) and e.buf == out_buf
+            else None))
+        e = self.emit
+        e(self.signature() + " {", 0)
+        e(f"const long j0 = (long)get_global_id(0) * {cols}, i0 = (long)get_global_id(1) * {rows};",
+          1)
+        e("long rest = get_global_id(2);", 1)
+        for d in reversed(range(len(batch))):
+            e(f"const long v_b{d} = rest % {batch[d]}L; rest /= {batch[d]}L;", 1)
+        e(f"if (j0 >= {n}L || i0 >= {m}L) return;", 1)
+        e(" ".join(f"{vty} acc{r} = ({vty})(0);" for r in range(rows)), 1)
+
+        def updates(depth: int) -> None:
+            for r in range(rows):
+                e(f"{{ const long v_i = min(i0 + {r}L, {m - 1}L); acc{r} += p{a}[{a_at}] * bv; }}",
+                  depth)
+
+        e(f"if (j0 + {cols} <= {n}L) {{", 1)
+        e(f"for (long v_k = 0; v_k < {kk}L; ++v_k) {{", 2)
+        e(f"const long v_j = j0; const {vty} bv = vload{cols}(0, p{b} + {b_at});", 3)
+        updates(3)
+        e("}", 2)
+        e("} else {", 1)
+        e(f"for (long v_k = 0; v_k < {kk}L; ++v_k) {{", 2)
+        e(f"{vty} bv;", 3)
+        for w in range(cols):
+            e(f"{{ const long v_j = j0 + {w}; bv.s{w:x} = v_j < {n}L ? p{b}[{b_at}] : ({ty})0; }}",
+              3)
+        updates(3)
+        e("}", 2)
+        e("}", 1)
+        for r in range(rows):
+            for w in range(cols):
+                e(f"{{ const long v_i = i0 + {r}, v_j = j0 + {w}; if (v_i < {m}L && v_j < {n}L) "
+                  f"{{ const {ty} v_acc = acc{r}.s{w:x}; p{out_buf}[{out_at}] = {value}; }} }}", 1)
+        e("}", 0)
+        group = 16
+        blocks = -(-n // cols)
+        size = (-(-blocks // group) * group, -(-m // rows), max(math.prod(batch), 1))
+        return "\n".join(self.lines), Launch(self.k.name, size, (group, 1, 1), self.fp64)
+
+    def _conv_blocked(self) -> tuple[str, Launch]:
+        """Direct convolution for CPU devices: each work-item computes CONV_CHANNELS output
+        channels x CONV_PIXELS consecutive outputs along the last spatial axis, so each input
+        vector (gathered with the padding checks) feeds CONV_CHANNELS vector multiply-adds.
+        Channels and pixels past the edges are computed from clamped indices and not stored."""
+        _, xb, wb, bb, groups, *rest = self.k.schedule
+        x, w, out = self.k.params[int(xb)], self.k.params[int(wb)], self.k.params[-1]
+        nd = len(x.shape) - 2
+        stride, dil, pads = (tuple(int(v) for v in rest[i * nd:(i + 1) * nd]) for i in range(3))
+        n_out, c_out, c_in = out.shape[0], out.shape[1], x.shape[1]
+        cg, taps, og = w.shape[1], w.shape[2:], c_out // int(groups)
+        osz, xsz = out.shape[2:], x.shape[2:]
+        out_buf = len(self.k.params) - 1
+        ty, rc, px = _REG[out.dtype], CONV_CHANNELS, CONV_PIXELS
+        vty = f"{ty}{px}"
+        last = nd - 1
+        cblocks, xblocks = -(-c_out // rc), -(-osz[last] // px)
+        lead = math.prod(osz[:last])
+        work = n_out * cblocks * lead * xblocks
+        e = self.emit
+        e(self.signature() + " {", 0)
+        if work == 0:
+            e("}", 0)
+            return "\n".join(self.lines), Launch(self.k.name, (0,), None, self.fp64)
+        e("const long g = (long)get_global_id(0);", 1)
+        e(f"if (g >= {work}L) return;", 1)
+        e(f"long rest = g; const long x0 = (rest % {xblocks}L) * {px}L; rest /= {xblocks}L;", 1)
+        for d in reversed(range(last)):
+            e(f"const long v_y{d} = rest % {osz[d]}L; rest /= {osz[d]}L;", 1)
+        e(f"const long o0 = (rest % {cblocks}L) * {rc}L, n = rest / {cblocks}L;", 1)
+        e(f"const long cbase = (o0 / {og}L) * {cg}L;", 1)
+        for r in range(rc):
+            bias = f"p{bb}[min(o0 + {r}L, {c_out - 1}L)]" if int(bb) >= 0 else "0"
+            init = f"({vty})({bias})"
+            e(f"{vty} acc{r} = {init};", 1)
+        e(f"for (long c = 0; c < {cg}L; ++c) {{", 1)
+        x_at = f"n * {c_in}L + cbase + c"
+        w_tap = "c"
+        for d in range(nd):
+            depth = 2 + d
+            e(f"for (long t{d} = 0; t{d} < {taps[d]}L; ++t{d}) {{", depth)
+            w_tap = f"({w_tap}) * {taps[d]}L + t{d}"
+            if d < last:
+                e(f"const long q{d} = v_y{d} * {stride[d]}L + t{d} * {dil[d]}L - {pads[d]}L;",
+                  depth + 1)
+                e(f"if (q{d} < 0 || q{d} >= {xsz[d]}L) continue;", depth + 1)
+                x_at = f"({x_at}) * {xsz[d]}L + q{d}"
+        depth = 2 + nd
+        e(f"{vty} xv;", depth)
+        for k in range(px):
+            e(f"{{ const long q = (x0 + {k}L) * {stride[last]}L + t{last} * {dil[last]}L - "
+              f"{pads[last]}L; xv.s{k:x} = (q >= 0 && q < {xsz[last]}L) ? "
+              f"p{xb}[({x_at}) * {xsz[last]}L + q] : ({ty})0; }}", depth)
+        for r in range(rc):
+            o = f"min(o0 + {r}L, {c_out - 1}L)"
+            e(f"acc{r} += p{wb}[{w_tap.replace('(c)', f'({o} * {cg}L + c)', 1)}] * xv;", depth)
+        for d in reversed(range(nd + 1)):
+            e("}", 1 + d)
+        value = "v_acc"
+        outer = self.k.body[0]
+        assert isinstance(outer, Loop)
+        planes = [st for st in outer.body if isinstance(st, Loop) and st.var == "y0"]
+        if len(planes) == 2:  # the bias plane, then the epilogue plane
+            store = _walk((planes[1],))[-1]
+            assert isinstance(store, Store) and store.buf == out_buf
+            value = self.expr(_substitute(store.value, lambda x_: Var("acc", out.dtype)
+                                          if isinstance(x_, Load) and x_.buf == out_buf else None))
+        out_at = f"n * {c_out}L + o"
+        for d in range(nd):
+            out_at = f"({out_at}) * {osz[d]}L + v_y{d}"
+        for r in range(rc):
+            for k in range(px):
+                e(f"{{ const long o = o0 + {r}L, v_y{last} = x0 + {k}L; if (o < {c_out}L && "
+                  f"v_y{last} < {osz[last]}L) {{ const long v_no = n * {c_out}L + o; "
+                  f"const {ty} v_acc = acc{r}.s{k:x}; p{out_buf}[{out_at}] = {value}; }} }}", 1)
+        e("}", 0)
+        wg = min(self.work_group, 16)
+        return "\n".join(self.lines), Launch(self.k.name, (-(-work // wg) * wg,), (wg,),
+                                              self.fp64)
+
     def _epilogue(self, out_buf: int) -> Expr | None:
         """The epilogue expression of a matmul nest (its last loop's store), or None."""
         rows = next(s for s in _walk(self.k.body) if isinstance(s, Loop) and s.var == "i")
@@ -412,15 +561,17 @@ def _substitute(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
     return e
 
 
-def render_program(kernels: list[Kernel], work_group: int = 64) -> tuple[str, list[Launch]]:
+def render_program(kernels: list[Kernel], work_group: int = 64,
+                   cpu: bool = False) -> tuple[str, list[Launch]]:
     """The OpenCL C source of ``kernels`` (one program) and how to launch each.
 
     ``work_group``: work-items per group for the collapsed-loop kernels (the device's limit
-    bounds it; the matmul template uses TILE x TILE).
+    bounds it; the GPU matmul template uses TILE x TILE). ``cpu``: the device is a CPU, so
+    matmuls use the register-blocked template.
     """
     parts, launches = [], []
     for kernel in kernels:
-        src, launch = KernelRenderer(kernel, work_group).render()
+        src, launch = KernelRenderer(kernel, work_group, cpu).render()
         comment = f"/* {kernel.name}: {', '.join(kernel.source)} */"
         parts.append(comment + "\n" + src)
         launches.append(launch)

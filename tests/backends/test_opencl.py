@@ -4,6 +4,7 @@ epilogues, buffers that stay on the device (a training step moves no weights), a
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -88,15 +89,25 @@ def test_source_is_dumped_and_printed(tmp_path: pathlib.Path,
     assert "__kernel void" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("kind", ["gpu", "cpu"])  # local-memory tiles / register blocks
 @pytest.mark.parametrize(("a", "b"), [((37, 19), (19, 23)), ((2, 3, 17, 33), (33, 5)),
-                                      ((1, 64), (64, 1)), ((5, 0), (0, 4))])
-def test_tiled_matmul_template(a: tuple, b: tuple) -> None:
-    g, xs, out, exe = compile_one(lambda x, w: x @ w, a, b)
-    assert "__local float" in exe.source and "barrier(CLK_LOCAL_MEM_FENCE)" in exe.source
+                                      ((1, 64), (64, 1)), ((5, 0), (0, 4)), ((16, 8), (8, 16))])
+def test_matmul_templates(a: tuple, b: tuple, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    dev = shared_device()
+    monkeypatch.setattr(dev, "info", dataclasses.replace(dev.info, kind=kind))
+    with gn.Graph("k") as g:
+        xs = [gn.placeholder(a, name="x0"), gn.placeholder(b, name="x1")]
+        out = gn.relu(xs[0] @ xs[1] - 0.25)  # with a fused epilogue at O2
+    sess = gn.Session(g, backend="opencl", opt_level=2)
     rng = np.random.default_rng(1)
     av, bv = rng.standard_normal(a).astype(np.float32), rng.standard_normal(b).astype(np.float32)
-    got = gn.Session(g, backend="opencl").run(out, {xs[0]: av, xs[1]: bv})
-    np.testing.assert_allclose(got, av @ bv, rtol=1e-4, atol=1e-5)
+    got = sess.run(out, {xs[0]: av, xs[1]: bv})
+    np.testing.assert_allclose(got, np.maximum(av @ bv - 0.25, 0), rtol=1e-4, atol=1e-5)
+    source = next(iter(sess._cache.values())).exe.source
+    if kind == "gpu":
+        assert "__local float" in source and "barrier(CLK_LOCAL_MEM_FENCE)" in source
+    else:
+        assert "vload8(" in source and "__local" not in source
 
 
 @pytest.mark.parametrize("model", ["mlp", "digits-cnn", "cnn-bn"])
@@ -182,3 +193,27 @@ def test_collapsed_nests_and_single_work_item_kernels() -> None:
     v = np.random.default_rng(3).random(1000)
     np.testing.assert_allclose(gn.Session(g, backend="opencl").run(out, {xs[0]: v}), v.sum(),
                                rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["gpu", "cpu"])  # one output per work-item / register blocks
+@pytest.mark.parametrize(("xs", "ws", "kw"), [
+    ((2, 3, 11, 13), (16, 3, 3, 3), {"padding": 1}),
+    ((1, 4, 9, 10), (8, 4, 3, 2), {"stride": (2, 3), "padding": (1, 2), "dilation": (2, 1)}),
+    ((2, 16, 7, 7), (16, 2, 3, 3), {"padding": 1, "groups": 8}),
+    ((2, 3, 17), (8, 3, 5), {"padding": 2, "stride": 2}),
+    ((1, 2, 5, 6, 7), (8, 2, 3, 3, 3), {"padding": 1})])
+def test_convolution_templates(xs: tuple, ws: tuple, kw: dict, kind: str,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    dev = shared_device()
+    monkeypatch.setattr(dev, "info", dataclasses.replace(dev.info, kind=kind))
+    rng = np.random.default_rng(4)
+    xv, wv = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
+    bv = rng.standard_normal(ws[0]).astype(np.float32)
+    with gn.Graph("c") as g:
+        x = gn.placeholder(xs, name="x")
+        y = gn.relu(gn.conv(x, gn.constant(wv), gn.constant(bv), **kw) + 0.5)
+    sess = gn.Session(g, backend="opencl", opt_level=2)
+    got = sess.run(y, {x: xv})
+    np.testing.assert_allclose(got, gn.Session(g).run(y, {x: xv}), rtol=1e-4, atol=1e-4)
+    exe = next(iter(sess._cache.values())).exe
+    assert not exe.fallback_ops and any(k.source[:1] == ("conv",) for k in exe.kernels)
