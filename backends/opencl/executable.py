@@ -11,9 +11,11 @@ moves no weights).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,7 @@ from graphnn.ir import Graph, Node
 from graphnn.ops.registry import describe, get_op
 
 SOURCES = ("placeholder", "variable", "constant")
+log = logging.getLogger("graphnn.opencl")
 
 
 @dataclass
@@ -116,12 +119,17 @@ class OpenCLDevice:
             cl = _cl()
             start = time.perf_counter()
             try:
-                program = cl.Program(self.context, source).build()
+                with warnings.catch_warnings(record=True) as notes:  # compiler remarks: debug log
+                    warnings.simplefilter("always")
+                    program = cl.Program(self.context, source).build()
+                for note in notes:
+                    log.debug("OpenCL compiler output for %s: %s", what, note.message)
             except cl.RuntimeError as e:
                 raise OpenCLError(f"the OpenCL compiler rejected the program of {what} on "
                                   f"{self.name}:\n{e}\n{_excerpt(source, str(e))}") from None
             self._programs[source] = program
-            self.build_seconds = time.perf_counter() - start
+            log.debug("built %s on %s: %d bytes of OpenCL C in %.3f s", what, self.name,
+                      len(source), time.perf_counter() - start)
         return program
 
 
