@@ -247,7 +247,7 @@ class OpenCLExecutable:
             except _cl().Error as e:
                 raise ExecutionError(f"{describe(node)} failed on {dev.name}: {e}") from None
         for w in self.writers:
-            target = w.inputs[get_op(w.op).writes_input]
+            target = w.inputs[get_op(w.op).writes_input or 0]  # writers name their input
             updates[target] = DeviceValue(dev, buffers[w], tuple(_shape(w)), w.dtype.np)
         outputs: list[np.ndarray | None] = []
         for f in self.fetches:

@@ -305,11 +305,8 @@ class KernelRenderer:
         a_at = self.expr(matmul_index(pa.shape, batch, i, k))
         b_at = self.expr(matmul_index(self.k.params[b].shape, batch, k, j))
         out_at = self.expr(matmul_index(po.shape, batch, i, j))
-        value = "v_acc"  # matmul nests declare no locals, so Var("acc") renders as this
-        epilogue = self._epilogue(out_buf)
-        if epilogue is not None:
-            value = self.expr(_substitute(epilogue, lambda e: Var("acc", po.dtype)
-                                          if isinstance(e, Load) and e.buf == out_buf else None))
+        epilogue = self._epilogue(out_buf)  # matmul nests declare no locals: Var("acc") = v_acc
+        value = "v_acc" if epilogue is None else self._with_acc(epilogue, out_buf)
         t = TILE
         e = self.emit
         e(self.signature(f"__attribute__((reqd_work_group_size({t}, {t}, 1))) ") + " {", 0)
@@ -375,15 +372,7 @@ class KernelRenderer:
         e(f"v_acc += p{wb}[{w_at}] * p{xb}[{x_at}];", 2 + nd)
         for d in reversed(range(nd + 1)):
             e("}", 1 + d)
-        value = "v_acc"
-        outer = self.k.body[0]
-        assert isinstance(outer, Loop)
-        planes = [st for st in outer.body if isinstance(st, Loop) and st.var == "y0"]
-        if len(planes) == 2:  # the bias plane, then the epilogue plane
-            store = _walk((planes[1],))[-1]
-            assert isinstance(store, Store) and store.buf == out_buf
-            value = self.expr(_substitute(store.value, lambda x_: Var("acc", out.dtype)
-                                          if isinstance(x_, Load) and x_.buf == out_buf else None))
+        value = self._conv_value(out_buf)
         e(f"p{out_buf}[g] = {value};", 1)
         e("}", 0)
         wg = self.work_group
@@ -409,9 +398,7 @@ class KernelRenderer:
         b_at = self.expr(matmul_index(pb.shape, batch, k, j))
         out_at = self.expr(matmul_index(po.shape, batch, i, j))
         epilogue = self._epilogue(out_buf)
-        value = "v_acc" if epilogue is None else self.expr(_substitute(
-            epilogue, lambda e: Var("acc", po.dtype) if isinstance(e, Load) and e.buf == out_buf
-            else None))
+        value = "v_acc" if epilogue is None else self._with_acc(epilogue, out_buf)
         e = self.emit
         e(self.signature() + " {", 0)
         e(f"const long j0 = (long)get_global_id(0) * {cols}, i0 = (long)get_global_id(1) * {rows};",
@@ -509,15 +496,7 @@ class KernelRenderer:
             e(f"acc{r} += p{wb}[{w_tap.replace('(c)', f'({o} * {cg}L + c)', 1)}] * xv;", depth)
         for d in reversed(range(nd + 1)):
             e("}", 1 + d)
-        value = "v_acc"
-        outer = self.k.body[0]
-        assert isinstance(outer, Loop)
-        planes = [st for st in outer.body if isinstance(st, Loop) and st.var == "y0"]
-        if len(planes) == 2:  # the bias plane, then the epilogue plane
-            store = _walk((planes[1],))[-1]
-            assert isinstance(store, Store) and store.buf == out_buf
-            value = self.expr(_substitute(store.value, lambda x_: Var("acc", out.dtype)
-                                          if isinstance(x_, Load) and x_.buf == out_buf else None))
+        value = self._conv_value(out_buf)
         out_at = f"n * {c_out}L + o"
         for d in range(nd):
             out_at = f"({out_at}) * {osz[d]}L + v_y{d}"
@@ -530,6 +509,23 @@ class KernelRenderer:
         wg = min(self.work_group, 16)
         return "\n".join(self.lines), Launch(self.k.name, (-(-work // wg) * wg,), (wg,),
                                               self.fp64)
+
+    def _conv_value(self, out_buf: int) -> str:
+        """The stored value of a convolution nest: ``v_acc``, or its fused epilogue applied to
+        ``v_acc`` (the nest's second output plane, after the bias plane)."""
+        outer = self.k.body[0]
+        assert isinstance(outer, Loop)
+        planes = [st for st in outer.body if isinstance(st, Loop) and st.var == "y0"]
+        if len(planes) < 2:
+            return "v_acc"
+        store = _walk((planes[1],))[-1]
+        assert isinstance(store, Store) and store.buf == out_buf
+        return self._with_acc(store.value, out_buf)
+
+    def _with_acc(self, value: Expr, out_buf: int) -> str:
+        """``value`` rendered with the loads of the output replaced by the accumulator."""
+        return self.expr(_substitute(value, lambda x_: Var("acc", self.k.params[-1].dtype)
+                                     if isinstance(x_, Load) and x_.buf == out_buf else None))
 
     def _epilogue(self, out_buf: int) -> Expr | None:
         """The epilogue expression of a matmul nest (its last loop's store), or None."""
