@@ -576,6 +576,78 @@ def _lower_conv(node: Node, name: str) -> Kernel | None:
                        None, ("conv",))
 
 
+def _lower_conv_weight_grad(node: Node, name: str) -> Kernel | None:
+    """dW[o, c, t...] = sum over n and output positions y of dy[n, o, y] * x[n, g(o) + c,
+    y * stride + t * dilation - pad] (zero outside the input): one reduction per weight."""
+    x, dy = node.inputs
+    if not node.dtype.is_float:
+        return None
+    xs, dys, ws, dt, a = _static(x), _static(dy), _static(node), node.dtype, node.attrs
+    nd = len(xs) - 2
+    params = (Param("in0", x.dtype, xs), Param("in1", dy.dtype, dys), Param("out", dt, ws, True))
+    wvars: list[Expr] = [Var(f"i{d}") for d in range(len(ws))]  # o, c, taps...
+    o, c, taps = wvars[0], wvars[1], wvars[2:]
+    ch = add_i(_i("mul", _i("div", o, const_i(ws[0] // a["groups"])), const_i(ws[1])), c)
+    n, ys = Var("rn"), [Var(f"ry{d}") for d in range(nd)]
+    pixel = _window_loads(params[0], 0, n, ch, list(ys), taps, a["stride"], a["dilation"],
+                          a["pads"][:nd], _c(0, dt))
+    grad = Load(1, linear_index([n, o, *ys], row_major_strides(dys)), dt)
+    inner: tuple[Stmt, ...] = (Assign("acc", _add(Var("acc", dt), _mul(grad, pixel, dt), dt)),)
+    for d in reversed(range(nd)):
+        inner = (Loop(f"ry{d}", dys[2 + d], inner, vectorize=d == nd - 1),)
+    body = [Declare("acc", dt, _c(0, dt)), Loop("rn", dys[0], inner),
+            Store(2, linear_index(wvars, row_major_strides(ws)), Var("acc", dt))]
+    return Kernel(name, params, _nest(ws, body), ("conv_weight_grad",))
+
+
+def _lower_max_pool_grad(node: Node, name: str) -> Kernel | None:
+    """dx[n, c, i...] = sum over the windows that contain i and whose first maximum (PyTorch's
+    rule, NaN counting as the maximum) sits at i of dy[n, c, window]. Each input element visits
+    the windows through it (one per tap) and finds each window's first maximum again."""
+    dy, x = node.inputs
+    dys, xs, dt, a = _static(dy), _static(x), node.dtype, node.attrs
+    nd, kernel = len(xs) - 2, tuple(a["kernel_size"])
+    stride, dil, pads = a["stride"], a["dilation"], a["pads"][:nd]
+    params = (Param("in0", dy.dtype, dys), Param("in1", x.dtype, xs), Param("out", dt, xs, True))
+    xvars: list[Expr] = [Var(f"i{d}") for d in range(len(xs))]
+    n, ch, pos = xvars[0], xvars[1], xvars[2:]
+    best, where = Var("best", x.dtype), Var("where", DType.int64)
+    stmts: list[Stmt] = [Declare("acc", dt, _c(0, dt))]
+    for flat, taps in enumerate(np.ndindex(*kernel)):
+        valid: Expr | None = None
+        window: list[Expr] = []
+        for d, t in enumerate(taps):  # the window whose tap t covers pos: (pos + pad - t*dil)/s
+            num = add_i(pos[d], const_i(pads[d] - t * dil[d]))
+            o_d = _i("div", num, const_i(stride[d]))
+            ok = Binary("and", Binary("ge", num, const_i(0), DType.bool),
+                        Binary("lt", o_d, const_i(dys[2 + d]), DType.bool), DType.bool)
+            if stride[d] != 1:
+                ok = Binary("and", ok, Binary("eq", num, _i("mul", o_d, const_i(stride[d])),
+                                              DType.bool), DType.bool)
+            valid = ok if valid is None else Binary("and", valid, ok, DType.bool)
+            window.append(_i("min", _i("max", o_d, const_i(0)), const_i(dys[2 + d] - 1)))
+        stmts += [Declare("best", x.dtype, _c(-np.inf, x.dtype)),
+                  Declare("where", DType.int64, const_i(-1))]
+        for k, other in enumerate(np.ndindex(*kernel)):
+            v = _window_loads(params[1], 1, n, ch, window, [const_i(t) for t in other], stride,
+                              dil, pads, _c(-np.inf, x.dtype))
+            beats = Binary("or", Binary("gt", v, best, DType.bool),
+                           Binary("and", Binary("ne", v, v, DType.bool),
+                                  Binary("eq", best, best, DType.bool), DType.bool), DType.bool)
+            if k == 0:  # the first tap wins ties with the -inf start, as argmax's index 0
+                beats = Binary("or", beats, Binary("eq", where, const_i(-1), DType.bool),
+                               DType.bool)
+            stmts += [Assign("where", Select(beats, const_i(k), where, DType.int64)),
+                      Assign("best", Select(beats, v, best, x.dtype))]
+        grad = Load(0, linear_index([n, ch, *window], row_major_strides(dys)), dt)
+        mine = Binary("eq", where, const_i(flat), DType.bool)
+        assert valid is not None
+        stmts.append(Assign("acc", _add(Var("acc", dt), Select(
+            Binary("and", valid, mine, DType.bool), grad, _c(0, dt), dt), dt)))
+    stmts.append(Store(2, linear_index(xvars, row_major_strides(xs)), Var("acc", dt)))
+    return Kernel(name, params, _nest(xs, stmts), ("max_pool_grad",))
+
+
 def _lower_max_pool(node: Node, name: str) -> Kernel | None:
     x = node.inputs[0]
     a, nd = node.attrs, node.ndim - 2
@@ -994,7 +1066,8 @@ def lower(node: Node, name: str, skip: frozenset[str] = frozenset()) -> Kernel |
         "batch_norm": _lower_batch_norm, "layer_norm": _lower_row_norm,
         "rms_norm": _lower_row_norm, "avg_pool": _lower_avg_pool,
         "group_norm": _lower_group_norm, "adaptive_avg_pool": _lower_adaptive,
-        "adaptive_max_pool": _lower_adaptive}
+        "adaptive_max_pool": _lower_adaptive, "conv_weight_grad": _lower_conv_weight_grad,
+        "max_pool_grad": _lower_max_pool_grad}
     if node.op in handlers:
         return handlers[node.op](node, name)
     if node.op == "fused" and node.attrs["kind"] == "elementwise":
@@ -1011,4 +1084,4 @@ def lowered_ops() -> set[str]:
         "transpose", "slice", "full_like", "matmul", "conv", "max_pool", "softmax",
         "log_softmax", "logsumexp", "var", "std", "argmax", "argmin", "concat", "stack", "tile",
         "pad", "one_hot", "batch_norm", "layer_norm", "rms_norm", "avg_pool", "group_norm",
-        "adaptive_avg_pool", "adaptive_max_pool"}
+        "adaptive_avg_pool", "adaptive_max_pool", "conv_weight_grad", "max_pool_grad"}

@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from graphnn.backends.kernel.ir import (
     Assign,
     Binary,
@@ -172,9 +173,11 @@ def parallel_nest(kernel: Kernel) -> list[Loop]:
 class KernelRenderer:
     """Renders one kernel to OpenCL C (``render``) and says how to launch it (``launch``)."""
 
-    def __init__(self, kernel: Kernel, work_group: int, cpu: bool = False) -> None:
+    def __init__(self, kernel: Kernel, work_group: int, cpu: bool = False,
+                 work_group_max: int = 256) -> None:
         self.k = kernel
         self.work_group = work_group
+        self.work_group_max = work_group_max  # work-items of a row's group (a power of two)
         self.cpu = cpu  # a CPU device: register-blocked templates instead of local-memory tiles
         self.locals: dict[str, DType] = {}
         for s in _walk(kernel.body):
@@ -263,6 +266,10 @@ class KernelRenderer:
             per_group = self.k.params[-1].shape[1] // int(self.k.schedule[4])
             blocked = self.cpu and per_group % CONV_CHANNELS == 0
             return self._conv_blocked() if blocked else self._conv()
+        if not self.cpu:
+            plan = self._row_plan()
+            if plan is not None:
+                return self._cooperative(plan)
         nest = parallel_nest(self.k)
         self.emit(self.signature() + " {", 0)
         for name, dt in self.locals.items():
@@ -527,6 +534,108 @@ class KernelRenderer:
         return self.expr(_substitute(value, lambda x_: Var("acc", self.k.params[-1].dtype)
                                      if isinstance(x_, Load) and x_.buf == out_buf else None))
 
+    # -- work-group reductions (GPUs) -------------------------------------------------------
+    def _row_plan(self) -> tuple[list[Loop], tuple[Stmt, ...]] | None:
+        """(row loops, row body) when every statement of the body is a scalar Declare/Assign, a
+        Store, a perfect loop nest of reduction Assigns (``x = combine(x, e)``, x starting at
+        combine's identity) or a perfect loop nest of independent Stores; else None."""
+        nest = parallel_nest(self.k)
+        body = nest[-1].body if nest else self.k.body
+        if nest and len(self.k.body) != 1:
+            return None
+        inits = {st.name: st.init for st in body if isinstance(st, Declare)}
+        reduced = False
+        for st in body:
+            if isinstance(st, Declare | Assign | Store):
+                continue
+            chain = _chain(st)
+            inner = chain[-1].body
+            if all(isinstance(x, Assign) for x in inner):
+                for x in inner:
+                    assert isinstance(x, Assign)
+                    op = _combine(x)
+                    if op is None or self.locals[x.name] is DType.bool or \
+                            not _is_identity(inits.get(x.name), op):
+                        return None
+                reduced = True
+            elif not (all(isinstance(x, Store) for x in inner) and independent(chain[0])):
+                return None
+        return (nest, body) if reduced else None
+
+    def _flat_loop(self, chain: list[Loop], depth: int, lanes: int) -> None:
+        """``for f in lid, lid + lanes, ... < extent``: the nest's iterations split over the
+        work-group, each iteration's loop variables recovered from f."""
+        total = math.prod(loop.extent for loop in chain)
+        self.emit(f"for (long f = lid; f < {total}L; f += {lanes}) {{", depth)
+        inner = total
+        for loop in chain:
+            inner //= max(loop.extent, 1)
+            q = f"f / {inner}L" if inner != 1 else "f"
+            self.emit(f"const long {self.var(loop.var)} = ({q}) % {loop.extent}L;", depth + 1)
+        for st in chain[-1].body:
+            self.stmt(st, depth + 1)
+        self.emit("}", depth)
+
+    def _cooperative(self, plan: tuple[list[Loop], tuple[Stmt, ...]]) -> tuple[str, Launch]:
+        """One work-group per output row: the row's reduction loops are split over its
+        work-items, whose partial results meet in a tree in local memory (log2(lanes) steps,
+        a barrier each); write loops are split the same way; row-level stores come from
+        work-item 0. Summation order differs from the serial loop (within float rounding)."""
+        nest, body = plan
+        reduce_extent = max((math.prod(x.extent for x in _chain(st)) for st in body
+                             if isinstance(st, Loop)), default=1)
+        lanes = 1
+        while lanes < min(reduce_extent, self.work_group_max):
+            lanes *= 2
+        rows = math.prod(loop.extent for loop in nest) if nest else 1
+        e = self.emit
+        e(self.signature(f"__attribute__((reqd_work_group_size({lanes}, 1, 1))) ") + " {", 0)
+        dtypes = sorted({self.locals[x.name] for st in body if isinstance(st, Loop)
+                         for x in _chain(st)[-1].body if isinstance(x, Assign)},
+                        key=lambda d: d.value)
+        for dt in dtypes:
+            e(f"__local {_REG[dt]} scratch_{_REG[dt]}[{lanes}];", 1)
+        for name, dt in self.locals.items():
+            e(f"{_REG[dt]} l_{name};", 1)
+        e("const long row = (long)get_group_id(0); const int lid = (int)get_local_id(0);", 1)
+        inner = rows
+        for loop in nest:
+            inner //= max(loop.extent, 1)
+            q = f"row / {inner}L" if inner != 1 else "row"
+            e(f"const long {self.var(loop.var)} = ({q}) % {loop.extent}L;", 1)
+        for st in body:
+            if isinstance(st, Store):
+                e("if (lid == 0) {", 1)
+                self.stmt(st, 2)
+                e("}", 1)
+            elif not isinstance(st, Loop):
+                self.stmt(st, 1)
+            else:
+                chain = _chain(st)
+                e("barrier(CLK_LOCAL_MEM_FENCE);", 1)  # the previous write pass is complete
+                self._flat_loop(chain, 1, lanes)
+                for x in chain[-1].body:
+                    if isinstance(x, Assign):
+                        self._tree(x, lanes)
+        e("}", 0)
+        return "\n".join(self.lines), Launch(self.k.name, (rows * lanes,), (lanes,), self.fp64)
+
+    def _tree(self, assign: Assign, lanes: int) -> None:
+        """Combine every work-item's ``l_<name>`` into all of them through local memory."""
+        dt = self.locals[assign.name]
+        op, buf, mine = _combine(assign), f"scratch_{_REG[dt]}", f"l_{assign.name}"
+        assert op is not None
+        both = self.binary(op, f"{buf}[lid]", f"{buf}[lid + s]", dt)
+        e = self.emit
+        e(f"{buf}[lid] = {mine};", 1)
+        e("barrier(CLK_LOCAL_MEM_FENCE);", 1)
+        e(f"for (int s = {lanes // 2}; s > 0; s >>= 1) {{", 1)
+        e(f"if (lid < s) {buf}[lid] = {both};", 2)
+        e("barrier(CLK_LOCAL_MEM_FENCE);", 2)
+        e("}", 1)
+        e(f"{mine} = {buf}[0];", 1)
+        e("barrier(CLK_LOCAL_MEM_FENCE);", 1)
+
     def _epilogue(self, out_buf: int) -> Expr | None:
         """The epilogue expression of a matmul nest (its last loop's store), or None."""
         rows = next(s for s in _walk(self.k.body) if isinstance(s, Loop) and s.var == "i")
@@ -536,6 +645,35 @@ class KernelRenderer:
         store = last.body[0]
         assert isinstance(store, Store) and store.buf == out_buf
         return store.value
+
+
+_IDENTITY = {"add": 0.0, "mul": 1.0, "max": -math.inf, "min": math.inf}
+
+
+def _chain(loop: Loop) -> list[Loop]:
+    """``loop`` and the loops perfectly nested in it."""
+    chain = [loop]
+    while len(chain[-1].body) == 1 and isinstance(chain[-1].body[0], Loop):
+        chain.append(chain[-1].body[0])
+    return chain
+
+
+def _combine(a: Assign) -> str | None:
+    """The reduction ``a`` performs (``x = op(x, e)``, x not in e), or None."""
+    v = a.value
+    if not isinstance(v, Binary) or v.op not in _IDENTITY or v.a != Var(a.name, v.dtype):
+        return None
+    return None if _mentions(v.b, a.name) else v.op
+
+
+def _is_identity(init: Expr | None, op: str) -> bool:
+    """``init`` is ``op``'s identity (integer max/min start at the dtype's limits)."""
+    if not isinstance(init, Const):
+        return False
+    if init.dtype.is_int and op in ("max", "min"):
+        info = np.iinfo(init.dtype.np)
+        return int(init.value) == (info.min if op == "max" else info.max)
+    return float(init.value) == _IDENTITY[op]
 
 
 def _substitute(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
@@ -557,17 +695,19 @@ def _substitute(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
     return e
 
 
-def render_program(kernels: list[Kernel], work_group: int = 64,
-                   cpu: bool = False) -> tuple[str, list[Launch]]:
+def render_program(kernels: list[Kernel], work_group: int = 64, cpu: bool = False,
+                   work_group_max: int = 256) -> tuple[str, list[Launch]]:
     """The OpenCL C source of ``kernels`` (one program) and how to launch each.
 
     ``work_group``: work-items per group for the collapsed-loop kernels (the device's limit
     bounds it; the GPU matmul template uses TILE x TILE). ``cpu``: the device is a CPU, so
-    matmuls use the register-blocked template.
+    matmuls and convolutions use the register-blocked templates and reductions stay one
+    work-item per row; otherwise reductions use work-groups of up to ``work_group_max`` (a power
+    of two) work-items per row.
     """
     parts, launches = [], []
     for kernel in kernels:
-        src, launch = KernelRenderer(kernel, work_group, cpu).render()
+        src, launch = KernelRenderer(kernel, work_group, cpu, work_group_max).render()
         comment = f"/* {kernel.name}: {', '.join(kernel.source)} */"
         parts.append(comment + "\n" + src)
         launches.append(launch)

@@ -217,3 +217,48 @@ def test_convolution_templates(xs: tuple, ws: tuple, kw: dict, kind: str,
     np.testing.assert_allclose(got, gn.Session(g).run(y, {x: xv}), rtol=1e-4, atol=1e-4)
     exe = next(iter(sess._cache.values())).exe
     assert not exe.fallback_ops and any(k.source[:1] == ("conv",) for k in exe.kernels)
+
+
+ROW_OPS = {"sum", "mean", "max", "min", "prod", "softmax", "log_softmax", "logsumexp", "var",
+           "std", "layer_norm", "rms_norm", "argmax", "cross_entropy", "nll_loss"}
+
+
+def _row_cases():  # type: ignore[no-untyped-def]
+    from tests.ops import cases_nn  # noqa: F401 - registers the NN rows
+    from tests.ops.cases import CASES
+
+    return [pytest.param(c, id=c.id) for c in CASES if c.op in ROW_OPS]
+
+
+@pytest.mark.parametrize("case", _row_cases())
+def test_work_group_reductions_match_the_reference(case, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The GPU path (one work-group per row, a tree in local memory), run on this device."""
+    import zlib
+
+    dev = shared_device()
+    monkeypatch.setattr(dev, "info", dataclasses.replace(dev.info, kind="gpu"))
+    dtype = "float32" if "float32" in case.dtypes else case.dtypes[0]
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))
+    arrays = [spec.make(rng, dtype) for spec in case.inputs]
+    with gn.Graph(case.op) as g:
+        nodes = [gn.placeholder(a.shape, a.dtype, name=f"in{i}") for i, a in enumerate(arrays)]
+        out = case.build(*nodes)
+    sess = gn.Session(g, backend="opencl", opt_level=2)
+    got = sess.run(out, dict(zip(nodes, arrays)))
+    want = gn.Session(g).run(out, dict(zip(nodes, arrays)))
+    if got.dtype.kind in "biu":
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=case.rtol or 1e-4, atol=case.atol or 1e-5)
+
+
+def test_reductions_use_a_work_group_tree_on_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    dev = shared_device()
+    monkeypatch.setattr(dev, "info", dataclasses.replace(dev.info, kind="gpu"))
+    g, xs, out, exe = compile_one(lambda x: gn.softmax(x, axis=-1), (3, 1000))
+    assert "__local float scratch_float" in exe.source and exe.launches[0].local_size == (256,)
+    assert exe.launches[0].global_size == (3 * 256,)
+    x = np.random.default_rng(5).standard_normal((3, 1000)).astype(np.float32)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(gn.Session(g, backend="opencl").run(out, {xs[0]: x}),
+                               e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)

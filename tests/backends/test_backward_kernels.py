@@ -1,0 +1,75 @@
+"""Native backward kernels (conv_weight_grad, max_pool_grad) on every code-generating backend,
+against the reference implementation: strides, padding, dilation, groups, ceil_mode, and ties
+and NaNs in max-pool windows (the first maximum takes the gradient, as PyTorch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from graphnn.backends.llvm import LLVMBackend
+from graphnn.backends.opencl import OpenCLBackend
+
+import graphnn as gn
+from graphnn.ops.registry import make_node
+
+BACKENDS = ["llvm", "opencl"]
+
+
+def _run(backend: str, build, arrays):  # type: ignore[no-untyped-def]
+    with gn.Graph("g") as g:
+        nodes = [gn.placeholder(a.shape, a.dtype, name=f"x{i}") for i, a in enumerate(arrays)]
+        out = build(*nodes)
+    feeds = dict(zip(nodes, arrays))
+    impl = LLVMBackend(cache=False, native_conv=True) if backend == "llvm" \
+        else OpenCLBackend(skip=frozenset())  # every kernel, even those skipped for speed
+    sess = gn.Session(g, backend=impl)
+    got = sess.run(out, feeds)
+    exe = next(iter(sess._cache.values()))
+    exe = getattr(exe, "exe", exe)
+    assert out.op not in exe.fallback_ops, f"{out.op} ran on numpy"
+    return got, gn.Session(g).run(out, feeds)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("xs", "ks", "kw"), [
+    ((2, 3, 9, 8), (4, 3, 3, 3), {"stride": (1, 1), "pads": (1, 1, 1, 1), "dilation": (1, 1),
+                                  "groups": 1}),
+    ((1, 4, 11, 10), (6, 2, 3, 2), {"stride": (2, 3), "pads": (1, 0, 2, 1),
+                                    "dilation": (2, 1), "groups": 2}),
+    ((2, 2, 13), (2, 1, 4), {"stride": (2,), "pads": (2, 1), "dilation": (1,), "groups": 2})])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_weight_grad(backend: str, xs: tuple, ks: tuple, kw: dict, dtype: type) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(xs).astype(dtype)
+    nd = len(xs) - 2
+    out = [(xs[2 + d] + kw["pads"][d] + kw["pads"][d + nd] - kw["dilation"][d] * (ks[2 + d] - 1)
+            - 1) // kw["stride"][d] + 1 for d in range(nd)]
+    dy = rng.standard_normal((xs[0], ks[0], *out)).astype(dtype)
+
+    def build(xn, dyn):  # type: ignore[no-untyped-def]
+        return make_node("conv_weight_grad", [xn, dyn], {**kw, "kernel_size": ks[2:]})
+
+    got, want = _run(backend, build, [x, dy])
+    assert got.shape == ks
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("xs", "kw"), [
+    ((2, 3, 8, 8), {"kernel_size": (2, 2), "stride": (2, 2), "pads": (0, 0, 0, 0),
+                    "dilation": (1, 1), "ceil_mode": False}),
+    ((1, 2, 9, 7), {"kernel_size": (3, 3), "stride": (2, 1), "pads": (1, 1, 1, 1),
+                    "dilation": (1, 2), "ceil_mode": True}),
+    ((2, 2, 10), {"kernel_size": (3,), "stride": (3,), "pads": (1, 1), "dilation": (1,),
+                  "ceil_mode": True})])
+def test_max_pool_grad_routes_to_the_first_maximum(backend: str, xs: tuple, kw: dict) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 3, xs).astype(np.float32)  # many ties
+    x.flat[::17] = np.nan  # NaN counts as the maximum, the first one wins
+    with gn.Graph():
+        out_shape = make_node("max_pool", [gn.placeholder(xs, name="x")], kw).shape
+    dy = rng.standard_normal(out_shape).astype(np.float32)
+    got, want = _run(backend, lambda d, xn: make_node("max_pool_grad", [d, xn], kw), [dy, x])
+    assert np.isfinite(want).all() and np.count_nonzero(want) > 0
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
