@@ -25,7 +25,7 @@ from graphnn.backends.base import RunResult
 from graphnn.backends.kernel.ir import Kernel, format_kernel
 from graphnn.backends.kernel.lower import lower
 from graphnn.backends.opencl.device import OpenCLError, _cl, info, select_device
-from graphnn.backends.opencl.render import Launch, render_program
+from graphnn.backends.opencl.render import Launch, render_program, tile_for
 from graphnn.backends.reference import _evaluate
 
 from graphnn.errors import ExecutionError, GraphError
@@ -194,8 +194,9 @@ class OpenCLExecutable:
         self._check_fp64(order)
         group = min(64, device.info.max_work_group_size)
         widest = 1 << (min(256, device.info.max_work_group_size).bit_length() - 1)
+        tile = tile_for(device.info.max_work_group_size, device.info.local_mem_bytes)
         self.source, self.launches = render_program(self.kernels, group,
-                                                    device.info.kind == "cpu", widest) \
+                                                    device.info.kind == "cpu", widest, tile) \
             if self.kernels else ("", [])
         self.program = device.build(self.source, f"graph {graph.name!r}") if self.kernels \
             else None

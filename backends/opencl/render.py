@@ -60,6 +60,16 @@ inline double gn_max_double(double a, double b) { return (a > b || isnan(a)) ? a
 inline double gn_min_double(double a, double b) { return (a < b || isnan(a)) ? a : b; }
 """
 TILE = 16  # matmul tile edge (GPUs): TILE x TILE work-items share TILE x TILE tiles of a and b
+
+
+def tile_for(max_work_group_size: int, local_mem_bytes: int, itemsize: int = 8) -> int:
+    """The largest matmul tile edge (16, 8, 4, 2 or 1) whose work-group (edge^2 work-items) and
+    two padded tiles (2 * edge * (edge + 1) elements) fit the device's limits."""
+    edge = TILE
+    while edge > 1 and (edge * edge > max_work_group_size
+                        or 2 * edge * (edge + 1) * itemsize > local_mem_bytes):
+        edge //= 2
+    return edge
 MM_ROWS, MM_COLS = 8, 8  # matmul register block (CPU devices): rows x columns per work-item
 CONV_CHANNELS, CONV_PIXELS = 8, 8  # convolution register block (CPU devices)
 
@@ -174,8 +184,9 @@ class KernelRenderer:
     """Renders one kernel to OpenCL C (``render``) and says how to launch it (``launch``)."""
 
     def __init__(self, kernel: Kernel, work_group: int, cpu: bool = False,
-                 work_group_max: int = 256) -> None:
+                 work_group_max: int = 256, tile: int = TILE) -> None:
         self.k = kernel
+        self.tile = tile  # matmul tile edge on GPUs (tile_for: from the device's limits)
         self.work_group = work_group
         self.work_group_max = work_group_max  # work-items of a row's group (a power of two)
         self.cpu = cpu  # a CPU device: register-blocked templates instead of local-memory tiles
@@ -314,7 +325,7 @@ class KernelRenderer:
         out_at = self.expr(matmul_index(po.shape, batch, i, j))
         epilogue = self._epilogue(out_buf)  # matmul nests declare no locals: Var("acc") = v_acc
         value = "v_acc" if epilogue is None else self._with_acc(epilogue, out_buf)
-        t = TILE
+        t = self.tile
         e = self.emit
         e(self.signature(f"__attribute__((reqd_work_group_size({t}, {t}, 1))) ") + " {", 0)
         e(f"__local {ty} as[{t}][{t + 1}];", 1)
@@ -696,18 +707,18 @@ def _substitute(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
 
 
 def render_program(kernels: list[Kernel], work_group: int = 64, cpu: bool = False,
-                   work_group_max: int = 256) -> tuple[str, list[Launch]]:
+                   work_group_max: int = 256, tile: int = TILE) -> tuple[str, list[Launch]]:
     """The OpenCL C source of ``kernels`` (one program) and how to launch each.
 
     ``work_group``: work-items per group for the collapsed-loop kernels (the device's limit
-    bounds it; the GPU matmul template uses TILE x TILE). ``cpu``: the device is a CPU, so
+    bounds it; the GPU matmul template uses ``tile`` x ``tile``). ``cpu``: the device is a CPU, so
     matmuls and convolutions use the register-blocked templates and reductions stay one
     work-item per row; otherwise reductions use work-groups of up to ``work_group_max`` (a power
     of two) work-items per row.
     """
     parts, launches = [], []
     for kernel in kernels:
-        src, launch = KernelRenderer(kernel, work_group, cpu, work_group_max).render()
+        src, launch = KernelRenderer(kernel, work_group, cpu, work_group_max, tile).render()
         comment = f"/* {kernel.name}: {', '.join(kernel.source)} */"
         parts.append(comment + "\n" + src)
         launches.append(launch)

@@ -262,3 +262,19 @@ def test_reductions_use_a_work_group_tree_on_gpus(monkeypatch: pytest.MonkeyPatc
     e = np.exp(x - x.max(axis=1, keepdims=True))
     np.testing.assert_allclose(gn.Session(g, backend="opencl").run(out, {xs[0]: x}),
                                e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
+
+
+def test_matmul_tile_fits_the_device_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from graphnn.backends.opencl.render import tile_for
+
+    assert tile_for(1024, 48 * 1024) == 16 and tile_for(128, 48 * 1024) == 8
+    assert tile_for(1024, 1024) == 4 and tile_for(1, 1 << 20) == 1
+    dev = shared_device()
+    monkeypatch.setattr(dev, "info", dataclasses.replace(dev.info, kind="gpu",
+                                                         max_work_group_size=64))
+    g, xs, out, exe = compile_one(lambda x, w: x @ w, (9, 13), (13, 11))
+    assert exe.launches[0].local_size == (8, 8, 1)
+    a = np.random.default_rng(6).standard_normal((9, 13)).astype(np.float32)
+    b = np.random.default_rng(7).standard_normal((13, 11)).astype(np.float32)
+    np.testing.assert_allclose(gn.Session(g, backend="opencl").run(out, {xs[0]: a, xs[1]: b}),
+                               a @ b, rtol=1e-4, atol=1e-5)
