@@ -600,6 +600,47 @@ def _lower_conv_weight_grad(node: Node, name: str) -> Kernel | None:
     return Kernel(name, params, _nest(ws, body), ("conv_weight_grad",))
 
 
+def _lower_conv_transpose(node: Node, name: str) -> Kernel | None:
+    """out[n, o, z] = bias[o] + sum over the group's input channels c and taps t of
+    x[n, c, i] * w[c, o mod cog, t] where i * stride + t * dilation = z + pad (ONNX
+    ConvTranspose): the adjoint of conv, gathered per output element, so no two iterations
+    write the same element."""
+    if not node.dtype.is_float:
+        return None
+    x, w = node.inputs[:2]
+    xs, wsh, outs, dt, a = _static(x), _static(w), _static(node), node.dtype, node.attrs
+    cpg, cog = xs[1] // a["groups"], wsh[1]
+    params = _inputs_params(node)
+    ovars: list[Expr] = [Var(f"i{d}") for d in range(len(outs))]
+    n, o, zs = ovars[0], ovars[1], ovars[2:]
+    c = add_i(_i("mul", _i("div", o, const_i(cog)), const_i(cpg)), Var("c"))
+    o_in = _i("sub", o, _i("mul", _i("div", o, const_i(cog)), const_i(cog)))
+    terms: list[Stmt] = []
+    for taps in np.ndindex(*wsh[2:]):
+        valid: Expr | None = None
+        pos: list[Expr] = []
+        for d, t in enumerate(taps):
+            num = add_i(zs[d], const_i(a["pads"][d] - t * a["dilation"][d]))
+            i_d = _i("div", num, const_i(a["stride"][d]))
+            ok = Binary("and", Binary("ge", num, const_i(0), DType.bool),
+                        Binary("lt", i_d, const_i(xs[2 + d]), DType.bool), DType.bool)
+            if a["stride"][d] != 1:
+                ok = Binary("and", ok, Binary("eq", num, _i("mul", i_d, const_i(a["stride"][d])),
+                                              DType.bool), DType.bool)
+            valid = ok if valid is None else Binary("and", valid, ok, DType.bool)
+            pos.append(_i("min", _i("max", i_d, const_i(0)), const_i(xs[2 + d] - 1)))
+        xv = Load(0, linear_index([n, c, *pos], row_major_strides(xs)), dt)
+        wv = Load(1, linear_index([c, o_in, *[const_i(t) for t in taps]],
+                                  row_major_strides(wsh)), dt)
+        assert valid is not None
+        terms.append(Assign("acc", _add(Var("acc", dt), Select(valid, _mul(xv, wv, dt),
+                                                               _c(0, dt), dt), dt)))
+    init: Expr = Load(2, o, dt) if len(node.inputs) == 3 else _c(0, dt)
+    body = [Declare("acc", dt, init), Loop("c", cpg, tuple(terms)),
+            Store(len(params) - 1, linear_index(ovars, row_major_strides(outs)), Var("acc", dt))]
+    return Kernel(name, params, _nest(outs, body), ("conv_transpose",))
+
+
 def _lower_max_pool_grad(node: Node, name: str) -> Kernel | None:
     """dx[n, c, i...] = sum over the windows that contain i and whose first maximum (PyTorch's
     rule, NaN counting as the maximum) sits at i of dy[n, c, window]. Each input element visits
@@ -1067,7 +1108,7 @@ def lower(node: Node, name: str, skip: frozenset[str] = frozenset()) -> Kernel |
         "rms_norm": _lower_row_norm, "avg_pool": _lower_avg_pool,
         "group_norm": _lower_group_norm, "adaptive_avg_pool": _lower_adaptive,
         "adaptive_max_pool": _lower_adaptive, "conv_weight_grad": _lower_conv_weight_grad,
-        "max_pool_grad": _lower_max_pool_grad}
+        "max_pool_grad": _lower_max_pool_grad, "conv_transpose": _lower_conv_transpose}
     if node.op in handlers:
         return handlers[node.op](node, name)
     if node.op == "fused" and node.attrs["kind"] == "elementwise":
@@ -1084,4 +1125,5 @@ def lowered_ops() -> set[str]:
         "transpose", "slice", "full_like", "matmul", "conv", "max_pool", "softmax",
         "log_softmax", "logsumexp", "var", "std", "argmax", "argmin", "concat", "stack", "tile",
         "pad", "one_hot", "batch_norm", "layer_norm", "rms_norm", "avg_pool", "group_norm",
-        "adaptive_avg_pool", "adaptive_max_pool", "conv_weight_grad", "max_pool_grad"}
+        "adaptive_avg_pool", "adaptive_max_pool", "conv_weight_grad", "max_pool_grad",
+        "conv_transpose"}

@@ -73,3 +73,22 @@ def test_max_pool_grad_routes_to_the_first_maximum(backend: str, xs: tuple, kw: 
     got, want = _run(backend, lambda d, xn: make_node("max_pool_grad", [d, xn], kw), [dy, x])
     assert np.isfinite(want).all() and np.count_nonzero(want) > 0
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("xs", "ws", "kw"), [
+    ((2, 4, 5, 6), (4, 3, 3, 3), {"stride": (2, 2), "pads": (1, 1, 1, 1), "dilation": (1, 1),
+                                  "groups": 1, "output_padding": (1, 0)}),
+    ((1, 4, 7, 5), (4, 2, 2, 3), {"stride": (1, 3), "pads": (0, 1, 1, 0), "dilation": (2, 1),
+                                  "groups": 2, "output_padding": (0, 2)}),
+    ((2, 3, 6), (3, 2, 4), {"stride": (3,), "pads": (2, 1), "dilation": (1,), "groups": 1,
+                            "output_padding": (1,)})])
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_transpose(backend: str, xs: tuple, ws: tuple, kw: dict, bias: bool) -> None:
+    rng = np.random.default_rng(2)
+    arrays = [rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(
+        np.float32)]
+    if bias:
+        arrays.append(rng.standard_normal(ws[1] * kw["groups"]).astype(np.float32))
+    got, want = _run(backend, lambda *n: make_node("conv_transpose", list(n), kw), arrays)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
