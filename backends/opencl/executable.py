@@ -34,9 +34,10 @@ from graphnn.ops.registry import describe, get_op
 
 SOURCES = ("placeholder", "variable", "constant")
 log = logging.getLogger("graphnn.opencl")
-# Ops whose generic kernel is slower than the host round trip: conv_weight_grad (one reduction
-# per weight) took W6 from 0.38 to 5.4 s per step on PoCL; it needs an im2col + GEMM form.
-SKIP = frozenset({"conv_weight_grad"})
+# Ops whose generic kernel is slower than the host round trip on PoCL (W6 per step: 0.38 s with
+# these on numpy; 5.4 s with conv_weight_grad's one-reduction-per-weight kernel, 2.0 s with the
+# per-element gathers of conv_transpose and max_pool_grad); they need an im2col + GEMM form.
+SKIP = frozenset({"conv_weight_grad", "conv_transpose", "max_pool_grad"})
 
 
 @dataclass
