@@ -31,6 +31,7 @@ import numpy as np
 from graphnn.backends.aot.api import WEIGHTS_MAGIC, api_functions, render_api
 from graphnn.backends.aot.header import render_header
 from graphnn.backends.aot.program import Program, TensorSpec, build_program
+from graphnn.backends.llvm.gemm import vector_bits
 from graphnn.backends.llvm.runtime import RUNTIME_IR
 
 from graphnn.dtypes import as_dtype
@@ -323,8 +324,8 @@ def compile(model: Any, inputs: Any = None, output: str = "build/model", target:
     if len(in_names) != len(graph.placeholders) or len(out_names) != len(graph.outputs):
         raise GraphnnError(f"the model has {len(graph.placeholders)} inputs and "
                            f"{len(graph.outputs)} outputs; names given: {in_names}, {out_names}")
-    program = build_program(graph, name, in_names, out_names)
     tm, triple, cpu, features = target_machine(triple, cpu, features)
+    program = build_program(graph, name, in_names, out_names, vector_bits(features))
     metadata = {
         "name": name, "graphnn_version": graphnn.__version__,
         "llvmlite_version": llvmlite.__version__,

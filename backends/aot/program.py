@@ -102,7 +102,7 @@ def check_compilable(graph: Graph) -> None:
 
 
 def build_program(graph: Graph, name: str, input_names: list[str], output_names: list[str],
-                  ) -> Program:
+                  vector_bits: int = 128) -> Program:
     """Lower ``graph`` (inference, static shapes, ``graph.meta["memory_plan"]`` present) into a
     whole-model LLVM module; see the module docstring.
 
@@ -119,7 +119,7 @@ def build_program(graph: Graph, name: str, input_names: list[str], output_names:
     weights, weight_offset = pack_weights([n for n in graph.nodes if n.op == "constant"])
 
     module = ir.Module(name=name)
-    emitter = KernelEmitter(module)
+    emitter = KernelEmitter(module, vector_bits)  # the target's width, for the GEMM template
     fn = ir.Function(module, ir.FunctionType(
         I32, [PTR] * (1 + len(placeholders) + len(outputs))), f"{name}_run")
     ctx, args = fn.args[0], fn.args[1:]

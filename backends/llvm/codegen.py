@@ -28,6 +28,7 @@ from graphnn.backends.kernel.ir import (
     Unary,
     Var,
 )
+from graphnn.backends.llvm import gemm
 from llvmlite import ir
 
 from graphnn.dtypes import DType
@@ -86,8 +87,9 @@ class KernelEmitter:
     the chunk over the whole range, split across ``graphnn_num_threads`` threads when the kernel
     is large (``graphnn_parallel_for`` from the runtime)."""
 
-    def __init__(self, module: ir.Module) -> None:
+    def __init__(self, module: ir.Module, vector_bits: int = 128) -> None:
         self.module = module
+        self.vector_bits = vector_bits  # the target's vector width, for the GEMM template
         self._noalias = True
         self._runtime: tuple[ir.Function, ir.GlobalVariable] | None = None
 
@@ -147,8 +149,11 @@ class KernelEmitter:
         self.b.position_at_end(self.entry)
         self.vars: dict[str, ir.Value] = {}
         self.locals: dict[str, tuple[ir.AllocaInstr, DType]] = {}
-        for s in kernel.body:
-            self.stmt(s, bounds if s is outer else None)
+        if gemm.applies(kernel):
+            gemm.GemmEmitter(self, kernel, self.vector_bits).emit(bounds)
+        else:
+            for s in kernel.body:
+                self.stmt(s, bounds if s is outer else None)
         self.b.ret_void()
 
     def _wrapper(self, kernel: Kernel, chunk: ir.Function, outer: Loop) -> ir.Function:

@@ -19,6 +19,7 @@ from graphnn.backends.base import RunResult
 from graphnn.backends.kernel.ir import Kernel, format_kernel
 from graphnn.backends.kernel.lower import lower
 from graphnn.backends.llvm.codegen import PTR, KernelEmitter
+from graphnn.backends.llvm.gemm import vector_bits
 from graphnn.backends.llvm.jit import Compiled, Target, default_threads
 from graphnn.backends.reference import _evaluate
 from llvmlite import ir
@@ -50,7 +51,7 @@ class LLVMExecutable:
         self.steps: list[tuple[str, Any]] = []  # ("native", (segment, nodes)) | ("numpy", node)
         self.kernels: list[Kernel] = []
         module = ir.Module(name=graph.name)
-        emitter = KernelEmitter(module)
+        emitter = KernelEmitter(module, vector_bits(target.features))
         segment: list[tuple[Kernel, Node]] = []
         self.fallback_ops: set[str] = set()
         for n in order:

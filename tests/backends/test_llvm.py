@@ -22,8 +22,10 @@ def compile_one(build, *shapes, backend: LLVMBackend | None = None):  # type: ig
 
 
 def packed_ops(assembly: str) -> set[str]:
-    """Packed single-precision SSE/AVX arithmetic, e.g. vmulps on ymm or zmm registers."""
-    return set(re.findall(r"\bv?(?:add|mul|sub|div|max|min)ps\b", assembly))
+    """Packed single-precision SSE/AVX arithmetic, e.g. vmulps or vfmadd231ps on ymm or zmm
+    registers."""
+    return set(re.findall(r"\b(?:v?(?:add|mul|sub|div|max|min)ps|vfn?m(?:add|sub)\d+ps)\b",
+                          assembly))
 
 
 def test_elementwise_and_reduction_kernels_are_vectorised() -> None:
@@ -242,3 +244,28 @@ def test_reductions_rows_and_data_movement_are_native() -> None:
     got = gn.Session(g, backend=LLVMBackend(cache=False)).run(outs, feeds)
     for a, b in zip(got, gn.Session(g).run(outs, feeds)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("m", "k", "n"), [(6, 600, 32), (37, 300, 75), (100, 19, 33),
+                                           (13, 513, 7), (64, 1, 200)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_gemm_template_blocks_and_remainders(m: int, k: int, n: int, dtype: type,
+                                             threads: int) -> None:
+    """The register-blocked GEMM: whole and partial MR-row and NR-column blocks, several
+    k-blocks (k > KC), a fused bias + ReLU epilogue, split over threads."""
+    from graphnn.backends.llvm import gemm
+
+    with gn.Graph("g") as g:
+        a, b = gn.placeholder((m, k), dtype, name="a"), gn.placeholder((k, n), dtype, name="b")
+        bias = gn.placeholder((n,), dtype, name="bias")
+        y = gn.relu(a @ b + bias)
+    sess = gn.Session(g, backend=LLVMBackend(cache=False, threads=threads), opt_level=2)
+    rng = np.random.default_rng(m * k + n)
+    av, bv, cv = (rng.standard_normal(s).astype(dtype) for s in [(m, k), (k, n), (n,)])
+    got = sess.run(y, {a: av, b: bv, bias: cv})
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, np.maximum(av.astype(np.float64) @ bv + cv, 0), rtol=tol,
+                               atol=tol * np.sqrt(k))
+    kernels = next(iter(sess._cache.values())).exe.kernels
+    assert any(gemm.applies(kn) for kn in kernels) == (m >= gemm.MR and m * n * k >= gemm.MIN_WORK)

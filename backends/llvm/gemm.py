@@ -1,0 +1,176 @@
+"""The LLVM backend's matmul template: a register-blocked, cache-blocked GEMM with explicit
+vectors, plugged in behind the kernel IR's ``("matmul", a, b)`` schedule for 2-D operands.
+
+For the rows [lo, hi) a thread owns (the parallel-for splits the rows): for each block of
+``KC`` steps of k (so a ``KC x NR`` strip of b stays in L1 across the row blocks), each
+``MR x NR`` block of the output is accumulated in MR x 2 vector registers (NR = 2 vectors of the
+target's width: 16 floats with AVX-512, 8 with AVX2, 4 with SSE or NEON): per k, two vector
+loads of b, MR broadcasts of a and 2 MR fused multiply-adds (``llvm.fmuladd``: an FMA where the
+target has one). The first k-block starts from zero, later ones from the partial sums in the
+output. Columns past the last whole NR block and rows past the last whole MR block take the same
+path one row at a time, the columns with scalar code. The fused epilogue (bias, activation,
+residual) runs over the thread's rows once all k-blocks are done. This is the BLIS/GotoBLAS
+blocking without the packing of panels (the next step).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from graphnn.backends.kernel.ir import Kernel, Loop
+from llvmlite import ir
+
+from graphnn.dtypes import DType
+
+if TYPE_CHECKING:
+    from graphnn.backends.llvm.codegen import KernelEmitter
+
+I64 = ir.IntType(64)
+MR = 6  # rows per register block
+KC = 256  # k-steps per cache block
+MIN_WORK = 1 << 15  # m * n * k below this: the generic loop nest (no blocking overhead)
+
+
+def vector_bits(features: str) -> int:
+    """The widest vector registers the target features promise (bits)."""
+    flags = set(features.split(","))
+    if "+avx512f" in flags:
+        return 512
+    if "+avx" in flags or "+avx2" in flags:
+        return 256
+    return 128
+
+
+def applies(kernel: Kernel) -> bool:
+    """The template handles 2-D float matmuls (with any fused epilogue) big enough to pay."""
+    if kernel.schedule[:1] != ("matmul",):
+        return False
+    _, a, b = kernel.schedule
+    out, pa, pb = kernel.params[-1], kernel.params[int(a)], kernel.params[int(b)]
+    if len(out.shape) != 2 or len(pa.shape) != 2 or len(pb.shape) != 2:
+        return False
+    m, n = out.shape
+    k = pa.shape[1]
+    return out.dtype in (DType.float32, DType.float64) and m >= MR and k >= 1 and \
+        m * n * k >= MIN_WORK
+
+
+class GemmEmitter:
+    """Emits the template into the function the KernelEmitter is building."""
+
+    def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
+        self.em, self.b, self.k = em, em.b, kernel
+        _, a, b = kernel.schedule
+        self.a, self.bb, self.o = int(a), int(b), len(kernel.params) - 1
+        out = kernel.params[-1]
+        self.m, self.n = out.shape
+        self.kk = kernel.params[self.a].shape[1]
+        self.ty = ir.FloatType() if out.dtype is DType.float32 else ir.DoubleType()
+        self.width = bits // (32 if out.dtype is DType.float32 else 64)
+        self.vec = ir.VectorType(self.ty, self.width)
+        self.nr = 2 * self.width
+        self.align = 4 if out.dtype is DType.float32 else 8
+        self.fma_vec = f"llvm.fmuladd.v{self.width}f{32 if self.align == 4 else 64}"
+        self.fma = f"llvm.fmuladd.f{32 if self.align == 4 else 64}"
+
+    # -- helpers -----------------------------------------------------------------------------
+    def c(self, v: int) -> ir.Constant:
+        return ir.Constant(I64, v)
+
+    def ptr(self, buf: int, index: ir.Value) -> ir.Value:
+        return self.b.gep(self.em.params[buf], [index], inbounds=True, source_etype=self.ty)
+
+    def at(self, row: ir.Value, col: ir.Value, stride: int) -> ir.Value:
+        return self.b.add(self.b.mul(row, self.c(stride)), col)
+
+    def splat(self, x: ir.Value) -> ir.Value:
+        undef = ir.Constant(self.vec, ir.Undefined)
+        one = self.b.insert_element(undef, x, ir.Constant(ir.IntType(32), 0))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), self.width), [0] * self.width)
+        return self.b.shuffle_vector(one, undef, mask)
+
+    def slot(self, ty: ir.Type, name: str) -> ir.AllocaInstr:
+        """A stack slot in the entry block (SROA turns it into a register)."""
+        with self.b.goto_block(self.em.entry):
+            self.b.position_at_start(self.em.entry)
+            return self.b.alloca(ty, name=name)
+
+    # -- the template --------------------------------------------------------------------------
+    def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
+        from graphnn.backends.llvm.codegen import for_range
+
+        b = self.b
+        lo, hi = bounds if bounds is not None else (self.c(0), self.c(self.m))
+        full = b.mul(b.sdiv(b.sub(hi, lo), self.c(MR)), self.c(MR))
+        split = b.add(lo, full)  # rows [lo, split) in MR blocks, [split, hi) one by one
+        self.accs = [[self.slot(self.vec, f"acc{r}_{v}") for v in range(2)] for r in range(MR)]
+        self.sacc = self.slot(self.ty, "sacc")
+        blocks = -(-self.kk // KC)
+        with for_range(b, blocks, "kc") as kc:
+            k0 = b.mul(kc, self.c(KC))
+            k1 = b.select(b.icmp_signed("<", b.add(k0, self.c(KC)), self.c(self.kk)),
+                          b.add(k0, self.c(KC)), self.c(self.kk))
+            first = b.icmp_signed("==", kc, self.c(0))
+            with for_range(b, b.sdiv(full, self.c(MR)), "ib") as ib:
+                self.block(b.add(lo, b.mul(ib, self.c(MR))), MR, k0, k1, first)
+            with for_range(b, hi, "ir", start=split) as row:
+                self.block(row, 1, k0, k1, first)
+        self.epilogue(lo, hi)
+
+    def block(self, i0: ir.Value, rows: int, k0: ir.Value, k1: ir.Value,
+              first: ir.Value) -> None:
+        """out[i0:i0+rows, :] (+)= a[i0:i0+rows, k0:k1] @ b[k0:k1, :]."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, width = self.b, self.width
+        zero = ir.Constant(self.vec, [0.0] * width)
+        with for_range(b, self.n // self.nr, "jb") as jb:
+            j0 = b.mul(jb, self.c(self.nr))
+            outs = [[self.ptr(self.o, self.at(b.add(i0, self.c(r)), b.add(j0, self.c(v * width)),
+                                              self.n)) for v in range(2)] for r in range(rows)]
+            for r in range(rows):
+                for v in range(2):
+                    old = b.load(outs[r][v], typ=self.vec, align=self.align)
+                    b.store(b.select(first, zero, old), self.accs[r][v])
+            with for_range(b, k1, "k", start=k0) as k:
+                row_b = b.mul(k, self.c(self.n))
+                bv = [b.load(self.ptr(self.bb, b.add(row_b, b.add(j0, self.c(v * width)))),
+                             typ=self.vec, align=self.align) for v in range(2)]
+                for r in range(rows):
+                    av = b.load(self.ptr(self.a, self.at(b.add(i0, self.c(r)), k, self.kk)),
+                                typ=self.ty)
+                    s = self.splat(av)
+                    for v in range(2):
+                        acc = b.load(self.accs[r][v], typ=self.vec)
+                        b.store(self.em._call(self.fma_vec, self.vec, s, bv[v], acc),
+                                self.accs[r][v])
+            for r in range(rows):
+                for v in range(2):
+                    b.store(b.load(self.accs[r][v], typ=self.vec), outs[r][v], align=self.align)
+        rest = (self.n // self.nr) * self.nr
+        if rest == self.n:
+            return
+        with for_range(b, self.n, "jr", start=self.c(rest)) as j:  # the last columns, scalar
+            for r in range(rows):
+                row = b.add(i0, self.c(r))
+                out = self.ptr(self.o, self.at(row, j, self.n))
+                old = b.load(out, typ=self.ty)
+                b.store(b.select(first, ir.Constant(self.ty, 0.0), old), self.sacc)
+                with for_range(b, k1, "ks", start=k0) as k:
+                    av = b.load(self.ptr(self.a, self.at(row, k, self.kk)), typ=self.ty)
+                    bv = b.load(self.ptr(self.bb, self.at(k, j, self.n)), typ=self.ty)
+                    acc = b.load(self.sacc, typ=self.ty)
+                    b.store(self.em._call(self.fma, self.ty, av, bv, acc), self.sacc)
+                b.store(b.load(self.sacc, typ=self.ty), out)
+
+    def epilogue(self, lo: ir.Value, hi: ir.Value) -> None:
+        """The kernel's fused epilogue loop (the IR's last statement in the row loop)."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        rows = self.k.body[0]
+        assert isinstance(rows, Loop) and rows.var == "i"
+        if len(rows.body) < 3:
+            return
+        with for_range(self.b, hi, "ie", start=lo) as i:
+            self.em.vars["i"] = i
+            self.em.stmt(rows.body[-1])
