@@ -74,7 +74,7 @@ def _emit(graph, what: str) -> int:  # type: ignore[no-untyped-def]
             print(f"# ops without OpenCL kernels (run by numpy on the host): "
                   f"{', '.join(sorted(ocl.fallback_ops))}", file=sys.stderr)
         return 0
-    exe = LLVMBackend(cache=False, native_conv=True).compile(graph, list(graph.outputs))
+    exe = LLVMBackend(cache=False, native_conv_grads=True).compile(graph, list(graph.outputs))
     if what == "kir":
         print("\n\n".join(format_kernel(k) for k in exe.kernels))
     elif what == "llvm":

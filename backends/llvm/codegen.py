@@ -151,6 +151,8 @@ class KernelEmitter:
         self.locals: dict[str, tuple[ir.AllocaInstr, DType]] = {}
         if gemm.applies(kernel):
             gemm.GemmEmitter(self, kernel, self.vector_bits).emit(bounds)
+        elif gemm.conv_applies(kernel):
+            gemm.ConvGemm(self, kernel, self.vector_bits).emit(bounds)
         else:
             for s in kernel.body:
                 self.stmt(s, bounds if s is outer else None)

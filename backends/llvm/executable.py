@@ -29,7 +29,7 @@ from graphnn.ir import Graph, Node
 from graphnn.ops.registry import describe, get_op
 
 SOURCES = ("placeholder", "variable", "constant")
-SLOWER_THAN_NUMPY = frozenset({"conv", "conv_weight_grad", "conv_transpose", "max_pool_grad"})
+SLOWER_THAN_NUMPY = frozenset({"conv_weight_grad", "conv_transpose", "max_pool_grad"})
 
 
 class LLVMExecutable:
@@ -152,15 +152,13 @@ class LLVMBackend:
 
     def __init__(self, cpu: str | None = None, features: str | None = None,
                  dump_dir: str | None = None, threads: int | None = None,
-                 cache: bool = True, native_conv: bool = False) -> None:
+                 cache: bool = True, native_conv_grads: bool = False) -> None:
         self.target = Target.host(cpu, features)
-        # The direct convolution kernel is correct but slower than numpy's BLAS-based one
-        # (3.5 vs 22 GFLOP/s on W2's layers): convolutions stay on the reference until the
-        # im2col + packed-GEMM path lands; native_conv=True uses the kernel (tested both ways).
-        # The convolution gradients likewise (measured on W6: 340 ms per step with them on numpy,
-        # 600 ms native): conv_weight_grad is one reduction per weight, conv_transpose and
-        # max_pool_grad gather per element; all wait for the im2col + packed-GEMM path.
-        self.skip = frozenset() if native_conv else SLOWER_THAN_NUMPY
+        # The convolution gradients run numpy's BLAS-based reference unless native_conv_grads
+        # (measured on W6: 340 ms per step with them on numpy, 600 ms native): conv_weight_grad
+        # is one reduction per weight, conv_transpose and max_pool_grad gather per element; they
+        # wait for the im2col + GEMM form the forward convolution has (gemm.ConvGemm).
+        self.skip = frozenset() if native_conv_grads else SLOWER_THAN_NUMPY
         self.cache = cache  # the on-disk compile cache (off: always optimise and emit assembly)
         self.threads = threads if threads is not None else default_threads()
         self.dump_dir = dump_dir if dump_dir is not None else os.environ.get("GRAPHNN_DUMP")

@@ -72,6 +72,10 @@ class GemmEmitter:
         self.align = 4 if out.dtype is DType.float32 else 8
         self.fma_vec = f"llvm.fmuladd.v{self.width}f{32 if self.align == 4 else 64}"
         self.fma = f"llvm.fmuladd.f{32 if self.align == 4 else 64}"
+        # operand addressing (row-major): element (row, k) of a, (k, col) of b, (row, col) of out
+        self.a_at = lambda row, k: self.ptr(self.a, self.at(row, k, self.kk))
+        self.b_at = lambda k, col: self.ptr(self.bb, self.at(k, col, self.n))
+        self.out_at = lambda row, col: self.ptr(self.o, self.at(row, col, self.n))
 
     # -- helpers -----------------------------------------------------------------------------
     def c(self, v: int) -> ir.Constant:
@@ -97,25 +101,37 @@ class GemmEmitter:
 
     # -- the template --------------------------------------------------------------------------
     def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
-        from graphnn.backends.llvm.codegen import for_range
 
         b = self.b
         lo, hi = bounds if bounds is not None else (self.c(0), self.c(self.m))
         full = b.mul(b.sdiv(b.sub(hi, lo), self.c(MR)), self.c(MR))
         split = b.add(lo, full)  # rows [lo, split) in MR blocks, [split, hi) one by one
+        self.slots()
+        self.rows(lo, hi, full, split, accumulate=False)
+        self.epilogue(lo, hi)
+
+    def slots(self) -> None:
         self.accs = [[self.slot(self.vec, f"acc{r}_{v}") for v in range(2)] for r in range(MR)]
         self.sacc = self.slot(self.ty, "sacc")
+
+    def rows(self, lo: ir.Value, hi: ir.Value, full: ir.Value, split: ir.Value,
+             accumulate: bool) -> None:
+        """out[lo:hi, :] = a[lo:hi, :] @ b (+ out when ``accumulate``), k-block by k-block."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b = self.b
         blocks = -(-self.kk // KC)
         with for_range(b, blocks, "kc") as kc:
             k0 = b.mul(kc, self.c(KC))
             k1 = b.select(b.icmp_signed("<", b.add(k0, self.c(KC)), self.c(self.kk)),
                           b.add(k0, self.c(KC)), self.c(self.kk))
             first = b.icmp_signed("==", kc, self.c(0))
+            if accumulate:
+                first = ir.Constant(ir.IntType(1), 0)
             with for_range(b, b.sdiv(full, self.c(MR)), "ib") as ib:
                 self.block(b.add(lo, b.mul(ib, self.c(MR))), MR, k0, k1, first)
             with for_range(b, hi, "ir", start=split) as row:
                 self.block(row, 1, k0, k1, first)
-        self.epilogue(lo, hi)
 
     def block(self, i0: ir.Value, rows: int, k0: ir.Value, k1: ir.Value,
               first: ir.Value) -> None:
@@ -126,19 +142,17 @@ class GemmEmitter:
         zero = ir.Constant(self.vec, [0.0] * width)
         with for_range(b, self.n // self.nr, "jb") as jb:
             j0 = b.mul(jb, self.c(self.nr))
-            outs = [[self.ptr(self.o, self.at(b.add(i0, self.c(r)), b.add(j0, self.c(v * width)),
-                                              self.n)) for v in range(2)] for r in range(rows)]
+            outs = [[self.out_at(b.add(i0, self.c(r)), b.add(j0, self.c(v * width)))
+                     for v in range(2)] for r in range(rows)]
             for r in range(rows):
                 for v in range(2):
                     old = b.load(outs[r][v], typ=self.vec, align=self.align)
                     b.store(b.select(first, zero, old), self.accs[r][v])
             with for_range(b, k1, "k", start=k0) as k:
-                row_b = b.mul(k, self.c(self.n))
-                bv = [b.load(self.ptr(self.bb, b.add(row_b, b.add(j0, self.c(v * width)))),
-                             typ=self.vec, align=self.align) for v in range(2)]
+                bv = [b.load(self.b_at(k, b.add(j0, self.c(v * width))), typ=self.vec,
+                             align=self.align) for v in range(2)]
                 for r in range(rows):
-                    av = b.load(self.ptr(self.a, self.at(b.add(i0, self.c(r)), k, self.kk)),
-                                typ=self.ty)
+                    av = b.load(self.a_at(b.add(i0, self.c(r)), k), typ=self.ty)
                     s = self.splat(av)
                     for v in range(2):
                         acc = b.load(self.accs[r][v], typ=self.vec)
@@ -153,12 +167,12 @@ class GemmEmitter:
         with for_range(b, self.n, "jr", start=self.c(rest)) as j:  # the last columns, scalar
             for r in range(rows):
                 row = b.add(i0, self.c(r))
-                out = self.ptr(self.o, self.at(row, j, self.n))
+                out = self.out_at(row, j)
                 old = b.load(out, typ=self.ty)
                 b.store(b.select(first, ir.Constant(self.ty, 0.0), old), self.sacc)
                 with for_range(b, k1, "ks", start=k0) as k:
-                    av = b.load(self.ptr(self.a, self.at(row, k, self.kk)), typ=self.ty)
-                    bv = b.load(self.ptr(self.bb, self.at(k, j, self.n)), typ=self.ty)
+                    av = b.load(self.a_at(row, k), typ=self.ty)
+                    bv = b.load(self.b_at(k, j), typ=self.ty)
                     acc = b.load(self.sacc, typ=self.ty)
                     b.store(self.em._call(self.fma, self.ty, av, bv, acc), self.sacc)
                 b.store(b.load(self.sacc, typ=self.ty), out)
@@ -174,3 +188,151 @@ class GemmEmitter:
         with for_range(self.b, hi, "ie", start=lo) as i:
             self.em.vars["i"] = i
             self.em.stmt(rows.body[-1])
+
+
+def conv_applies(kernel: Kernel) -> bool:
+    """Float convolutions whose per-group GEMM (out channels x in channels * taps x pixels) is
+    big enough for the blocked template."""
+    if kernel.schedule[:1] != ("conv",):
+        return False
+    out, w = kernel.params[-1], kernel.params[int(kernel.schedule[2])]
+    og = out.shape[1] // int(kernel.schedule[4])
+    pixels = 1
+    for d in out.shape[2:]:
+        pixels *= d
+    depth = 1
+    for d in w.shape[1:]:
+        depth *= d
+    return out.dtype in (DType.float32, DType.float64) and og >= MR and \
+        og * pixels * depth >= MIN_WORK
+
+
+class ConvGemm(GemmEmitter):
+    """Convolution as im2col + the blocked GEMM, per image and group (NCHW):
+    out[n, o, p] = bias[o] + sum over q = (c, taps) of w[o, q] * cols[q, p], cols[q, p] = the
+    input pixel tap q reads for output pixel p (zero in the padding). For the (image, channel)
+    rows [lo, hi) a thread owns: the IR's bias plane initialises the rows, each image's columns
+    are built in a buffer from malloc (one per call: threads do not share it), the GEMM adds
+    onto the rows, then the IR's epilogue plane (if fused) runs over them."""
+
+    def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
+        _, xb, wb, bb, groups, *rest = kernel.schedule
+        self.xb, self.wb, self.groups = int(xb), int(wb), int(groups)
+        x, w, out = kernel.params[self.xb], kernel.params[self.wb], kernel.params[-1]
+        self.nd = len(x.shape) - 2
+        nd = self.nd
+        self.stride, self.dil, self.pads = (tuple(int(v) for v in rest[i * nd:(i + 1) * nd])
+                                            for i in range(3))
+        self.c_out, self.cg, self.taps = out.shape[1], w.shape[1], tuple(w.shape[2:])
+        self.og = self.c_out // self.groups
+        self.osz = tuple(out.shape[2:])
+        self.pixels = 1
+        for d in self.osz:
+            self.pixels *= d
+        self.ntaps = 1
+        for d in self.taps:
+            self.ntaps *= d
+        self.em, self.b, self.k = em, em.b, kernel
+        self.o = len(kernel.params) - 1
+        self.m, self.n, self.kk = self.c_out, self.pixels, self.cg * self.ntaps
+        self.ty = ir.FloatType() if out.dtype is DType.float32 else ir.DoubleType()
+        self.width = bits // (32 if out.dtype is DType.float32 else 64)
+        self.vec = ir.VectorType(self.ty, self.width)
+        self.nr = 2 * self.width
+        self.align = 4 if out.dtype is DType.float32 else 8
+        self.fma_vec = f"llvm.fmuladd.v{self.width}f{32 if self.align == 4 else 64}"
+        self.fma = f"llvm.fmuladd.f{32 if self.align == 4 else 64}"
+
+    def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
+        from graphnn.backends.kernel.ir import Var
+        from graphnn.backends.llvm.codegen import PTR, for_range
+
+        b, em = self.b, self.em
+        lo, hi = bounds if bounds is not None else (self.c(0), self.c(self.k.body[0].extent))
+        outer = self.k.body[0]
+        assert isinstance(outer, Loop)
+        planes = [s for s in outer.body if isinstance(s, Loop) and s.var == "y0"]
+        self.plane(planes[0], lo, hi)  # out = bias (or 0)
+        self.slots()
+        fn_malloc = em.module.globals.get("malloc") or ir.Function(
+            em.module, ir.FunctionType(PTR, [I64]), "malloc")
+        fn_free = em.module.globals.get("free") or ir.Function(
+            em.module, ir.FunctionType(ir.VoidType(), [PTR]), "free")
+        cols = b.call(fn_malloc, [self.c(self.kk * self.pixels * self.align)])
+        first_img = b.sdiv(lo, self.c(self.c_out))
+        last_img = b.add(b.sdiv(b.sub(hi, self.c(1)), self.c(self.c_out)), self.c(1))
+        with for_range(b, last_img, "img", start=first_img) as img:
+            em.vars["img"] = img
+            base = b.mul(img, self.c(self.c_out))
+            with for_range(b, self.groups, "grp") as g:
+                g_lo = b.add(base, b.mul(g, self.c(self.og)))
+                r_lo = self.clamp(lo, g_lo, b.add(g_lo, self.c(self.og)))
+                r_hi = self.clamp(hi, g_lo, b.add(g_lo, self.c(self.og)))
+                with b.if_then(b.icmp_signed("<", r_lo, r_hi)):
+                    self.im2col(cols, img, g, Var)
+                    # rows are absolute "no" = img * c_out + o; w's row is o
+                    self.a_at = lambda row, k, base=base: self.ptr(
+                        self.wb, self.at(b.sub(row, base), k, self.kk))
+                    self.b_at = lambda k, col: b.gep(cols, [self.at(k, col, self.pixels)],
+                                                     inbounds=True, source_etype=self.ty)
+                    self.out_at = lambda row, col: self.ptr(self.o, self.at(row, col,
+                                                                            self.pixels))
+                    full = b.mul(b.sdiv(b.sub(r_hi, r_lo), self.c(MR)), self.c(MR))
+                    self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=True)
+        b.call(fn_free, [cols])
+        if len(planes) > 1:  # the fused epilogue
+            self.plane(planes[1], lo, hi)
+
+    def clamp(self, v: ir.Value, lo: ir.Value, hi: ir.Value) -> ir.Value:
+        b = self.b
+        v = b.select(b.icmp_signed("<", v, lo), lo, v)
+        return b.select(b.icmp_signed(">", v, hi), hi, v)
+
+    def plane(self, plane: Loop, lo: ir.Value, hi: ir.Value) -> None:
+        """One of the conv nest's per-(image, channel) planes, for "no" in [lo, hi)."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        with for_range(self.b, hi, "no", start=lo) as no:
+            self.em.vars["no"] = no
+            self.em.stmt(plane)
+
+    def im2col(self, cols: ir.Value, img: ir.Value, g: ir.Value, var: type) -> None:
+        """cols[(c * taps + t) * pixels + p] = x[img, g * cg + c, p * stride + t * dil - pad]."""
+        import itertools
+
+        from graphnn.backends.kernel.ir import const_i
+        from graphnn.backends.kernel.lower import _window_loads
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, em = self.b, self.em
+        x = self.k.params[self.xb]
+        with for_range(b, self.cg, "cc") as c:
+            em.vars["ch"] = b.add(b.mul(g, self.c(self.cg)), c)
+            for t_flat, taps in enumerate(itertools.product(*[range(t) for t in self.taps])):
+                value = _window_loads(x, self.xb, var("img"), var("ch"),
+                                      [var(f"yy{d}") for d in range(self.nd)],
+                                      [const_i(t) for t in taps], self.stride, self.dil,
+                                      self.pads, _zero(self.k.params[-1].dtype))
+                row = b.mul(b.add(b.mul(c, self.c(self.ntaps)), self.c(t_flat)),
+                            self.c(self.pixels))
+                self._pixels(0, self.c(0), value, cols, row)
+
+    def _pixels(self, d: int, flat: ir.Value, value: object, cols: ir.Value,
+                row: ir.Value) -> None:
+        from graphnn.backends.llvm.codegen import for_range
+
+        b = self.b
+        with for_range(b, self.osz[d], f"yy{d}") as y:
+            self.em.vars[f"yy{d}"] = y
+            at = b.add(b.mul(flat, self.c(self.osz[d])), y)
+            if d + 1 < self.nd:
+                self._pixels(d + 1, at, value, cols, row)
+            else:
+                b.store(self.em.expr(value),  # type: ignore[arg-type]
+                        b.gep(cols, [b.add(row, at)], inbounds=True, source_etype=self.ty))
+
+
+def _zero(dt: DType):  # type: ignore[no-untyped-def]
+    from graphnn.backends.kernel.ir import Const
+
+    return Const(0.0, dt)

@@ -20,7 +20,7 @@ def _run(backend: str, build, arrays):  # type: ignore[no-untyped-def]
         nodes = [gn.placeholder(a.shape, a.dtype, name=f"x{i}") for i, a in enumerate(arrays)]
         out = build(*nodes)
     feeds = dict(zip(nodes, arrays))
-    impl = LLVMBackend(cache=False, native_conv=True) if backend == "llvm" \
+    impl = LLVMBackend(cache=False, native_conv_grads=True) if backend == "llvm" \
         else OpenCLBackend(skip=frozenset())  # every kernel, even those skipped for speed
     sess = gn.Session(g, backend=impl)
     got = sess.run(out, feeds)

@@ -53,7 +53,7 @@ def test_native_and_fallback_ops_are_reported() -> None:
 
 def test_digits_cnn_forward_is_native() -> None:
     graph, y = gn.models.inference_graph("digits-cnn", batch=4)
-    exe = gn.Session(graph, backend=LLVMBackend(cache=False, native_conv=True), opt_level=2)
+    exe = gn.Session(graph, backend=LLVMBackend(cache=False, native_conv_grads=True), opt_level=2)
     x = np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32)
     out = exe.run(y, {"x": x})
     np.testing.assert_allclose(out, gn.Session(graph).run(y, {"x": x}), rtol=1e-4, atol=1e-5)
@@ -211,7 +211,7 @@ def test_native_convolution_kernel(xs: tuple, ws: tuple, kw: dict) -> None:
     with gn.Graph() as g:
         p = gn.placeholder(xs, name="x")
         y = gn.relu(gn.conv(p, gn.constant(w), gn.constant(b), **kw) + 0.25)
-    native = LLVMBackend(cache=False, native_conv=True)
+    native = LLVMBackend(cache=False, native_conv_grads=True)
     got = gn.Session(g, backend=native, opt_level=2).run(y, {p: x})
     np.testing.assert_allclose(got, gn.Session(g).run(y, {p: x}), rtol=1e-4, atol=1e-5)
     assert "conv" not in native.compile(g, [y]).fallback_ops
@@ -269,3 +269,31 @@ def test_gemm_template_blocks_and_remainders(m: int, k: int, n: int, dtype: type
                                atol=tol * np.sqrt(k))
     kernels = next(iter(sess._cache.values())).exe.kernels
     assert any(gemm.applies(kn) for kn in kernels) == (m >= gemm.MR and m * n * k >= gemm.MIN_WORK)
+
+
+@pytest.mark.parametrize(("xs", "ws", "kw"), [
+    ((3, 8, 13, 11), (16, 8, 3, 3), {"padding": 1}),
+    ((2, 12, 31, 30), (24, 4, 3, 2), {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2),
+                                      "groups": 3}),
+    ((2, 6, 201), (12, 6, 5), {"stride": 2, "padding": 2}),
+    ((1, 4, 6, 7, 8), (8, 4, 3, 3, 3), {"padding": 1})])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_convolution_as_im2col_and_gemm(xs: tuple, ws: tuple, kw: dict, threads: int) -> None:
+    """Large enough convolutions run as im2col + the GEMM template (per image and group), with
+    the bias plane first and a fused residual + ReLU epilogue after, split over threads."""
+    from graphnn.backends.llvm import gemm
+
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    with gn.Graph() as g:
+        p = gn.placeholder(xs, name="x")
+        conv = gn.conv(p, gn.constant(w), gn.constant(b), **kw)
+        r = gn.placeholder(conv.shape, name="r")
+        y = gn.relu(conv + r)
+    rv = rng.standard_normal(conv.shape).astype(np.float32)
+    sess = gn.Session(g, backend=LLVMBackend(cache=False, threads=threads), opt_level=2)
+    got = sess.run(y, {p: x, r: rv})
+    np.testing.assert_allclose(got, gn.Session(g).run(y, {p: x, r: rv}), rtol=1e-4, atol=1e-4)
+    kernels = next(iter(sess._cache.values())).exe.kernels
+    assert any(gemm.conv_applies(k) and len(k.source) > 1 for k in kernels)
