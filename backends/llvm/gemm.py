@@ -271,7 +271,7 @@ class ConvGemm(GemmEmitter):
                 with b.if_then(b.icmp_signed("<", r_lo, r_hi)):
                     self.im2col(cols, img, g, Var)
                     # rows are absolute "no" = img * c_out + o; w's row is o
-                    self.a_at = lambda row, k, base=base: self.ptr(
+                    self.a_at = lambda row, k: self.ptr(
                         self.wb, self.at(b.sub(row, base), k, self.kk))
                     self.b_at = lambda k, col: b.gep(cols, [self.at(k, col, self.pixels)],
                                                      inbounds=True, source_etype=self.ty)
