@@ -65,17 +65,22 @@ class GemmEmitter:
         out = kernel.params[-1]
         self.m, self.n = out.shape
         self.kk = kernel.params[self.a].shape[1]
-        self.ty = ir.FloatType() if out.dtype is DType.float32 else ir.DoubleType()
-        self.width = bits // (32 if out.dtype is DType.float32 else 64)
-        self.vec = ir.VectorType(self.ty, self.width)
-        self.nr = 2 * self.width
-        self.align = 4 if out.dtype is DType.float32 else 8
-        self.fma_vec = f"llvm.fmuladd.v{self.width}f{32 if self.align == 4 else 64}"
-        self.fma = f"llvm.fmuladd.f{32 if self.align == 4 else 64}"
+        self.types(out.dtype, bits)
         # operand addressing (row-major): element (row, k) of a, (k, col) of b, (row, col) of out
         self.a_at = lambda row, k: self.ptr(self.a, self.at(row, k, self.kk))
         self.b_at = lambda k, col: self.ptr(self.bb, self.at(k, col, self.n))
         self.out_at = lambda row, col: self.ptr(self.o, self.at(row, col, self.n))
+
+    def types(self, dtype: DType, bits: int) -> None:
+        """Scalar and vector types for ``dtype`` at the target's vector width (``bits``)."""
+        f32 = dtype is DType.float32
+        self.ty = ir.FloatType() if f32 else ir.DoubleType()
+        self.width = bits // (32 if f32 else 64)
+        self.vec = ir.VectorType(self.ty, self.width)
+        self.nr = 2 * self.width
+        self.align = 4 if f32 else 8
+        self.fma_vec = f"llvm.fmuladd.v{self.width}f{32 if f32 else 64}"
+        self.fma = f"llvm.fmuladd.f{32 if f32 else 64}"
 
     # -- helpers -----------------------------------------------------------------------------
     def c(self, v: int) -> ir.Constant:
@@ -235,13 +240,7 @@ class ConvGemm(GemmEmitter):
         self.em, self.b, self.k = em, em.b, kernel
         self.o = len(kernel.params) - 1
         self.m, self.n, self.kk = self.c_out, self.pixels, self.cg * self.ntaps
-        self.ty = ir.FloatType() if out.dtype is DType.float32 else ir.DoubleType()
-        self.width = bits // (32 if out.dtype is DType.float32 else 64)
-        self.vec = ir.VectorType(self.ty, self.width)
-        self.nr = 2 * self.width
-        self.align = 4 if out.dtype is DType.float32 else 8
-        self.fma_vec = f"llvm.fmuladd.v{self.width}f{32 if self.align == 4 else 64}"
-        self.fma = f"llvm.fmuladd.f{32 if self.align == 4 else 64}"
+        self.types(out.dtype, bits)
 
     def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
         from graphnn.backends.kernel.ir import Var

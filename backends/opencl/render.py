@@ -351,6 +351,17 @@ class KernelRenderer:
         size = (-(-n // t) * t, -(-m // t) * t, max(math.prod(batch), 1))
         return "\n".join(self.lines), Launch(self.k.name, size, (t, t, 1), self.fp64)
 
+    def _open_flat(self, total: int) -> tuple[str, Launch] | None:
+        """Open a kernel over ``total`` work-items (``g``, guarded against the rounding up);
+        for an empty index space, return the whole kernel (empty, never launched)."""
+        self.emit(self.signature() + " {", 0)
+        if total == 0:
+            self.emit("}", 0)
+            return "\n".join(self.lines), Launch(self.k.name, (0,), None, self.fp64)
+        self.emit("const long g = (long)get_global_id(0);", 1)
+        self.emit(f"if (g >= {total}L) return;", 1)
+        return None
+
     def _conv(self) -> tuple[str, Launch]:
         """Direct convolution, one output element per work-item (NCHW): the accumulator starts
         at the bias and sums w * x over input channels and taps inside the image; the fused
@@ -366,12 +377,9 @@ class KernelRenderer:
         ty = _REG[out.dtype]
         total = math.prod(out.shape)
         e = self.emit
-        e(self.signature() + " {", 0)
-        if total == 0:
-            e("}", 0)
-            return "\n".join(self.lines), Launch(self.k.name, (0,), None, self.fp64)
-        e("const long g = (long)get_global_id(0);", 1)
-        e(f"if (g >= {total}L) return;", 1)
+        empty = self._open_flat(total)
+        if empty is not None:
+            return empty
         e("long rest = g;", 1)
         for d in reversed(range(nd)):
             e(f"const long v_y{d} = rest % {out.shape[2 + d]}L; rest /= {out.shape[2 + d]}L;", 1)
@@ -485,12 +493,9 @@ class KernelRenderer:
         lead = math.prod(osz[:last])
         work = n_out * cblocks * lead * xblocks
         e = self.emit
-        e(self.signature() + " {", 0)
-        if work == 0:
-            e("}", 0)
-            return "\n".join(self.lines), Launch(self.k.name, (0,), None, self.fp64)
-        e("const long g = (long)get_global_id(0);", 1)
-        e(f"if (g >= {work}L) return;", 1)
+        empty = self._open_flat(work)
+        if empty is not None:
+            return empty
         e(f"long rest = g; const long x0 = (rest % {xblocks}L) * {px}L; rest /= {xblocks}L;", 1)
         for d in reversed(range(last)):
             e(f"const long v_y{d} = rest % {osz[d]}L; rest /= {osz[d]}L;", 1)
