@@ -149,9 +149,9 @@ class KernelEmitter:
         self.b.position_at_end(self.entry)
         self.vars: dict[str, ir.Value] = {}
         self.locals: dict[str, tuple[ir.AllocaInstr, DType]] = {}
-        if gemm.applies(kernel):
+        if gemm.applies(kernel, self.vector_bits):
             gemm.GemmEmitter(self, kernel, self.vector_bits).emit(bounds)
-        elif gemm.conv_applies(kernel):
+        elif gemm.conv_applies(kernel, self.vector_bits):
             gemm.ConvGemm(self, kernel, self.vector_bits).emit(bounds)
         else:
             for s in kernel.body:

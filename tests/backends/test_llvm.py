@@ -268,7 +268,10 @@ def test_gemm_template_blocks_and_remainders(m: int, k: int, n: int, dtype: type
     np.testing.assert_allclose(got, np.maximum(av.astype(np.float64) @ bv + cv, 0), rtol=tol,
                                atol=tol * np.sqrt(k))
     kernels = next(iter(sess._cache.values())).exe.kernels
-    assert any(gemm.applies(kn) for kn in kernels) == (m >= gemm.MR and m * n * k >= gemm.MIN_WORK)
+    bits = gemm.vector_bits(sess.backend.target.features)
+    lanes = 2 * bits // (8 * np.dtype(dtype).itemsize)
+    expect = m >= gemm.MR and n >= lanes and m * n * k >= gemm.MIN_WORK
+    assert any(gemm.applies(kn, bits) for kn in kernels) == expect
 
 
 @pytest.mark.parametrize(("xs", "ws", "kw"), [
@@ -296,4 +299,5 @@ def test_convolution_as_im2col_and_gemm(xs: tuple, ws: tuple, kw: dict, threads:
     got = sess.run(y, {p: x, r: rv})
     np.testing.assert_allclose(got, gn.Session(g).run(y, {p: x, r: rv}), rtol=1e-4, atol=1e-4)
     kernels = next(iter(sess._cache.values())).exe.kernels
-    assert any(gemm.conv_applies(k) and len(k.source) > 1 for k in kernels)
+    bits = gemm.vector_bits(sess.backend.target.features)
+    assert any(gemm.conv_applies(k, bits) and len(k.source) > 1 for k in kernels)
