@@ -505,6 +505,9 @@ class KernelRenderer:
             bias = f"p{bb}[min(o0 + {r}L, {c_out - 1}L)]" if int(bb) >= 0 else "0"
             init = f"({vty})({bias})"
             e(f"{vty} acc{r} = {init};", 1)
+        ktot = cg * math.prod(taps)
+        for r in range(rc):  # each channel's filter, hoisted out of the tap loops
+            e(f"__global const {ty} *wr{r} = p{wb} + min(o0 + {r}L, {c_out - 1}L) * {ktot}L;", 1)
         e(f"for (long c = 0; c < {cg}L; ++c) {{", 1)
         x_at = f"n * {c_in}L + cbase + c"
         w_tap = "c"
@@ -523,9 +526,9 @@ class KernelRenderer:
             e(f"{{ const long q = (x0 + {k}L) * {stride[last]}L + t{last} * {dil[last]}L - "
               f"{pads[last]}L; xv.s{k:x} = (q >= 0 && q < {xsz[last]}L) ? "
               f"p{xb}[({x_at}) * {xsz[last]}L + q] : ({ty})0; }}", depth)
+        e(f"const long wt = {w_tap};", depth)
         for r in range(rc):
-            o = f"min(o0 + {r}L, {c_out - 1}L)"
-            e(f"acc{r} += p{wb}[{w_tap.replace('(c)', f'({o} * {cg}L + c)', 1)}] * xv;", depth)
+            e(f"acc{r} += wr{r}[wt] * xv;", depth)
         for d in reversed(range(nd + 1)):
             e("}", 1 + d)
         value = self._conv_value(out_buf)
