@@ -236,6 +236,101 @@ def w6(batch: int = 64) -> Case:
                                       "graphnn-opencl": lambda: graphnn_step("opencl")})
 
 
+# -- W3: ResNet-18 on 1x3x224x224 ----------------------------------------------------------------
+
+RESNET18 = [(64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)]
+
+
+def w3_params() -> dict[str, np.ndarray]:
+    """ResNet-18 (He et al. 2016, torchvision's layout): conv weights and inference batch-norm
+    statistics, random but scaled so activations stay O(1)."""
+    p: dict[str, np.ndarray] = {}
+
+    def conv(name: str, co: int, ci: int, k: int) -> None:
+        p[name] = _w(co, ci, k, k)
+        p[name + ".mean"] = (0.1 * rng.standard_normal(co)).astype(np.float32)
+        p[name + ".var"] = (1 + 0.1 * rng.random(co)).astype(np.float32)
+        p[name + ".gamma"] = (1 + 0.1 * rng.standard_normal(co)).astype(np.float32)
+        p[name + ".beta"] = (0.1 * rng.standard_normal(co)).astype(np.float32)
+
+    conv("stem", 64, 3, 7)
+    ci = 64
+    for i, (co, stride) in enumerate(RESNET18):
+        conv(f"b{i}.c1", co, ci, 3)
+        conv(f"b{i}.c2", co, co, 3)
+        if stride != 1 or ci != co:
+            conv(f"b{i}.down", co, ci, 1)
+        ci = co
+    p["fc"], p["fb"] = _w(512, 1000), np.zeros(1000, np.float32)
+    return p
+
+
+def _resnet18(ops: Any, x: Any, p: dict[str, Any]) -> Any:
+    """The forward pass written once over an ops table (graphnn's or torch's functions)."""
+    def cbn(h: Any, name: str, stride: int, pad: int) -> Any:
+        h = ops.conv(h, p[name], stride, pad)
+        return ops.bn(h, p[name + ".mean"], p[name + ".var"], p[name + ".gamma"],
+                      p[name + ".beta"])
+
+    h = ops.relu(cbn(x, "stem", 2, 3))
+    h = ops.maxpool(h)
+    for i, (_, stride) in enumerate(RESNET18):
+        skip = cbn(h, f"b{i}.down", stride, 0) if f"b{i}.down" in p else h
+        y = ops.relu(cbn(h, f"b{i}.c1", stride, 1))
+        h = ops.relu(ops.add(cbn(y, f"b{i}.c2", 1, 1), skip))
+    return ops.head(h, p["fc"], p["fb"])
+
+
+class _GraphnnOps:
+    conv = staticmethod(lambda h, w, s, pad: gn.conv2d(h, w, stride=s, padding=pad))
+    bn = staticmethod(lambda h, m, v, g, b: gn.batch_norm(h, m, v, g, b))
+    relu = staticmethod(gn.relu)
+    add = staticmethod(gn.add)
+    maxpool = staticmethod(lambda h: gn.max_pool2d(h, 3, stride=2, padding=1))
+    head = staticmethod(lambda h, w, b: gn.dense(gn.mean(h, axis=(2, 3)), w, b))
+
+
+def w3(batch: int = 1) -> Case:
+    p = w3_params()
+    x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
+
+    def build() -> tuple[gn.Graph, dict[str, np.ndarray], gn.Node]:
+        with gn.Graph("w3") as g:
+            xp = gn.placeholder(x.shape, name="x")
+            out = _resnet18(_GraphnnOps, xp, {k: gn.constant(v) for k, v in p.items()})
+        return g, {"x": x}, out
+
+    def reference() -> Callable[[], np.ndarray]:  # graphnn's numpy reference backend
+        graph, feeds, out = build()
+        sess = gn.Session(graph)
+        return lambda: sess.run(out, feeds)
+
+    def torch_run() -> Callable[[], np.ndarray]:
+        import torch
+        import torch.nn.functional as F
+
+        class Ops:
+            conv = staticmethod(lambda h, w, s, pad: F.conv2d(h, w, stride=s, padding=pad))
+            bn = staticmethod(lambda h, m, v, g, b: F.batch_norm(h, m, v, g, b, False))
+            relu = staticmethod(F.relu)
+            add = staticmethod(torch.add)
+            maxpool = staticmethod(lambda h: F.max_pool2d(h, 3, 2, 1))
+            head = staticmethod(lambda h, w, b: h.mean(dim=(2, 3)) @ w + b)
+
+        t = {k: torch.from_numpy(v) for k, v in p.items()}
+        tx = torch.from_numpy(x)
+
+        def run() -> np.ndarray:
+            with torch.no_grad():
+                return _resnet18(Ops, tx, t).numpy()
+
+        return run
+
+    return Case("W3", batch, flops=2 * 1.814e9 * batch, runners={
+        "numpy": reference, "graphnn-llvm": _graphnn(build, opt_level=3),
+        "graphnn-opencl": _graphnn(build, "opencl", opt_level=3), "torch": torch_run})
+
+
 # -- matmul 1024^3 ----------------------------------------------------------------------------
 
 
@@ -261,7 +356,8 @@ def mm(batch: int = 1) -> Case:
 
 
 WORKLOADS: dict[str, Callable[[], list[Case]]] = {
-    "W1": lambda: [w1(1), w1(256)], "W2": lambda: [w2(1), w2(64)], "W5": lambda: [w5()],
+    "W1": lambda: [w1(1), w1(256)], "W2": lambda: [w2(1), w2(64)], "W3": lambda: [w3()],
+    "W5": lambda: [w5()],
     "W6": lambda: [w6()], "MM": lambda: [mm()],
 }
 

@@ -147,36 +147,20 @@ class GemmEmitter:
 
     def block(self, i0: ir.Value, rows: int, k0: ir.Value, k1: ir.Value,
               first: ir.Value) -> None:
-        """out[i0:i0+rows, :] (+)= a[i0:i0+rows, k0:k1] @ b[k0:k1, :]."""
+        """out[i0:i0+rows, :] (+)= a[i0:i0+rows, k0:k1] @ b[k0:k1, :]: whole NR-column tiles,
+        then one single-vector tile where a vector's worth of columns is left, then scalars."""
         from graphnn.backends.llvm.codegen import for_range
 
-        b, width = self.b, self.width
-        zero = ir.Constant(self.vec, [0.0] * width)
+        b = self.b
         with for_range(b, self.n // self.nr, "jb") as jb:
-            j0 = b.mul(jb, self.c(self.nr))
-            outs = [[self.out_at(b.add(i0, self.c(r)), b.add(j0, self.c(v * width)))
-                     for v in range(2)] for r in range(rows)]
-            for r in range(rows):
-                for v in range(2):
-                    old = b.load(outs[r][v], typ=self.vec, align=self.align)
-                    b.store(b.select(first, zero, old), self.accs[r][v])
-            with for_range(b, k1, "k", start=k0) as k:
-                bv = [b.load(self.b_at(k, b.add(j0, self.c(v * width))), typ=self.vec,
-                             align=self.align) for v in range(2)]
-                for r in range(rows):
-                    av = b.load(self.a_at(b.add(i0, self.c(r)), k), typ=self.ty)
-                    s = self.splat(av)
-                    for v in range(2):
-                        acc = b.load(self.accs[r][v], typ=self.vec)
-                        b.store(self.em._call(self.fma_vec, self.vec, s, bv[v], acc),
-                                self.accs[r][v])
-            for r in range(rows):
-                for v in range(2):
-                    b.store(b.load(self.accs[r][v], typ=self.vec), outs[r][v], align=self.align)
-        rest = (self.n // self.nr) * self.nr
-        if rest == self.n:
+            self.tile(i0, rows, b.mul(jb, self.c(self.nr)), 2, k0, k1, first)
+        done = (self.n // self.nr) * self.nr
+        if self.n - done >= self.width:
+            self.tile(i0, rows, self.c(done), 1, k0, k1, first)
+            done += self.width
+        if done == self.n:
             return
-        with for_range(b, self.n, "jr", start=self.c(rest)) as j:  # the last columns, scalar
+        with for_range(b, self.n, "jr", start=self.c(done)) as j:  # the last columns, scalar
             for r in range(rows):
                 row = b.add(i0, self.c(r))
                 out = self.out_at(row, j)
@@ -188,6 +172,33 @@ class GemmEmitter:
                     acc = b.load(self.sacc, typ=self.ty)
                     b.store(self.em._call(self.fma, self.ty, av, bv, acc), self.sacc)
                 b.store(b.load(self.sacc, typ=self.ty), out)
+
+    def tile(self, i0: ir.Value, rows: int, j0: ir.Value, nvec: int, k0: ir.Value,
+             k1: ir.Value, first: ir.Value) -> None:
+        """The micro-kernel: rows x nvec vectors of out at (i0, j0) accumulated in registers."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, width = self.b, self.width
+        zero = ir.Constant(self.vec, [0.0] * width)
+        outs = [[self.out_at(b.add(i0, self.c(r)), b.add(j0, self.c(v * width)))
+                 for v in range(nvec)] for r in range(rows)]
+        for r in range(rows):
+            for v in range(nvec):
+                old = b.load(outs[r][v], typ=self.vec, align=self.align)
+                b.store(b.select(first, zero, old), self.accs[r][v])
+        with for_range(b, k1, "k", start=k0) as k:
+            bv = [b.load(self.b_at(k, b.add(j0, self.c(v * width))), typ=self.vec,
+                         align=self.align) for v in range(nvec)]
+            for r in range(rows):
+                av = b.load(self.a_at(b.add(i0, self.c(r)), k), typ=self.ty)
+                s = self.splat(av)
+                for v in range(nvec):
+                    acc = b.load(self.accs[r][v], typ=self.vec)
+                    b.store(self.em._call(self.fma_vec, self.vec, s, bv[v], acc),
+                            self.accs[r][v])
+        for r in range(rows):
+            for v in range(nvec):
+                b.store(b.load(self.accs[r][v], typ=self.vec), outs[r][v], align=self.align)
 
     def epilogue(self, lo: ir.Value, hi: ir.Value) -> None:
         """The kernel's fused epilogue loop (the IR's last statement in the row loop)."""

@@ -248,7 +248,7 @@ def test_reductions_rows_and_data_movement_are_native() -> None:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("m", "k", "n"), [(6, 600, 32), (37, 300, 75), (100, 19, 33),
-                                           (13, 513, 7), (64, 1, 200)])
+                                           (13, 513, 7), (64, 1, 200), (20, 70, 51)])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_gemm_template_blocks_and_remainders(m: int, k: int, n: int, dtype: type,
                                              threads: int) -> None:
