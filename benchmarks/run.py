@@ -331,6 +331,99 @@ def w3(batch: int = 1) -> Case:
         "graphnn-opencl": _graphnn(build, "opencl", opt_level=3), "torch": torch_run})
 
 
+# -- W4: two post-LN transformer encoder layers -------------------------------------------------
+
+SEQ, D_MODEL, HEADS, FFN = 128, 256, 4, 1024
+
+
+def w4_params() -> dict[str, np.ndarray]:
+    p: dict[str, np.ndarray] = {}
+    for layer in range(2):
+        for name in ("q", "k", "v", "o"):
+            p[f"{layer}.{name}"], p[f"{layer}.{name}b"] = _w(D_MODEL, D_MODEL), \
+                np.zeros(D_MODEL, np.float32)
+        p[f"{layer}.f1"], p[f"{layer}.f1b"] = _w(D_MODEL, FFN), np.zeros(FFN, np.float32)
+        p[f"{layer}.f2"], p[f"{layer}.f2b"] = _w(FFN, D_MODEL), np.zeros(D_MODEL, np.float32)
+        for ln in ("ln1", "ln2"):
+            p[f"{layer}.{ln}"] = np.ones(D_MODEL, np.float32)
+            p[f"{layer}.{ln}b"] = np.zeros(D_MODEL, np.float32)
+    return p
+
+
+def _encoder(ops: Any, x: Any, p: dict[str, Any], batch: int) -> Any:
+    """PyTorch's TransformerEncoderLayer (norm_first=False, activation="gelu"), twice."""
+    dh = D_MODEL // HEADS
+
+    def heads(t: Any) -> Any:
+        return ops.transpose(ops.reshape(t, (batch, SEQ, HEADS, dh)), (0, 2, 1, 3))
+
+    for i in range(2):
+        q, k, v = (heads(ops.linear(x, p[f"{i}.{n}"], p[f"{i}.{n}b"])) for n in "qkv")
+        att = ops.reshape(ops.transpose(ops.attention(q, k, v), (0, 2, 1, 3)),
+                          (batch, SEQ, D_MODEL))
+        x = ops.norm(ops.add(x, ops.linear(att, p[f"{i}.o"], p[f"{i}.ob"])), p[f"{i}.ln1"],
+                     p[f"{i}.ln1b"])
+        f = ops.linear(ops.gelu(ops.linear(x, p[f"{i}.f1"], p[f"{i}.f1b"])), p[f"{i}.f2"],
+                       p[f"{i}.f2b"])
+        x = ops.norm(ops.add(x, f), p[f"{i}.ln2"], p[f"{i}.ln2b"])
+    return x
+
+
+class _GraphnnEncoderOps:
+    linear = staticmethod(lambda x, w, b: gn.add(gn.matmul(x, w), b))
+    reshape = staticmethod(gn.reshape)
+    transpose = staticmethod(gn.transpose)
+    attention = staticmethod(gn.scaled_dot_product_attention)
+    add = staticmethod(gn.add)
+    gelu = staticmethod(gn.gelu)
+    norm = staticmethod(lambda x, g, b: gn.layer_norm(x, D_MODEL, g, b))
+
+
+def w4(batch: int) -> Case:
+    p = w4_params()
+    x = rng.standard_normal((batch, SEQ, D_MODEL)).astype(np.float32)
+
+    def build() -> tuple[gn.Graph, dict[str, np.ndarray], gn.Node]:
+        with gn.Graph("w4") as g:
+            xp = gn.placeholder(x.shape, name="x")
+            out = _encoder(_GraphnnEncoderOps, xp, {k: gn.constant(v) for k, v in p.items()},
+                           batch)
+        return g, {"x": x}, out
+
+    def reference() -> Callable[[], np.ndarray]:  # graphnn's numpy reference backend
+        graph, feeds, out = build()
+        sess = gn.Session(graph)
+        return lambda: sess.run(out, feeds)
+
+    def torch_run() -> Callable[[], np.ndarray]:
+        import torch
+        import torch.nn.functional as F
+
+        class Ops:
+            linear = staticmethod(lambda x, w, b: x @ w + b)
+            reshape = staticmethod(torch.reshape)
+            transpose = staticmethod(lambda t, perm: t.permute(*perm))
+            attention = staticmethod(F.scaled_dot_product_attention)
+            add = staticmethod(torch.add)
+            gelu = staticmethod(F.gelu)
+            norm = staticmethod(lambda x, g, b: F.layer_norm(x, (D_MODEL,), g, b))
+
+        t = {k: torch.from_numpy(v) for k, v in p.items()}
+        tx = torch.from_numpy(x)
+
+        def run() -> np.ndarray:
+            with torch.no_grad():
+                return _encoder(Ops, tx, t, batch).numpy()
+
+        return run
+
+    per_layer = 2 * batch * SEQ * (4 * D_MODEL * D_MODEL + 2 * D_MODEL * FFN) + \
+        4 * batch * SEQ * SEQ * D_MODEL
+    return Case("W4", batch, flops=2 * per_layer, runners={
+        "numpy": reference, "graphnn-llvm": _graphnn(build, opt_level=3),
+        "graphnn-opencl": _graphnn(build, "opencl", opt_level=3), "torch": torch_run})
+
+
 # -- matmul 1024^3 ----------------------------------------------------------------------------
 
 
@@ -357,7 +450,7 @@ def mm(batch: int = 1) -> Case:
 
 WORKLOADS: dict[str, Callable[[], list[Case]]] = {
     "W1": lambda: [w1(1), w1(256)], "W2": lambda: [w2(1), w2(64)], "W3": lambda: [w3()],
-    "W5": lambda: [w5()],
+    "W4": lambda: [w4(1), w4(8)], "W5": lambda: [w5()],
     "W6": lambda: [w6()], "MM": lambda: [mm()],
 }
 

@@ -41,23 +41,31 @@ def vector_bits(features: str) -> int:
     return 128
 
 
+def _prod(dims: tuple[int, ...]) -> int:
+    out = 1
+    for d in dims:
+        out *= d
+    return out
+
+
 def _lanes(dtype: DType, bits: int) -> int:
     """NR: the columns of a register block (two vectors)."""
     return 2 * bits // (32 if dtype is DType.float32 else 64)
 
 
 def applies(kernel: Kernel, bits: int = 128) -> bool:
-    """The template handles 2-D float matmuls (with any fused epilogue) big enough to pay: at
-    least MR rows, NR columns (else the scalar edge path does all the work) and MIN_WORK
-    multiply-adds."""
+    """The template handles float matmuls (with any fused epilogue) of a 2-D b, with a and the
+    output 2-D or with the same batch dims (a dense layer over a sequence: the rows of all
+    batches form one row-major matrix), big enough to pay: at least MR rows, NR columns (else
+    the scalar edge path does all the work) and MIN_WORK multiply-adds."""
     if kernel.schedule[:1] != ("matmul",):
         return False
     _, a, b = kernel.schedule
     out, pa, pb = kernel.params[-1], kernel.params[int(a)], kernel.params[int(b)]
-    if len(out.shape) != 2 or len(pa.shape) != 2 or len(pb.shape) != 2:
+    if len(pb.shape) != 2 or len(pa.shape) != len(out.shape) or pa.shape[:-2] != out.shape[:-2]:
         return False
-    m, n = out.shape
-    k = pa.shape[1]
+    m, n = _prod(out.shape[:-1]), out.shape[-1]
+    k = pa.shape[-1]
     return out.dtype in (DType.float32, DType.float64) and m >= MR and k >= 1 and \
         n >= _lanes(out.dtype, bits) and m * n * k >= MIN_WORK
 
@@ -70,8 +78,9 @@ class GemmEmitter:
         _, a, b = kernel.schedule
         self.a, self.bb, self.o = int(a), int(b), len(kernel.params) - 1
         out = kernel.params[-1]
-        self.m, self.n = out.shape
-        self.kk = kernel.params[self.a].shape[1]
+        self.batch = len(out.shape) > 2  # rows of all batches as one matrix
+        self.m, self.n = _prod(out.shape[:-1]), out.shape[-1]
+        self.kk = kernel.params[self.a].shape[-1]
         self.types(out.dtype, bits)
         # operand addressing (row-major): element (row, k) of a, (k, col) of b, (row, col) of out
         self.a_at = lambda row, k: self.ptr(self.a, self.at(row, k, self.kk))
@@ -115,7 +124,10 @@ class GemmEmitter:
     def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
 
         b = self.b
-        lo, hi = bounds if bounds is not None else (self.c(0), self.c(self.m))
+        lo, hi = bounds if bounds is not None else (self.c(0), self.c(self.k.body[0].extent))
+        # the parallel loop runs over the first batch dim when there is one: its rows
+        per = _prod(self.k.params[-1].shape[1:-1]) if self.batch else 1
+        lo, hi = b.mul(lo, self.c(per)), b.mul(hi, self.c(per))
         full = b.mul(b.sdiv(b.sub(hi, lo), self.c(MR)), self.c(MR))
         split = b.add(lo, full)  # rows [lo, split) in MR blocks, [split, hi) one by one
         self.slots()
@@ -205,11 +217,18 @@ class GemmEmitter:
         from graphnn.backends.llvm.codegen import for_range
 
         rows = self.k.body[0]
-        assert isinstance(rows, Loop) and rows.var == "i"
+        while isinstance(rows, Loop) and rows.var != "i":  # under the batch loops
+            rows = rows.body[0]
+        assert isinstance(rows, Loop)
         if len(rows.body) < 3:
             return
-        with for_range(self.b, hi, "ie", start=lo) as i:
-            self.em.vars["i"] = i
+        b, shape = self.b, self.k.params[-1].shape
+        with for_range(b, hi, "ie", start=lo) as flat:  # flat row -> (b0, b1, ..., i)
+            self.em.vars["i"] = b.srem(flat, self.c(shape[-2]))
+            inner = shape[-2]
+            for d in reversed(range(len(shape) - 2)):
+                self.em.vars[f"b{d}"] = b.srem(b.sdiv(flat, self.c(inner)), self.c(shape[d]))
+                inner *= shape[d]
             self.em.stmt(rows.body[-1])
 
 

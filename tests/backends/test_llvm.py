@@ -301,3 +301,27 @@ def test_convolution_as_im2col_and_gemm(xs: tuple, ws: tuple, kw: dict, threads:
     kernels = next(iter(sess._cache.values())).exe.kernels
     bits = gemm.vector_bits(sess.backend.target.features)
     assert any(gemm.conv_applies(k, bits) and len(k.source) > 1 for k in kernels)
+
+
+@pytest.mark.parametrize("shape", [(3, 37, 64), (2, 3, 10, 48), (1, 128, 256)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_gemm_template_over_batched_rows(shape: tuple, threads: int) -> None:
+    """A dense layer over a sequence, (..., k) @ (k, n) + bias -> GELU: the batches' rows form
+    one matrix for the GEMM template; the fused epilogue sees each row's batch indices."""
+    from graphnn.backends.llvm import gemm
+
+    k, n = shape[-1], 72
+    rng = np.random.default_rng(len(shape))
+    xv = rng.standard_normal(shape).astype(np.float32)
+    wv, bv = rng.standard_normal((k, n)).astype(np.float32), rng.standard_normal(n).astype(
+        np.float32)
+    with gn.Graph() as g:
+        x = gn.placeholder(shape, name="x")
+        r = gn.placeholder((*shape[:-1], n), name="r")  # a residual with the batch dims
+        y = gn.gelu(gn.matmul(x, gn.constant(wv)) + gn.constant(bv) + r)
+    rv = rng.standard_normal((*shape[:-1], n)).astype(np.float32)
+    sess = gn.Session(g, backend=LLVMBackend(cache=False, threads=threads), opt_level=2)
+    got = sess.run(y, {x: xv, r: rv})
+    np.testing.assert_allclose(got, gn.Session(g).run(y, {x: xv, r: rv}), rtol=1e-4, atol=1e-4)
+    bits = gemm.vector_bits(sess.backend.target.features)
+    assert any(gemm.applies(kn, bits) for kn in next(iter(sess._cache.values())).exe.kernels)
