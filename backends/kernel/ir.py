@@ -133,7 +133,9 @@ class Kernel:
     ``schedule`` names the loop nest's pattern where a renderer may swap in a hand-tuned
     template computing the same thing (``("matmul", a, b)``: the body is ``matmul_kernel``'s,
     with a and b the operand parameters; ``("conv", x, w, bias or -1, groups, *stride,
-    *dilation, *pads_begin)``: ``conv_kernel``'s); renderers without one render ``body``.
+    *dilation, *pads_begin)``: ``conv_kernel``'s; ``("conv_transpose", x, w, bias or -1, groups,
+    ...)``: ``conv_transpose_kernel``'s; ``("conv_weight_grad", x, dy, groups, *stride,
+    *dilation, *pads_begin)``); renderers without one render ``body``.
     """
 
     name: str

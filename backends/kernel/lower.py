@@ -447,7 +447,8 @@ def _lower_fused_epilogue(node: Node, name: str) -> Kernel | None:
     body = node.attrs["body"].graph
     compute = [n for n in body.nodes if n.op not in ("placeholder", "constant")]
     anchor, chain = compute[0], compute[1:]
-    if anchor.op not in ("matmul", "conv") or any(not _scalar_ok(n) for n in chain):
+    if anchor.op not in ("matmul", "conv", "conv_transpose") or \
+            any(not _scalar_ok(n) for n in chain):
         return None
     if any(i.op != "placeholder" for i in anchor.inputs) or not anchor.dtype.is_float:
         return None
@@ -472,6 +473,10 @@ def _lower_fused_epilogue(node: Node, name: str) -> Kernel | None:
         bias = places.index(anchor.inputs[2]) if len(anchor.inputs) == 3 else None
         return conv_kernel(name, params, places.index(a), places.index(b), bias, anchor.attrs,
                            epilogue, ops)
+    if anchor.op == "conv_transpose":
+        bias = places.index(anchor.inputs[2]) if len(anchor.inputs) == 3 else None
+        return conv_transpose_kernel(name, params, places.index(a), places.index(b), bias,
+                                     anchor.attrs, epilogue, ops)
     return matmul_kernel(name, params, places.index(a), places.index(b), epilogue, ops)
 
 
@@ -488,11 +493,11 @@ def _i(op: str, a: Expr, b: Expr) -> Expr:
     return Binary(op, a, b, DType.int64)
 
 
-def _window_loads(x: Param, xbuf: int, n: Expr, ch: Expr, out_pos: list[Expr], taps: list[Expr],
-                  stride: Sequence[int], dilation: Sequence[int], pads_begin: Sequence[int],
-                  fill: Const) -> Expr:
-    """x[n, ch, out*stride + tap*dilation - pad], or ``fill`` outside the input (the load reads
-    a clamped, always valid index; the select discards it)."""
+def _window_index(x: Param, n: Expr, ch: Expr, out_pos: list[Expr], taps: list[Expr],
+                  stride: Sequence[int], dilation: Sequence[int], pads_begin: Sequence[int]
+                  ) -> tuple[Expr | None, Expr]:
+    """(inside, index): whether x[n, ch, out*stride + tap*dilation - pad] lies inside the input
+    (None: always) and its flat index, clamped so that it is always a valid address."""
     spatial = x.shape[2:]
     valid: Expr | None = None
     index: list[Expr] = [n, ch]
@@ -503,7 +508,16 @@ def _window_loads(x: Param, xbuf: int, n: Expr, ch: Expr, out_pos: list[Expr], t
                     Binary("lt", pos, const_i(size), DType.bool), DType.bool)
         valid = ok if valid is None else Binary("and", valid, ok, DType.bool)
         index.append(_i("min", _i("max", pos, const_i(0)), const_i(size - 1)))
-    load = Load(xbuf, linear_index(index, row_major_strides(x.shape)), x.dtype)
+    return valid, linear_index(index, row_major_strides(x.shape))
+
+
+def _window_loads(x: Param, xbuf: int, n: Expr, ch: Expr, out_pos: list[Expr], taps: list[Expr],
+                  stride: Sequence[int], dilation: Sequence[int], pads_begin: Sequence[int],
+                  fill: Const) -> Expr:
+    """x[n, ch, out*stride + tap*dilation - pad], or ``fill`` outside the input (the load reads
+    a clamped, always valid index; the select discards it)."""
+    valid, index = _window_index(x, n, ch, out_pos, taps, stride, dilation, pads_begin)
+    load = Load(xbuf, index, x.dtype)
     return load if valid is None else Select(valid, load, fill, x.dtype)
 
 
@@ -597,22 +611,28 @@ def _lower_conv_weight_grad(node: Node, name: str) -> Kernel | None:
         inner = (Loop(f"ry{d}", dys[2 + d], inner, vectorize=d == nd - 1),)
     body = [Declare("acc", dt, _c(0, dt)), Loop("rn", dys[0], inner),
             Store(2, linear_index(wvars, row_major_strides(ws)), Var("acc", dt))]
-    return Kernel(name, params, _nest(ws, body), ("conv_weight_grad",))
+    schedule = ("conv_weight_grad", 0, 1, a["groups"], *a["stride"], *a["dilation"],
+                *a["pads"][:nd])
+    return Kernel(name, params, _nest(ws, body), ("conv_weight_grad",), schedule)
 
 
-def _lower_conv_transpose(node: Node, name: str) -> Kernel | None:
+def conv_transpose_kernel(name: str, params: tuple[Param, ...], xbuf: int, wbuf: int,
+                          bbuf: int | None, attrs: Attrs,
+                          epilogue: Callable[[Expr, list[Expr]], Expr] | None,
+                          source: tuple[str, ...]) -> Kernel:
     """out[n, o, z] = bias[o] + sum over the group's input channels c and taps t of
     x[n, c, i] * w[c, o mod cog, t] where i * stride + t * dilation = z + pad (ONNX
     ConvTranspose): the adjoint of conv, gathered per output element, so no two iterations
-    write the same element."""
-    if not node.dtype.is_float:
-        return None
-    x, w = node.inputs[:2]
-    xs, wsh, outs, dt, a = _static(x), _static(w), _static(node), node.dtype, node.attrs
-    cpg, cog = xs[1] // a["groups"], wsh[1]
-    params = _inputs_params(node)
-    ovars: list[Expr] = [Var(f"i{d}") for d in range(len(outs))]
-    n, o, zs = ovars[0], ovars[1], ovars[2:]
+    write the same element. Like ``conv_kernel``, one outer iteration per (sample, output
+    channel) plane, then the fused epilogue's plane."""
+    x, w, out = params[xbuf], params[wbuf], params[-1]
+    xs, wsh, outs, dt = x.shape, w.shape, out.shape, out.dtype
+    nd = len(xs) - 2
+    cpg, cog, c_out = xs[1] // attrs["groups"], wsh[1], outs[1]
+    no = Var("no")
+    n = _i("div", no, const_i(c_out))
+    o = _i("sub", no, _i("mul", n, const_i(c_out)))
+    zs: list[Expr] = [Var(f"y{d}") for d in range(nd)]
     c = add_i(_i("mul", _i("div", o, const_i(cog)), const_i(cpg)), Var("c"))
     o_in = _i("sub", o, _i("mul", _i("div", o, const_i(cog)), const_i(cog)))
     terms: list[Stmt] = []
@@ -620,73 +640,90 @@ def _lower_conv_transpose(node: Node, name: str) -> Kernel | None:
         valid: Expr | None = None
         pos: list[Expr] = []
         for d, t in enumerate(taps):
-            num = add_i(zs[d], const_i(a["pads"][d] - t * a["dilation"][d]))
-            i_d = _i("div", num, const_i(a["stride"][d]))
+            num = add_i(zs[d], const_i(attrs["pads"][d] - t * attrs["dilation"][d]))
+            i_d = _i("div", num, const_i(attrs["stride"][d]))
             ok = Binary("and", Binary("ge", num, const_i(0), DType.bool),
                         Binary("lt", i_d, const_i(xs[2 + d]), DType.bool), DType.bool)
-            if a["stride"][d] != 1:
-                ok = Binary("and", ok, Binary("eq", num, _i("mul", i_d, const_i(a["stride"][d])),
+            if attrs["stride"][d] != 1:
+                ok = Binary("and", ok, Binary("eq", num, _i("mul", i_d,
+                                                            const_i(attrs["stride"][d])),
                                               DType.bool), DType.bool)
             valid = ok if valid is None else Binary("and", valid, ok, DType.bool)
             pos.append(_i("min", _i("max", i_d, const_i(0)), const_i(xs[2 + d] - 1)))
-        xv = Load(0, linear_index([n, c, *pos], row_major_strides(xs)), dt)
-        wv = Load(1, linear_index([c, o_in, *[const_i(t) for t in taps]],
-                                  row_major_strides(wsh)), dt)
+        xv = Load(xbuf, linear_index([n, c, *pos], row_major_strides(xs)), dt)
+        wv = Load(wbuf, linear_index([c, o_in, *[const_i(t) for t in taps]],
+                                     row_major_strides(wsh)), dt)
         assert valid is not None
         terms.append(Assign("acc", _add(Var("acc", dt), Select(valid, _mul(xv, wv, dt),
                                                                _c(0, dt), dt), dt)))
-    init: Expr = Load(2, o, dt) if len(node.inputs) == 3 else _c(0, dt)
-    body = [Declare("acc", dt, init), Loop("c", cpg, tuple(terms)),
-            Store(len(params) - 1, linear_index(ovars, row_major_strides(outs)), Var("acc", dt))]
-    return Kernel(name, params, _nest(outs, body), ("conv_transpose",))
+    init: Expr = Load(bbuf, o, dt) if bbuf is not None else _c(0, dt)
+    at = linear_index([n, o, *zs], row_major_strides(outs))
+    gather = [Declare("acc", dt, init), Loop("c", cpg, tuple(terms)),
+              Store(len(params) - 1, at, Var("acc", dt))]
+    body = list(_nest(outs[2:], gather, "y"))
+    if epilogue is not None:
+        body.extend(_nest(outs[2:], [Store(len(params) - 1, at, epilogue(
+            Load(len(params) - 1, at, dt), [n, o, *zs]))], "y"))
+    schedule = ("conv_transpose", xbuf, wbuf, -1 if bbuf is None else bbuf, attrs["groups"],
+                *attrs["stride"], *attrs["dilation"], *attrs["pads"][:nd])
+    return Kernel(name, params, (Loop("no", outs[0] * c_out, tuple(body), parallel=True),),
+                  source, schedule)
+
+
+def _lower_conv_transpose(node: Node, name: str) -> Kernel | None:
+    if not node.dtype.is_float:
+        return None
+    return conv_transpose_kernel(name, _inputs_params(node), 0, 1,
+                                 2 if len(node.inputs) == 3 else None, node.attrs, None,
+                                 ("conv_transpose",))
 
 
 def _lower_max_pool_grad(node: Node, name: str) -> Kernel | None:
-    """dx[n, c, i...] = sum over the windows that contain i and whose first maximum (PyTorch's
-    rule, NaN counting as the maximum) sits at i of dy[n, c, window]. Each input element visits
-    the windows through it (one per tap) and finds each window's first maximum again."""
+    """dx[n, c, i...] = sum over the windows whose first maximum (PyTorch's rule, NaN counting as
+    the maximum) sits at i of dy[n, c, window]. One outer iteration per (sample, channel) plane:
+    zero the plane, then each window finds its first maximum and adds its dy there (a window
+    whose first tap wins from the padding adds nothing, as the padded reference)."""
     dy, x = node.inputs
     dys, xs, dt, a = _static(dy), _static(x), node.dtype, node.attrs
     nd, kernel = len(xs) - 2, tuple(a["kernel_size"])
     stride, dil, pads = a["stride"], a["dilation"], a["pads"][:nd]
     params = (Param("in0", dy.dtype, dys), Param("in1", x.dtype, xs), Param("out", dt, xs, True))
-    xvars: list[Expr] = [Var(f"i{d}") for d in range(len(xs))]
-    n, ch, pos = xvars[0], xvars[1], xvars[2:]
+    no = Var("no")
+    n = _i("div", no, const_i(xs[1]))
+    ch = _i("sub", no, _i("mul", n, const_i(xs[1])))
+    zero = _nest(xs[2:], [Store(2, linear_index([n, ch, *[Var(f"z{d}") for d in range(nd)]],
+                                                row_major_strides(xs)), _c(0, dt))], "z")
+    window: list[Expr] = [Var(f"y{d}") for d in range(nd)]
     best, where = Var("best", x.dtype), Var("where", DType.int64)
-    stmts: list[Stmt] = [Declare("acc", dt, _c(0, dt))]
-    for flat, taps in enumerate(np.ndindex(*kernel)):
-        valid: Expr | None = None
-        window: list[Expr] = []
-        for d, t in enumerate(taps):  # the window whose tap t covers pos: (pos + pad - t*dil)/s
-            num = add_i(pos[d], const_i(pads[d] - t * dil[d]))
-            o_d = _i("div", num, const_i(stride[d]))
-            ok = Binary("and", Binary("ge", num, const_i(0), DType.bool),
-                        Binary("lt", o_d, const_i(dys[2 + d]), DType.bool), DType.bool)
-            if stride[d] != 1:
-                ok = Binary("and", ok, Binary("eq", num, _i("mul", o_d, const_i(stride[d])),
-                                              DType.bool), DType.bool)
-            valid = ok if valid is None else Binary("and", valid, ok, DType.bool)
-            window.append(_i("min", _i("max", o_d, const_i(0)), const_i(dys[2 + d] - 1)))
-        stmts += [Declare("best", x.dtype, _c(-np.inf, x.dtype)),
-                  Declare("where", DType.int64, const_i(-1))]
-        for k, other in enumerate(np.ndindex(*kernel)):
-            v = _window_loads(params[1], 1, n, ch, window, [const_i(t) for t in other], stride,
-                              dil, pads, _c(-np.inf, x.dtype))
-            beats = Binary("or", Binary("gt", v, best, DType.bool),
-                           Binary("and", Binary("ne", v, v, DType.bool),
-                                  Binary("eq", best, best, DType.bool), DType.bool), DType.bool)
-            if k == 0:  # the first tap wins ties with the -inf start, as argmax's index 0
-                beats = Binary("or", beats, Binary("eq", where, const_i(-1), DType.bool),
-                               DType.bool)
-            stmts += [Assign("where", Select(beats, const_i(k), where, DType.int64)),
-                      Assign("best", Select(beats, v, best, x.dtype))]
-        grad = Load(0, linear_index([n, ch, *window], row_major_strides(dys)), dt)
-        mine = Binary("eq", where, const_i(flat), DType.bool)
-        assert valid is not None
-        stmts.append(Assign("acc", _add(Var("acc", dt), Select(
-            Binary("and", valid, mine, DType.bool), grad, _c(0, dt), dt), dt)))
-    stmts.append(Store(2, linear_index(xvars, row_major_strides(xs)), Var("acc", dt)))
-    return Kernel(name, params, _nest(xs, stmts), ("max_pool_grad",))
+    stmts: list[Stmt] = []
+    for k, taps in enumerate(np.ndindex(*kernel)):
+        valid, at = _window_index(params[1], n, ch, window, [const_i(t) for t in taps], stride,
+                                  dil, pads)
+        v: Expr = Load(1, at, x.dtype)
+        if valid is not None:
+            v = Select(valid, v, _c(-np.inf, x.dtype), x.dtype)
+            at = Select(valid, at, const_i(-1), DType.int64)
+        if k == 0:  # the first tap starts the search, as argmax's index 0
+            stmts += [Declare("best", x.dtype, v), Declare("where", DType.int64, at)]
+            continue
+        beats = Binary("or", Binary("gt", v, best, DType.bool),
+                       Binary("and", Binary("ne", v, v, DType.bool),
+                              Binary("eq", best, best, DType.bool), DType.bool), DType.bool)
+        stmts += [Assign("where", Select(beats, at, where, DType.int64)),
+                  Assign("best", Select(beats, v, best, x.dtype))]
+    found = Binary("ge", where, const_i(0), DType.bool)
+    # the plane's first element stands in for "nowhere" (it adds 0 there): a valid address
+    # inside the plane this iteration owns, so no other thread touches it
+    target = Select(found, where, linear_index([n, ch, *[const_i(0)] * nd],
+                                               row_major_strides(xs)), DType.int64)
+    grad = Load(0, linear_index([n, ch, *window], row_major_strides(dys)), dt)
+    stmts.append(Store(2, target, _add(Load(2, target, dt),
+                                       Select(found, grad, _c(0, dt), dt), dt)))
+    scatter: tuple[Stmt, ...] = tuple(stmts)
+    for d in reversed(range(nd)):  # windows may overlap: no loop here is vectorisable
+        scatter = (Loop(f"y{d}", dys[2 + d], scatter),)
+    return Kernel(name, params, (Loop("no", xs[0] * xs[1], (*zero, *scatter), parallel=True),),
+                  ("max_pool_grad",))
 
 
 def _lower_max_pool(node: Node, name: str) -> Kernel | None:

@@ -10,7 +10,7 @@ resolves in the running process.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from graphnn.backends.kernel.ir import (
     Assign,
@@ -28,7 +28,7 @@ from graphnn.backends.kernel.ir import (
     Unary,
     Var,
 )
-from graphnn.backends.llvm import gemm
+from graphnn.backends.llvm import conv_grads, gemm
 from llvmlite import ir
 
 from graphnn.dtypes import DType
@@ -67,6 +67,21 @@ def for_range(builder: ir.IRBuilder, stop: int | ir.Value, name: str,
     i.add_incoming(nxt, builder.block)
     builder.branch(header)
     builder.position_at_end(done)
+
+
+# Hand-written templates for kernel IR schedules, each behind its applicability test.
+TEMPLATES: tuple[tuple[Callable[[Kernel, int], bool], type[gemm.GemmEmitter]], ...] = (
+    (gemm.applies, gemm.GemmEmitter), (gemm.conv_applies, gemm.ConvGemm),
+    (conv_grads.weight_grad_applies, conv_grads.WeightGradGemm),
+    (conv_grads.transpose_applies, conv_grads.TransposedConvGemm))
+
+
+def template_for(kernel: Kernel, vector_bits: int) -> type[gemm.GemmEmitter] | None:
+    """The template that renders ``kernel`` at this vector width, or None (the loop nest)."""
+    for applies, template in TEMPLATES:
+        if applies(kernel, vector_bits):
+            return template
+    return None
 
 
 # A kernel goes multi-threaded when its loops do at least this many iterations in all: below,
@@ -149,10 +164,9 @@ class KernelEmitter:
         self.b.position_at_end(self.entry)
         self.vars: dict[str, ir.Value] = {}
         self.locals: dict[str, tuple[ir.AllocaInstr, DType]] = {}
-        if gemm.applies(kernel, self.vector_bits):
-            gemm.GemmEmitter(self, kernel, self.vector_bits).emit(bounds)
-        elif gemm.conv_applies(kernel, self.vector_bits):
-            gemm.ConvGemm(self, kernel, self.vector_bits).emit(bounds)
+        template = template_for(kernel, self.vector_bits)
+        if template is not None:
+            template(self, kernel, self.vector_bits).emit(bounds)
         else:
             for s in kernel.body:
                 self.stmt(s, bounds if s is outer else None)

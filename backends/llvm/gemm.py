@@ -7,8 +7,9 @@ For the rows [lo, hi) a thread owns (the parallel-for splits the rows): for each
 target's width: 16 floats with AVX-512, 8 with AVX2, 4 with SSE or NEON): per k, two vector
 loads of b, MR broadcasts of a and 2 MR fused multiply-adds (``llvm.fmuladd``: an FMA where the
 target has one). The first k-block starts from zero, later ones from the partial sums in the
-output. Columns past the last whole NR block and rows past the last whole MR block take the same
-path one row at a time, the columns with scalar code. The fused epilogue (bias, activation,
+output. Columns past the last whole NR block take one vector, then one vector with the lanes
+past n masked off (``llvm.masked.load``/``store``: AVX-512 and AVX2 have them); rows past the
+last whole MR block take the same path one row at a time. The fused epilogue (bias, activation,
 residual) runs over the thread's rows once all k-blocks are done. This is the BLIS/GotoBLAS
 blocking without the packing of panels (the next step).
 """
@@ -25,7 +26,8 @@ from graphnn.dtypes import DType
 if TYPE_CHECKING:
     from graphnn.backends.llvm.codegen import KernelEmitter
 
-I64 = ir.IntType(64)
+I32, I64 = ir.IntType(32), ir.IntType(64)
+PTR = ir.PointerType()
 MR = 6  # rows per register block
 KC = 256  # k-steps per cache block
 MIN_WORK = 1 << 15  # m * n * k below this: the generic loop nest (no blocking overhead)
@@ -114,6 +116,20 @@ class GemmEmitter:
         mask = ir.Constant(ir.VectorType(ir.IntType(32), self.width), [0] * self.width)
         return self.b.shuffle_vector(one, undef, mask)
 
+    def malloc(self, elements: int) -> ir.Value:
+        """A scratch buffer of ``elements`` values from libc (per call, so threads never share
+        one); ``free`` it before the function returns."""
+        module = self.em.module
+        fn = module.globals.get("malloc") or ir.Function(
+            module, ir.FunctionType(PTR, [I64]), "malloc")
+        return self.b.call(fn, [self.c(elements * self.align)])
+
+    def free(self, buffer: ir.Value) -> None:
+        module = self.em.module
+        fn = module.globals.get("free") or ir.Function(
+            module, ir.FunctionType(ir.VoidType(), [PTR]), "free")
+        self.b.call(fn, [buffer])
+
     def slot(self, ty: ir.Type, name: str) -> ir.AllocaInstr:
         """A stack slot in the entry block (SROA turns it into a register)."""
         with self.b.goto_block(self.em.entry):
@@ -136,7 +152,6 @@ class GemmEmitter:
 
     def slots(self) -> None:
         self.accs = [[self.slot(self.vec, f"acc{r}_{v}") for v in range(2)] for r in range(MR)]
-        self.sacc = self.slot(self.ty, "sacc")
 
     def rows(self, lo: ir.Value, hi: ir.Value, full: ir.Value, split: ir.Value,
              accumulate: bool) -> None:
@@ -160,7 +175,8 @@ class GemmEmitter:
     def block(self, i0: ir.Value, rows: int, k0: ir.Value, k1: ir.Value,
               first: ir.Value) -> None:
         """out[i0:i0+rows, :] (+)= a[i0:i0+rows, k0:k1] @ b[k0:k1, :]: whole NR-column tiles,
-        then one single-vector tile where a vector's worth of columns is left, then scalars."""
+        then one single-vector tile where a vector's worth of columns is left, then one masked
+        vector for the rest."""
         from graphnn.backends.llvm.codegen import for_range
 
         b = self.b
@@ -170,37 +186,29 @@ class GemmEmitter:
         if self.n - done >= self.width:
             self.tile(i0, rows, self.c(done), 1, k0, k1, first)
             done += self.width
-        if done == self.n:
-            return
-        with for_range(b, self.n, "jr", start=self.c(done)) as j:  # the last columns, scalar
-            for r in range(rows):
-                row = b.add(i0, self.c(r))
-                out = self.out_at(row, j)
-                old = b.load(out, typ=self.ty)
-                b.store(b.select(first, ir.Constant(self.ty, 0.0), old), self.sacc)
-                with for_range(b, k1, "ks", start=k0) as k:
-                    av = b.load(self.a_at(row, k), typ=self.ty)
-                    bv = b.load(self.b_at(k, j), typ=self.ty)
-                    acc = b.load(self.sacc, typ=self.ty)
-                    b.store(self.em._call(self.fma, self.ty, av, bv, acc), self.sacc)
-                b.store(b.load(self.sacc, typ=self.ty), out)
+        if done < self.n:  # the last columns: one vector with the lanes past n masked off
+            self.tile(i0, rows, self.c(done), 1, k0, k1, first, lanes=self.n - done)
 
     def tile(self, i0: ir.Value, rows: int, j0: ir.Value, nvec: int, k0: ir.Value,
-             k1: ir.Value, first: ir.Value) -> None:
-        """The micro-kernel: rows x nvec vectors of out at (i0, j0) accumulated in registers."""
+             k1: ir.Value, first: ir.Value, lanes: int = 0) -> None:
+        """The micro-kernel: rows x nvec vectors of out at (i0, j0) accumulated in registers;
+        ``lanes`` > 0: one vector of which only the first ``lanes`` columns exist (masked loads
+        and stores, which never touch memory past the masked-off lanes)."""
         from graphnn.backends.llvm.codegen import for_range
 
         b, width = self.b, self.width
         zero = ir.Constant(self.vec, [0.0] * width)
+        mask = ir.Constant(ir.VectorType(ir.IntType(1), width),
+                           [int(i < lanes) for i in range(width)]) if lanes else None
         outs = [[self.out_at(b.add(i0, self.c(r)), b.add(j0, self.c(v * width)))
                  for v in range(nvec)] for r in range(rows)]
         for r in range(rows):
             for v in range(nvec):
-                old = b.load(outs[r][v], typ=self.vec, align=self.align)
+                old = self.load_vec(outs[r][v], mask)
                 b.store(b.select(first, zero, old), self.accs[r][v])
         with for_range(b, k1, "k", start=k0) as k:
-            bv = [b.load(self.b_at(k, b.add(j0, self.c(v * width))), typ=self.vec,
-                         align=self.align) for v in range(nvec)]
+            bv = [self.load_vec(self.b_at(k, b.add(j0, self.c(v * width))), mask)
+                  for v in range(nvec)]
             for r in range(rows):
                 av = b.load(self.a_at(b.add(i0, self.c(r)), k), typ=self.ty)
                 s = self.splat(av)
@@ -210,7 +218,27 @@ class GemmEmitter:
                             self.accs[r][v])
         for r in range(rows):
             for v in range(nvec):
-                b.store(b.load(self.accs[r][v], typ=self.vec), outs[r][v], align=self.align)
+                self.store_vec(b.load(self.accs[r][v], typ=self.vec), outs[r][v], mask)
+
+    def load_vec(self, at: ir.Value, mask: ir.Constant | None) -> ir.Value:
+        if mask is None:
+            return self.b.load(at, typ=self.vec, align=self.align)
+        fn = self.intrinsic("load", self.vec, [PTR, I32, mask.type, self.vec])
+        return self.b.call(fn, [at, ir.Constant(I32, self.align), mask,
+                                ir.Constant(self.vec, [0.0] * self.width)])
+
+    def store_vec(self, value: ir.Value, at: ir.Value, mask: ir.Constant | None) -> None:
+        if mask is None:
+            self.b.store(value, at, align=self.align)
+            return
+        fn = self.intrinsic("store", ir.VoidType(), [self.vec, PTR, I32, mask.type])
+        self.b.call(fn, [value, at, ir.Constant(I32, self.align), mask])
+
+    def intrinsic(self, what: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+        """``llvm.masked.load``/``store`` for this vector type."""
+        name = f"llvm.masked.{what}.v{self.width}f{self.align * 8}.p0"
+        module = self.em.module
+        return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, args), name)
 
     def epilogue(self, lo: ir.Value, hi: ir.Value) -> None:
         """The kernel's fused epilogue loop (the IR's last statement in the row loop)."""
@@ -282,7 +310,7 @@ class ConvGemm(GemmEmitter):
 
     def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
         from graphnn.backends.kernel.ir import Var
-        from graphnn.backends.llvm.codegen import PTR, for_range
+        from graphnn.backends.llvm.codegen import for_range
 
         b, em = self.b, self.em
         lo, hi = bounds if bounds is not None else (self.c(0), self.c(self.k.body[0].extent))
@@ -291,11 +319,7 @@ class ConvGemm(GemmEmitter):
         planes = [s for s in outer.body if isinstance(s, Loop) and s.var == "y0"]
         self.plane(planes[0], lo, hi)  # out = bias (or 0)
         self.slots()
-        fn_malloc = em.module.globals.get("malloc") or ir.Function(
-            em.module, ir.FunctionType(PTR, [I64]), "malloc")
-        fn_free = em.module.globals.get("free") or ir.Function(
-            em.module, ir.FunctionType(ir.VoidType(), [PTR]), "free")
-        cols = b.call(fn_malloc, [self.c(self.kk * self.pixels * self.align)])
+        cols = self.malloc(self.kk * self.pixels)
         first_img = b.sdiv(lo, self.c(self.c_out))
         last_img = b.add(b.sdiv(b.sub(hi, self.c(1)), self.c(self.c_out)), self.c(1))
         with for_range(b, last_img, "img", start=first_img) as img:
@@ -316,7 +340,7 @@ class ConvGemm(GemmEmitter):
                                                                             self.pixels))
                     full = b.mul(b.sdiv(b.sub(r_hi, r_lo), self.c(MR)), self.c(MR))
                     self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=True)
-        b.call(fn_free, [cols])
+        self.free(cols)
         if len(planes) > 1:  # the fused epilogue
             self.plane(planes[1], lo, hi)
 

@@ -92,3 +92,91 @@ def test_conv_transpose(backend: str, xs: tuple, ws: tuple, kw: dict, bias: bool
         arrays.append(rng.standard_normal(ws[1] * kw["groups"]).astype(np.float32))
     got, want = _run(backend, lambda *n: make_node("conv_transpose", list(n), kw), arrays)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+# -- the LLVM backend's GEMM templates for the convolution gradients (conv_grads.py) -------------
+# Shapes big enough for the templates (the cases above are small enough for the loop nests),
+# with odd column counts (masked vector tails), groups, strides, dilation, 1-d and 3-d.
+
+
+def _template_run(build, arrays, template: str, opt_level: int = 0):  # type: ignore[no-untyped-def]
+    from graphnn.backends.llvm.codegen import template_for
+    from graphnn.backends.llvm.gemm import vector_bits
+
+    with gn.Graph("g") as g:
+        nodes = [gn.placeholder(a.shape, a.dtype, name=f"x{i}") for i, a in enumerate(arrays)]
+        out = build(*nodes)
+    feeds = dict(zip(nodes, arrays))
+    backend = LLVMBackend(cache=False)  # the default: what a user's training step gets
+    sess = gn.Session(g, backend=backend, opt_level=opt_level)
+    got = sess.run(out, feeds)
+    exe = next(iter(sess._cache.values()))
+    exe = getattr(exe, "exe", exe)
+    assert not exe.fallback_ops, f"{exe.fallback_ops} ran on numpy"
+    used = {template_for(k, vector_bits(backend.target.features)) for k in exe.kernels}
+    assert template in {t.__name__ for t in used if t is not None}, used
+    return got, gn.Session(g).run(out, feeds)
+
+
+@pytest.mark.parametrize(("xs", "ks", "kw"), [
+    ((2, 8, 14, 13), (12, 8, 3, 3), {"stride": (1, 1), "pads": (0, 0, 0, 0), "dilation": (1, 1),
+                                     "groups": 1}),
+    ((2, 16, 21, 21), (12, 8, 3, 3), {"stride": (2, 2), "pads": (1, 1, 1, 1),
+                                      "dilation": (1, 1), "groups": 2}),
+    ((2, 1, 30, 31), (32, 1, 3, 3), {"stride": (1, 1), "pads": (0, 0, 0, 0),
+                                     "dilation": (1, 1), "groups": 1}),
+    ((2, 6, 400), (8, 6, 5), {"stride": (2,), "pads": (3, 1), "dilation": (2,), "groups": 1}),
+    ((1, 4, 8, 9, 10), (6, 4, 2, 3, 2), {"stride": (1, 1, 1), "pads": (1, 1, 1, 1, 1, 1),
+                                         "dilation": (1, 1, 1), "groups": 1})])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_weight_grad_gemm(xs: tuple, ks: tuple, kw: dict, dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    nd = len(xs) - 2
+    out = [(xs[2 + d] + kw["pads"][d] + kw["pads"][d + nd] - kw["dilation"][d] * (ks[2 + d] - 1)
+            - 1) // kw["stride"][d] + 1 for d in range(nd)]
+    x = rng.standard_normal(xs).astype(dtype)
+    dy = rng.standard_normal((xs[0], ks[0], *out)).astype(dtype)
+    got, want = _template_run(lambda a, b: make_node(
+        "conv_weight_grad", [a, b], {**kw, "kernel_size": ks[2:]}), [x, dy], "WeightGradGemm")
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize(("xs", "ws", "kw"), [
+    ((2, 16, 10, 11), (16, 8, 3, 3), {"stride": (2, 2), "pads": (1, 1, 1, 1), "dilation": (1, 1),
+                                      "groups": 1, "output_padding": (1, 0)}),
+    ((2, 16, 12, 12), (16, 6, 3, 2), {"stride": (1, 2), "pads": (1, 0, 2, 1), "dilation": (2, 1),
+                                      "groups": 2, "output_padding": (0, 1)}),
+    ((2, 8, 100), (8, 12, 5), {"stride": (3,), "pads": (2, 2), "dilation": (1,), "groups": 1,
+                               "output_padding": (1,)}),
+    ((1, 8, 5, 6, 7), (8, 8, 2, 3, 2), {"stride": (2, 2, 2), "pads": (1, 1, 1, 0, 0, 0),
+                                        "dilation": (1, 1, 1), "groups": 1,
+                                        "output_padding": (0, 1, 0)})])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_transpose_gemm(xs: tuple, ws: tuple, kw: dict, dtype: type, bias: bool) -> None:
+    rng = np.random.default_rng(4)
+    arrays = [rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)]
+    if bias:
+        arrays.append(rng.standard_normal(ws[1] * kw["groups"]).astype(dtype))
+    got, want = _template_run(lambda *n: make_node("conv_transpose", list(n), kw), arrays,
+                              "TransposedConvGemm")
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_conv_transpose_gemm_applies_a_fused_epilogue() -> None:
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal((2, 16, 9, 10)).astype(np.float32),
+              rng.standard_normal((16, 8, 3, 3)).astype(np.float32),
+              rng.standard_normal(8).astype(np.float32),
+              rng.standard_normal((2, 8, 11, 12)).astype(np.float32)]
+    kw = {"stride": (1, 1), "pads": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1,
+          "output_padding": (0, 0)}
+
+    def build(x, w, b, r):  # type: ignore[no-untyped-def]
+        return gn.relu(make_node("conv_transpose", [x, w, b], kw) + r) * 2.0
+
+    got, want = _template_run(build, arrays, "TransposedConvGemm", opt_level=2)
+    assert (want == 0).any() and (want > 0).any()  # the relu did something
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
