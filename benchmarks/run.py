@@ -1,4 +1,5 @@
-"""graphnn against numpy and (when installed) PyTorch, workload by workload, in one run.
+"""graphnn against numpy and (when installed) PyTorch and onnxruntime, workload by workload, in
+one run.
 
     python benchmarks/run.py                       # all workloads, all frameworks found
     python benchmarks/run.py --workload W1 W5 --framework graphnn-llvm numpy --json out.json
@@ -10,8 +11,8 @@ GFLOP/s or GB/s (graphnn-opencl runs on the device ``GRAPHNN_OPENCL_DEVICE`` or
 ``max_abs_err`` compares with the numpy reference of the same weights and inputs.
 Timing: median of ``--repeat`` runs after one warm-up; ``compile_s`` is the first run's time
 (compilation included) minus the median. PyTorch runs with ``torch.set_num_threads`` equal to
-``GRAPHNN_NUM_THREADS`` (default: the cores available). W3 (ResNet-18) and W4 (transformer) come
-with the native convolution and layer-norm kernels.
+``GRAPHNN_NUM_THREADS`` (default: the cores available), onnxruntime (the ``bench`` extra) with
+as many intra-op threads, on the workloads written as ONNX graphs in ``onnx_peer.py``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from typing import Any
 import numpy as np
 
 import graphnn as gn
+
+try:  # run as a script (python benchmarks/run.py) or as a module
+    from onnx_peer import OnnxGraph, OnnxOps, runner, with_graph
+except ImportError:  # pragma: no cover
+    from benchmarks.onnx_peer import OnnxGraph, OnnxOps, runner, with_graph
 
 THREADS = int(os.environ.get("GRAPHNN_NUM_THREADS", len(os.sched_getaffinity(0))))
 rng = np.random.default_rng(0)
@@ -95,10 +101,18 @@ def w1(batch: int) -> Case:
 
         return run
 
+    def onnx(g: OnnxGraph) -> tuple[dict[str, np.ndarray], str]:
+        h = "x"
+        for k in range(3):
+            h = g.op("Gemm", h, g.const(ws[k]), g.const(bs[k]))
+            h = g.op("Relu", h) if k < 2 else g.op("Softmax", h, axis=1)
+        return {"x": x}, h
+
     flops = 2 * batch * (784 * 512 + 512 * 512 + 512 * 10)
     return Case("W1", batch, flops=flops, runners={
         "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build),
-        "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run})
+        "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run,
+        "onnxruntime": runner(onnx, THREADS)})
 
 
 # -- W2: the small CNN on 1x28x28 ---------------------------------------------------------------
@@ -157,10 +171,19 @@ def w2(batch: int) -> Case:
 
         return run
 
+    def onnx(g: OnnxGraph) -> tuple[dict[str, np.ndarray], str]:
+        c = with_graph(g, p)
+        h = OnnxOps.relu(g.op("Conv", "x", c["c1"], c["b1"]))
+        for k in ("2", "3"):
+            h = OnnxOps.relu(g.op("Conv", h, c["c" + k], c["b" + k]))
+            h = g.op("MaxPool", h, kernel_shape=[2, 2], strides=[2, 2])
+        return {"x": x}, OnnxOps.head(h, c["fc"], c["fb"])
+
     flops = 2 * batch * (26 * 26 * 32 * 9 + 24 * 24 * 64 * 32 * 9 + 10 * 10 * 128 * 64 * 9)
     return Case("W2", batch, flops=flops, runners={
         "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build),
-        "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run})
+        "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run,
+        "onnxruntime": runner(onnx, THREADS)})
 
 
 # -- W5: an elementwise chain over 16M float32 ---------------------------------------------------
@@ -189,9 +212,14 @@ def w5(batch: int = 1) -> Case:
         return lambda: (torch.nn.functional.gelu(tx * 1.5 + 0.5, approximate="tanh")
                         * torch.sigmoid(tx)).numpy()
 
+    def onnx(g: OnnxGraph) -> tuple[dict[str, np.ndarray], str]:
+        z = g.op("Add", g.op("Mul", "x", g.const(a)), g.const(b))
+        return {"x": x}, g.op("Mul", g.op("Gelu", z, approximate="tanh"), g.op("Sigmoid", "x"))
+
     return Case("W5", batch, bytes=2 * 4 * n, runners={
         "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build),
-        "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run})
+        "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run,
+        "onnxruntime": runner(onnx, THREADS)})
 
 
 # -- W6: a full training step of the W2 CNN -------------------------------------------------------
@@ -321,10 +349,14 @@ def w3(batch: int = 1) -> Case:
 
         return run
 
+    def onnx(g: OnnxGraph) -> tuple[dict[str, np.ndarray], str]:
+        return {"x": x}, _resnet18(OnnxOps, "x", with_graph(g, p))
+
     return Case("W3", batch, flops=2 * 1.814e9 * batch, runners={
         "numpy": _graphnn(build, "reference", opt_level=0),  # graphnn's numpy reference
         "graphnn-llvm": _graphnn(build, opt_level=3),
-        "graphnn-opencl": _graphnn(build, "opencl", opt_level=3), "torch": torch_run})
+        "graphnn-opencl": _graphnn(build, "opencl", opt_level=3), "torch": torch_run,
+        "onnxruntime": runner(onnx, THREADS)})
 
 
 # -- W4: two post-LN transformer encoder layers -------------------------------------------------
@@ -410,10 +442,14 @@ def w4(batch: int) -> Case:
 
     per_layer = 2 * batch * SEQ * (4 * D_MODEL * D_MODEL + 2 * D_MODEL * FFN) + \
         4 * batch * SEQ * SEQ * D_MODEL
+    def onnx(g: OnnxGraph) -> tuple[dict[str, np.ndarray], str]:
+        return {"x": x}, _encoder(OnnxOps, "x", with_graph(g, p, D_MODEL // HEADS), batch)
+
     return Case("W4", batch, flops=2 * per_layer, runners={
         "numpy": _graphnn(build, "reference", opt_level=0),  # graphnn's numpy reference
         "graphnn-llvm": _graphnn(build, opt_level=3),
-        "graphnn-opencl": _graphnn(build, "opencl", opt_level=3), "torch": torch_run})
+        "graphnn-opencl": _graphnn(build, "opencl", opt_level=3), "torch": torch_run,
+        "onnxruntime": runner(onnx, THREADS)})
 
 
 # -- matmul 1024^3 ----------------------------------------------------------------------------
@@ -437,7 +473,8 @@ def mm(batch: int = 1) -> Case:
 
     return Case("MM", 1, flops=2 * n**3, runners={
         "numpy": lambda: lambda: a @ b, "graphnn-llvm": _graphnn(build),
-        "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run})
+        "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run,
+        "onnxruntime": runner(lambda g: ({"a": a, "b": b}, g.op("MatMul", "a", "b")), THREADS)})
 
 
 WORKLOADS: dict[str, Callable[[], list[Case]]] = {
@@ -458,6 +495,15 @@ def _available(framework: str) -> bool:
         except gn.GraphnnError as e:
             print(f"graphnn-opencl skipped: {e}")
             return False
+    if framework == "onnxruntime":
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime
+        except ImportError:
+            print('onnxruntime skipped: pip install -e ".[bench]" installs onnx and onnxruntime')
+            return False
+        print(f"onnxruntime {onnxruntime.__version__} (CPU provider)")
+        return True
     if framework == "torch":
         try:
             import torch
@@ -494,7 +540,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", nargs="*", default=list(WORKLOADS))
     parser.add_argument("--framework", nargs="*",
-                        default=["graphnn-llvm", "graphnn-opencl", "numpy", "torch"])
+                        default=["graphnn-llvm", "graphnn-opencl", "numpy", "torch",
+                                 "onnxruntime"])
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--json", help="write the records to this file")
     args = parser.parse_args(argv)
