@@ -64,11 +64,11 @@ def cache_key(llvm_ir: str, target: Target) -> str:
     """Everything the machine code depends on: the IR, the runtime, the target, the flags and
     the versions of llvmlite and graphnn."""
     import llvmlite
-    from graphnn.backends.llvm.runtime import RUNTIME_IR
+    from graphnn.backends.llvm.runtime import POOL_IR
 
     import graphnn
 
-    parts = [llvm_ir, RUNTIME_IR, target.triple, target.cpu, target.features, CODEGEN_FLAGS,
+    parts = [llvm_ir, POOL_IR, target.triple, target.cpu, target.features, CODEGEN_FLAGS,
              llvmlite.__version__, graphnn.__version__]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
@@ -82,7 +82,7 @@ class Compiled:
     """
 
     def __init__(self, llvm_ir: str, target: Target, use_cache: bool = True) -> None:
-        from graphnn.backends.llvm.runtime import RUNTIME_IR
+        from graphnn.backends.llvm.runtime import THREADS_IR, install_pool
 
         start = time.perf_counter()
         tm = target.machine()
@@ -91,8 +91,9 @@ class Compiled:
         cached = _read_object(self.path) if use_cache else None
         module = llvm.parse_assembly(llvm_ir)
         self.threaded = "graphnn_parallel_for" in llvm_ir
-        if self.threaded:  # the runtime only where a kernel calls it: less to compile
-            module.link_in(llvm.parse_assembly(RUNTIME_IR))
+        if self.threaded:  # the thread pool is shared by every module of the process
+            install_pool()
+            module.link_in(llvm.parse_assembly(THREADS_IR))
         module.triple, module.data_layout = target.triple, str(tm.target_data)
         module.verify()
         if cached is None:
