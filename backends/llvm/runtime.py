@@ -152,11 +152,13 @@ declare i32 @pthread_detach(i64)
 declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)
 
 define internal ptr @graphnn_worker(ptr %arg) {
-entry:
-  %k = ptrtoint ptr %arg to i64
+entry:                        ; arg = generation at creation << 8 | worker index (1 to 63)
+  %word = ptrtoint ptr %arg to i64
+  %k = and i64 %word, 255
+  %born = lshr i64 %word, 8
   %seen = alloca i64
   %spins = alloca i64
-  store i64 0, ptr %seen
+  store i64 %born, ptr %seen  ; earlier tasks are not this worker's
   br label %idle
 idle:
   store i64 0, ptr %spins
@@ -240,7 +242,10 @@ grow:
   br i1 %enough, label %publish, label %create
 create:
   %k = add i64 %w, 1
-  %karg = inttoptr i64 %k to ptr
+  %gnow = load i64, ptr @gp_gen
+  %gshift = shl i64 %gnow, 8
+  %word = or i64 %gshift, %k
+  %karg = inttoptr i64 %word to ptr
   %rc = call i32 @pthread_create(ptr %tid, ptr null, ptr @graphnn_worker, ptr %karg)
   %failed = icmp ne i32 %rc, 0
   br i1 %failed, label %publish, label %created

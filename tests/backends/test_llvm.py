@@ -168,6 +168,59 @@ def test_threaded_kernels_match_the_reference(threads: int) -> None:
     assert "graphnn_parallel_for" in big.llvm_ir
 
 
+def _pool_graph() -> tuple[gn.Graph, gn.Node, gn.Node, np.ndarray]:
+    x = np.random.default_rng(0).standard_normal((4, 250_001)).astype(np.float32)
+    with gn.Graph() as g:
+        p = gn.placeholder(x.shape, name="x")
+        y = gn.sum(gn.tanh(p * 0.5) * 3.0 + 1.0, axis=1)
+    return g, p, y, x
+
+
+def test_thread_pool_runs_concurrent_sessions_and_varying_thread_counts() -> None:
+    """Sessions in several Python threads at once (ctypes releases the GIL): one holds the
+    process's worker pool, the others fall back to spawning threads; all results are right."""
+    import threading
+
+    g, p, y, x = _pool_graph()
+    want = gn.Session(g).run(y, {p: x})
+    errors: list[BaseException] = []
+
+    def work(threads: int) -> None:
+        try:
+            sess = gn.Session(g, backend=LLVMBackend(threads=threads), opt_level=2)
+            for _ in range(40):
+                np.testing.assert_allclose(sess.run(y, {p: x}), want, rtol=1e-4)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    # the pool grows while earlier tasks are done: new workers must not run those again
+    workers = [threading.Thread(target=work, args=(t,)) for t in (2, 3, 5, 2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors
+
+
+def test_thread_pool_works_in_a_forked_child() -> None:
+    """The child of a fork has none of the parent's workers: the pool starts afresh there."""
+    import os
+
+    g, p, y, x = _pool_graph()
+    sess = gn.Session(g, backend=LLVMBackend(threads=2), opt_level=2)
+    want = sess.run(y, {p: x})  # the pool exists in the parent now
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the threaded kernel ran and agreed
+        ok = False
+        try:
+            ok = bool(np.allclose(sess.run(y, {p: x}), want, rtol=1e-5))
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    np.testing.assert_allclose(sess.run(y, {p: x}), want, rtol=1e-5)
+
+
 def test_compile_cache_hits_in_a_new_process_and_rebuilds_damaged_entries(
         tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
