@@ -28,7 +28,7 @@ from graphnn.backends.kernel.ir import (
     Unary,
     Var,
 )
-from graphnn.backends.llvm import conv_grads, gemm
+from graphnn.backends.llvm import conv_gemm, conv_grads, gemm
 from llvmlite import ir
 
 from graphnn.dtypes import DType
@@ -71,7 +71,8 @@ def for_range(builder: ir.IRBuilder, stop: int | ir.Value, name: str,
 
 # Hand-written templates for kernel IR schedules, each behind its applicability test.
 TEMPLATES: tuple[tuple[Callable[[Kernel, int], bool], type[gemm.GemmEmitter]], ...] = (
-    (gemm.applies, gemm.GemmEmitter), (gemm.conv_applies, gemm.ConvGemm),
+    (gemm.applies, gemm.GemmEmitter),
+    (conv_gemm.pixel_applies, conv_gemm.PixelConvGemm), (conv_gemm.applies, conv_gemm.ConvGemm),
     (conv_grads.weight_grad_applies, conv_grads.WeightGradGemm),
     (conv_grads.transpose_applies, conv_grads.TransposedConvGemm))
 
@@ -122,7 +123,11 @@ class KernelEmitter:
         self._noalias = not may_alias
         outer = kernel.body[0] if len(kernel.body) == 1 and isinstance(kernel.body[0], Loop) \
             and kernel.body[0].parallel else None
-        if outer is None or outer.extent < 2 or _work(kernel.body) < PARALLEL_MIN_WORK:
+        template = template_for(kernel, self.vector_bits)
+        # a template may split the work its own way: its parallel loop's iteration count
+        extent = getattr(template, "parallel_extent", lambda k, bits: None)(
+            kernel, self.vector_bits) or (outer.extent if outer is not None else 0)
+        if outer is None or extent < 2 or _work(kernel.body) < PARALLEL_MIN_WORK:
             fn = self._signature(kernel, kernel.name)  # small: one thread, no wrapper
             self._body(kernel, fn, list(fn.args), None, None)
             return fn
@@ -145,7 +150,7 @@ class KernelEmitter:
                          name=p.name) for i, p in enumerate(kernel.params)]
         b.call(impl, [*params, lo, hi])
         b.ret_void()
-        return self._wrapper(kernel, chunk, outer)
+        return self._wrapper(kernel, chunk, extent)
 
     def _signature(self, kernel: Kernel, name: str) -> ir.Function:
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * len(kernel.params)),
@@ -172,7 +177,7 @@ class KernelEmitter:
                 self.stmt(s, bounds if s is outer else None)
         self.b.ret_void()
 
-    def _wrapper(self, kernel: Kernel, chunk: ir.Function, outer: Loop) -> ir.Function:
+    def _wrapper(self, kernel: Kernel, chunk: ir.Function, extent: int) -> ir.Function:
         """``name(p0, ..., out)``: packs the pointers and runs the chunk on all threads."""
         parallel_for, num_threads = self.runtime()
         fn = self._signature(kernel, kernel.name)
@@ -180,7 +185,7 @@ class KernelEmitter:
         ctx = b.alloca(PTR, ir.Constant(I64, len(fn.args)), name="params")
         for i, arg in enumerate(fn.args):
             b.store(arg, b.gep(ctx, [ir.Constant(I64, i)], source_etype=PTR))
-        b.call(parallel_for, [chunk, ctx, ir.Constant(I64, outer.extent),
+        b.call(parallel_for, [chunk, ctx, ir.Constant(I64, extent),
                               b.load(num_threads, typ=I64)])
         b.ret_void()
         return fn

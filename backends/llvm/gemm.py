@@ -30,6 +30,7 @@ I32, I64 = ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
 MR = 6  # rows per register block
 KC = 256  # k-steps per cache block
+NR_TILE = 64  # pixels per parallel iteration of a one-image convolution: a multiple of every NR
 NC = 256  # columns per panel: a KC x NC float32 block of b is 256 KiB, a quarter of an L2
 MIN_WORK = 1 << 15  # m * n * k below this: the generic loop nest (no blocking overhead)
 
@@ -155,38 +156,43 @@ class GemmEmitter:
         self.accs = [[self.slot(self.vec, f"acc{r}_{v}") for v in range(2)] for r in range(MR)]
 
     def rows(self, lo: ir.Value, hi: ir.Value, full: ir.Value, split: ir.Value,
-             accumulate: bool) -> None:
+             accumulate: bool, cols: tuple[ir.Value, ir.Value] | None = None,
+             edges: ir.Value | None = None) -> None:
         """out[lo:hi, :] = a[lo:hi, :] @ b (+ out when ``accumulate``), k-block by k-block and,
         within one, panel by panel of NC columns, so the KC x NC block of b the row blocks
         sweep stays in L2 (W3's 3136-pixel convolutions re-read a 3 MB block per row block
-        before)."""
+        before). ``cols``: only the whole-tile columns [begin, end) (multiples of NR), and the
+        edge columns past the last whole tile only where ``edges`` holds."""
         from graphnn.backends.llvm.codegen import for_range
 
         b = self.b
         blocks = -(-self.kk // KC)
         whole = (self.n // self.nr) * self.nr  # columns in whole NR tiles
+        j_begin, j_end = cols if cols is not None else (self.c(0), self.c(whole))
+        panels = b.sdiv(b.add(b.sub(j_end, j_begin), self.c(NC - 1)), self.c(NC))
         with for_range(b, blocks, "kc") as kc:
             k0 = b.mul(kc, self.c(KC))
-            k1 = b.select(b.icmp_signed("<", b.add(k0, self.c(KC)), self.c(self.kk)),
-                          b.add(k0, self.c(KC)), self.c(self.kk))
+            k1 = self.min(b.add(k0, self.c(KC)), self.c(self.kk))
             first = b.icmp_signed("==", kc, self.c(0))
             if accumulate:
                 first = ir.Constant(ir.IntType(1), 0)
-            with for_range(b, -(-whole // NC), "jc") as jc:
-                j_lo = b.mul(jc, self.c(NC))
-                tiles = b.sdiv(b.sub(b.select(b.icmp_signed("<", b.add(j_lo, self.c(NC)),
-                                                            self.c(whole)),
-                                              b.add(j_lo, self.c(NC)), self.c(whole)), j_lo),
+            with for_range(b, panels, "jc") as jc:
+                j_lo = b.add(j_begin, b.mul(jc, self.c(NC)))
+                tiles = b.sdiv(b.sub(self.min(b.add(j_lo, self.c(NC)), j_end), j_lo),
                                self.c(self.nr))
                 with for_range(b, b.sdiv(full, self.c(MR)), "ib") as ib:
                     self.panel(b.add(lo, b.mul(ib, self.c(MR))), MR, j_lo, tiles, k0, k1, first)
                 with for_range(b, hi, "ir", start=split) as row:
                     self.panel(row, 1, j_lo, tiles, k0, k1, first)
             if whole < self.n:
-                with for_range(b, b.sdiv(full, self.c(MR)), "ie") as ib:
-                    self.edges(b.add(lo, b.mul(ib, self.c(MR))), MR, k0, k1, first)
-                with for_range(b, hi, "ire", start=split) as row:
-                    self.edges(row, 1, k0, k1, first)
+                with b.if_then(edges if edges is not None else ir.Constant(ir.IntType(1), 1)):
+                    with for_range(b, b.sdiv(full, self.c(MR)), "ie") as ib:
+                        self.edges(b.add(lo, b.mul(ib, self.c(MR))), MR, k0, k1, first)
+                    with for_range(b, hi, "ire", start=split) as row:
+                        self.edges(row, 1, k0, k1, first)
+
+    def min(self, a: ir.Value, b: ir.Value) -> ir.Value:
+        return self.b.select(self.b.icmp_signed("<", a, b), a, b)
 
     def panel(self, i0: ir.Value, rows: int, j_lo: ir.Value, tiles: ir.Value, k0: ir.Value,
               k1: ir.Value, first: ir.Value) -> None:
@@ -277,159 +283,6 @@ class GemmEmitter:
                 self.em.vars[f"b{d}"] = b.srem(b.sdiv(flat, self.c(inner)), self.c(shape[d]))
                 inner *= shape[d]
             self.em.stmt(rows.body[-1])
-
-
-def conv_applies(kernel: Kernel, bits: int = 128) -> bool:
-    """Float convolutions whose per-group GEMM (out channels x in channels * taps x pixels) is
-    big enough for the blocked template (measured: the digits CNN's 4x4-pixel convolution took
-    77 us per image as a GEMM whose 16 columns all fell to the scalar edge path, 16 us direct)."""
-    if kernel.schedule[:1] != ("conv",):
-        return False
-    out, w = kernel.params[-1], kernel.params[int(kernel.schedule[2])]
-    og = out.shape[1] // int(kernel.schedule[4])
-    pixels = 1
-    for d in out.shape[2:]:
-        pixels *= d
-    depth = 1
-    for d in w.shape[1:]:
-        depth *= d
-    return out.dtype in (DType.float32, DType.float64) and og >= MR and \
-        pixels >= _lanes(out.dtype, bits) and og * pixels * depth >= MIN_WORK
-
-
-class ConvGemm(GemmEmitter):
-    """Convolution as im2col + the blocked GEMM, per image and group (NCHW):
-    out[n, o, p] = bias[o] + sum over q = (c, taps) of w[o, q] * cols[q, p], cols[q, p] = the
-    input pixel tap q reads for output pixel p (zero in the padding). For the (image, channel)
-    rows [lo, hi) a thread owns: the IR's bias plane initialises the rows, each image's columns
-    are built in a buffer from malloc (one per call: threads do not share it), the GEMM adds
-    onto the rows, then the IR's epilogue plane (if fused) runs over them."""
-
-    def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
-        _, xb, wb, bb, groups, *rest = kernel.schedule
-        self.xb, self.wb, self.groups = int(xb), int(wb), int(groups)
-        x, w, out = kernel.params[self.xb], kernel.params[self.wb], kernel.params[-1]
-        self.nd = len(x.shape) - 2
-        nd = self.nd
-        self.stride, self.dil, self.pads = (tuple(int(v) for v in rest[i * nd:(i + 1) * nd])
-                                            for i in range(3))
-        self.c_out, self.cg, self.taps = out.shape[1], w.shape[1], tuple(w.shape[2:])
-        self.og = self.c_out // self.groups
-        self.osz = tuple(out.shape[2:])
-        self.pixels = 1
-        for d in self.osz:
-            self.pixels *= d
-        self.ntaps = 1
-        for d in self.taps:
-            self.ntaps *= d
-        self.em, self.b, self.k = em, em.b, kernel
-        self.o = len(kernel.params) - 1
-        self.m, self.n, self.kk = self.c_out, self.pixels, self.cg * self.ntaps
-        self.types(out.dtype, bits)
-
-    def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
-        from graphnn.backends.llvm.codegen import for_range
-
-        b, em = self.b, self.em
-        lo, hi = bounds if bounds is not None else (self.c(0), self.c(self.k.body[0].extent))
-        outer = self.k.body[0]
-        assert isinstance(outer, Loop)
-        planes = [s for s in outer.body if isinstance(s, Loop) and s.var == "y0"]
-        self.plane(planes[0], lo, hi)  # out = bias (or 0)
-        self.slots()
-        cols = self.malloc(self.kk * self.pixels)
-        first_img = b.sdiv(lo, self.c(self.c_out))
-        last_img = b.add(b.sdiv(b.sub(hi, self.c(1)), self.c(self.c_out)), self.c(1))
-        with for_range(b, last_img, "img", start=first_img) as img:
-            em.vars["img"] = img
-            base = b.mul(img, self.c(self.c_out))
-            with for_range(b, self.groups, "grp") as g:
-                g_lo = b.add(base, b.mul(g, self.c(self.og)))
-                r_lo = self.clamp(lo, g_lo, b.add(g_lo, self.c(self.og)))
-                r_hi = self.clamp(hi, g_lo, b.add(g_lo, self.c(self.og)))
-                with b.if_then(b.icmp_signed("<", r_lo, r_hi)):
-                    self.im2col(cols, img, g)
-                    # rows are absolute "no" = img * c_out + o; w's row is o
-                    self.a_at = lambda row, k: self.ptr(
-                        self.wb, self.at(b.sub(row, base), k, self.kk))
-                    self.b_at = lambda k, col: b.gep(cols, [self.at(k, col, self.pixels)],
-                                                     inbounds=True, source_etype=self.ty)
-                    self.out_at = lambda row, col: self.ptr(self.o, self.at(row, col,
-                                                                            self.pixels))
-                    full = b.mul(b.sdiv(b.sub(r_hi, r_lo), self.c(MR)), self.c(MR))
-                    self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=True)
-        self.free(cols)
-        if len(planes) > 1:  # the fused epilogue
-            self.plane(planes[1], lo, hi)
-
-    def clamp(self, v: ir.Value, lo: ir.Value, hi: ir.Value) -> ir.Value:
-        b = self.b
-        v = b.select(b.icmp_signed("<", v, lo), lo, v)
-        return b.select(b.icmp_signed(">", v, hi), hi, v)
-
-    def plane(self, plane: Loop, lo: ir.Value, hi: ir.Value) -> None:
-        """One of the conv nest's per-(image, channel) planes, for "no" in [lo, hi)."""
-        from graphnn.backends.llvm.codegen import for_range
-
-        with for_range(self.b, hi, "no", start=lo) as no:
-            self.em.vars["no"] = no
-            self.em.stmt(plane)
-
-    def im2col(self, cols: ir.Value, img: ir.Value, g: ir.Value) -> None:
-        """cols[(c * taps + t) * pixels + p] = x[img, g * cg + c, p * stride + t * dil - pad],
-        zero in the padding. Per tap, the output positions whose input lies inside form a static
-        box (``_tap_range``): rows of the box are plain strided copies (unit stride when the
-        convolution's is 1, which LLVM vectorises), and only a tap that reaches into the padding
-        zero-fills its row first (measured: W3's 56x56 layers spent most of their time in the
-        per-element bounds checks and selects this replaces)."""
-        import itertools
-
-        from graphnn.backends.kernel.lower import _tap_range
-        from graphnn.backends.llvm.codegen import for_range
-
-        b = self.b
-        x = self.k.params[self.xb]
-        in_sz = tuple(x.shape[2:])
-        with for_range(b, self.cg, "cc") as c:
-            ch = b.add(b.mul(g, self.c(self.cg)), c)
-            plane = b.mul(b.add(b.mul(img, self.c(x.shape[1])), ch), self.c(_prod(in_sz)))
-            for t_flat, taps in enumerate(itertools.product(*[range(t) for t in self.taps])):
-                row = b.mul(b.add(b.mul(c, self.c(self.ntaps)), self.c(t_flat)),
-                            self.c(self.pixels))
-                ranges = [_tap_range(t, in_sz[d], self.osz[d], self.stride[d], self.dil[d],
-                                     self.pads[d]) for d, t in enumerate(taps)]
-                if any(lo > 0 or hi < self.osz[d] for d, (lo, hi) in enumerate(ranges)):
-                    self.zero(b.gep(cols, [row], inbounds=True, source_etype=self.ty),
-                              self.pixels)
-                if all(hi > lo for lo, hi in ranges):
-                    self._copy(0, ranges, taps, plane, row, self.c(0), self.c(0), cols)
-
-    def zero(self, at: ir.Value, elements: int) -> None:
-        module = self.em.module
-        name = "llvm.memset.p0.i64"
-        fn = module.globals.get(name) or ir.Function(module, ir.FunctionType(
-            ir.VoidType(), [PTR, ir.IntType(8), I64, ir.IntType(1)]), name)
-        self.b.call(fn, [at, ir.Constant(ir.IntType(8), 0), self.c(elements * self.align),
-                         ir.Constant(ir.IntType(1), 0)])
-
-    def _copy(self, d: int, ranges: list[tuple[int, int]], taps: tuple[int, ...],
-              plane: ir.Value, row: ir.Value, src: ir.Value, dst: ir.Value,
-              cols: ir.Value) -> None:
-        from graphnn.backends.llvm.codegen import for_range
-
-        b = self.b
-        lo, hi = ranges[d]
-        in_size = self.k.params[self.xb].shape[2 + d]
-        off = taps[d] * self.dil[d] - self.pads[d]
-        with for_range(b, self.c(hi), f"yy{d}", start=self.c(lo)) as y:
-            src_d = b.add(b.mul(src, self.c(in_size)),
-                          b.add(b.mul(y, self.c(self.stride[d])), self.c(off)))
-            dst_d = b.add(b.mul(dst, self.c(self.osz[d])), y)
-            if d + 1 < self.nd:
-                self._copy(d + 1, ranges, taps, plane, row, src_d, dst_d, cols)
-                return
-            value = b.load(self.ptr(self.xb, b.add(plane, src_d)), typ=self.ty)
-            b.store(value, b.gep(cols, [b.add(row, dst_d)], inbounds=True, source_etype=self.ty))
 
 
 def _zero(dt: DType):  # type: ignore[no-untyped-def]

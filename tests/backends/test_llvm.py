@@ -332,12 +332,16 @@ def test_gemm_template_blocks_and_remainders(m: int, k: int, n: int, dtype: type
     ((2, 12, 31, 30), (24, 4, 3, 2), {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2),
                                       "groups": 3}),
     ((2, 6, 201), (12, 6, 5), {"stride": 2, "padding": 2}),
-    ((1, 4, 6, 7, 8), (8, 4, 3, 3, 3), {"padding": 1})])
+    ((1, 4, 8, 9, 10), (8, 4, 3, 3, 3), {"padding": 1}),
+    ((1, 3, 45, 47), (16, 3, 7, 7), {"stride": 2, "padding": 3}),
+    ((1, 12, 30, 29), (18, 4, 3, 3), {"padding": (2, 1), "dilation": (2, 1), "groups": 3}),
+    ((1, 8, 1600), (12, 8, 5), {"stride": 3, "padding": 4})])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_convolution_as_im2col_and_gemm(xs: tuple, ws: tuple, kw: dict, threads: int) -> None:
     """Large enough convolutions run as im2col + the GEMM template (per image and group), with
     the bias plane first and a fused residual + ReLU epilogue after, split over threads."""
     from graphnn.backends.llvm import gemm
+    from graphnn.backends.llvm.codegen import template_for
 
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
@@ -353,7 +357,10 @@ def test_convolution_as_im2col_and_gemm(xs: tuple, ws: tuple, kw: dict, threads:
     np.testing.assert_allclose(got, gn.Session(g).run(y, {p: x, r: rv}), rtol=1e-4, atol=1e-4)
     kernels = next(iter(sess._cache.values())).exe.kernels
     bits = gemm.vector_bits(sess.backend.target.features)
-    assert any(gemm.conv_applies(k, bits) and len(k.source) > 1 for k in kernels)
+    # one image: the threads split its pixels; more: its (image, channel) rows
+    want = "PixelConvGemm" if xs[0] == 1 else "ConvGemm"
+    assert any(getattr(template_for(k, bits), "__name__", None) == want and len(k.source) > 1
+               for k in kernels)
 
 
 @pytest.mark.parametrize("shape", [(3, 37, 64), (2, 3, 10, 48), (1, 128, 256)])

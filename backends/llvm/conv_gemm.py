@@ -1,0 +1,343 @@
+"""The LLVM backend's forward convolution: im2col plus the blocked GEMM of ``gemm.py``, behind
+the kernel IR's ``("conv", ...)`` schedule (``conv_kernel``'s loop nest, NCHW).
+
+out[n, o, p] = bias[o] + sum over q = (c, taps) of w[o, q] * cols[q, p], where cols[q, p] is the
+input pixel tap q reads for output pixel p (zero in the padding). Two ways to split the work
+between threads:
+
+- ``ConvGemm`` (batches): each thread owns (image, output channel) rows and builds, per image,
+  the columns it needs in a buffer of its own;
+- ``PixelConvGemm`` (one image): each thread owns a range of output pixels, all channels, and
+  builds only those pixels' columns, so no thread repeats another's im2col (with rows split,
+  both threads built all of a layer's columns: W3's 7x7 stem ran no faster on 2 threads).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from graphnn.backends.kernel.ir import Kernel, Loop
+from graphnn.backends.llvm.gemm import I64, MIN_WORK, MR, NR_TILE, PTR, GemmEmitter, _lanes, _prod
+from llvmlite import ir
+
+from graphnn.dtypes import DType
+
+if TYPE_CHECKING:
+    from graphnn.backends.llvm.codegen import KernelEmitter
+
+
+def applies(kernel: Kernel, bits: int = 128) -> bool:
+    """Float convolutions whose per-group GEMM (out channels x in channels * taps x pixels) is
+    big enough for the blocked template (measured: the digits CNN's 4x4-pixel convolution took
+    77 us per image as a GEMM whose 16 columns all fell to the scalar edge path, 16 us direct)."""
+    if kernel.schedule[:1] != ("conv",):
+        return False
+    out, w = kernel.params[-1], kernel.params[int(kernel.schedule[2])]
+    og = out.shape[1] // int(kernel.schedule[4])
+    pixels = 1
+    for d in out.shape[2:]:
+        pixels *= d
+    depth = 1
+    for d in w.shape[1:]:
+        depth *= d
+    return out.dtype in (DType.float32, DType.float64) and og >= MR and \
+        pixels >= _lanes(out.dtype, bits) and og * pixels * depth >= MIN_WORK
+
+
+class ConvGemm(GemmEmitter):
+    """Convolution as im2col + the blocked GEMM, per image and group (NCHW):
+    out[n, o, p] = bias[o] + sum over q = (c, taps) of w[o, q] * cols[q, p], cols[q, p] = the
+    input pixel tap q reads for output pixel p (zero in the padding). For the (image, channel)
+    rows [lo, hi) a thread owns: the IR's bias plane initialises the rows, each image's columns
+    are built in a buffer from malloc (one per call: threads do not share it), the GEMM adds
+    onto the rows, then the IR's epilogue plane (if fused) runs over them."""
+
+    def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
+        _, xb, wb, bb, groups, *rest = kernel.schedule
+        self.xb, self.wb, self.groups = int(xb), int(wb), int(groups)
+        x, w, out = kernel.params[self.xb], kernel.params[self.wb], kernel.params[-1]
+        self.nd = len(x.shape) - 2
+        nd = self.nd
+        self.stride, self.dil, self.pads = (tuple(int(v) for v in rest[i * nd:(i + 1) * nd])
+                                            for i in range(3))
+        self.c_out, self.cg, self.taps = out.shape[1], w.shape[1], tuple(w.shape[2:])
+        self.og = self.c_out // self.groups
+        self.osz = tuple(out.shape[2:])
+        self.pixels = 1
+        for d in self.osz:
+            self.pixels *= d
+        self.ntaps = 1
+        for d in self.taps:
+            self.ntaps *= d
+        self.em, self.b, self.k = em, em.b, kernel
+        self.o = len(kernel.params) - 1
+        self.m, self.n, self.kk = self.c_out, self.pixels, self.cg * self.ntaps
+        self.types(out.dtype, bits)
+
+    def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, em = self.b, self.em
+        lo, hi = bounds if bounds is not None else (self.c(0), self.c(self.k.body[0].extent))
+        outer = self.k.body[0]
+        assert isinstance(outer, Loop)
+        planes = [s for s in outer.body if isinstance(s, Loop) and s.var == "y0"]
+        self.plane(planes[0], lo, hi)  # out = bias (or 0)
+        self.slots()
+        cols = self.malloc(self.kk * self.pixels)
+        first_img = b.sdiv(lo, self.c(self.c_out))
+        last_img = b.add(b.sdiv(b.sub(hi, self.c(1)), self.c(self.c_out)), self.c(1))
+        with for_range(b, last_img, "img", start=first_img) as img:
+            em.vars["img"] = img
+            base = b.mul(img, self.c(self.c_out))
+            with for_range(b, self.groups, "grp") as g:
+                g_lo = b.add(base, b.mul(g, self.c(self.og)))
+                r_lo = self.clamp(lo, g_lo, b.add(g_lo, self.c(self.og)))
+                r_hi = self.clamp(hi, g_lo, b.add(g_lo, self.c(self.og)))
+                with b.if_then(b.icmp_signed("<", r_lo, r_hi)):
+                    self.im2col(cols, img, g)
+                    # rows are absolute "no" = img * c_out + o; w's row is o
+                    self.a_at = lambda row, k: self.ptr(
+                        self.wb, self.at(b.sub(row, base), k, self.kk))
+                    self.b_at = lambda k, col: b.gep(cols, [self.at(k, col, self.pixels)],
+                                                     inbounds=True, source_etype=self.ty)
+                    self.out_at = lambda row, col: self.ptr(self.o, self.at(row, col,
+                                                                            self.pixels))
+                    full = b.mul(b.sdiv(b.sub(r_hi, r_lo), self.c(MR)), self.c(MR))
+                    self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=True)
+        self.free(cols)
+        if len(planes) > 1:  # the fused epilogue
+            self.plane(planes[1], lo, hi)
+
+    def clamp(self, v: ir.Value, lo: ir.Value, hi: ir.Value) -> ir.Value:
+        b = self.b
+        v = b.select(b.icmp_signed("<", v, lo), lo, v)
+        return b.select(b.icmp_signed(">", v, hi), hi, v)
+
+    def plane(self, plane: Loop, lo: ir.Value, hi: ir.Value) -> None:
+        """One of the conv nest's per-(image, channel) planes, for "no" in [lo, hi)."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        with for_range(self.b, hi, "no", start=lo) as no:
+            self.em.vars["no"] = no
+            self.em.stmt(plane)
+
+    def im2col(self, cols: ir.Value, img: ir.Value, g: ir.Value) -> None:
+        """cols[(c * taps + t) * pixels + p] = x[img, g * cg + c, p * stride + t * dil - pad],
+        zero in the padding. Per tap, the output positions whose input lies inside form a static
+        box (``_tap_range``): rows of the box are plain strided copies (unit stride when the
+        convolution's is 1, which LLVM vectorises), and only a tap that reaches into the padding
+        zero-fills its row first (measured: W3's 56x56 layers spent most of their time in the
+        per-element bounds checks and selects this replaces)."""
+        import itertools
+
+        from graphnn.backends.kernel.lower import _tap_range
+        from graphnn.backends.llvm.codegen import for_range
+
+        b = self.b
+        x = self.k.params[self.xb]
+        in_sz = tuple(x.shape[2:])
+        with for_range(b, self.cg, "cc") as c:
+            ch = b.add(b.mul(g, self.c(self.cg)), c)
+            plane = b.mul(b.add(b.mul(img, self.c(x.shape[1])), ch), self.c(_prod(in_sz)))
+            for t_flat, taps in enumerate(itertools.product(*[range(t) for t in self.taps])):
+                row = b.mul(b.add(b.mul(c, self.c(self.ntaps)), self.c(t_flat)),
+                            self.c(self.pixels))
+                ranges = [_tap_range(t, in_sz[d], self.osz[d], self.stride[d], self.dil[d],
+                                     self.pads[d]) for d, t in enumerate(taps)]
+                if any(lo > 0 or hi < self.osz[d] for d, (lo, hi) in enumerate(ranges)):
+                    self.zero(b.gep(cols, [row], inbounds=True, source_etype=self.ty),
+                              self.pixels)
+                if all(hi > lo for lo, hi in ranges):
+                    self._copy(0, ranges, taps, plane, row, self.c(0), self.c(0), cols)
+
+    def zero(self, at: ir.Value, elements: int) -> None:
+        module = self.em.module
+        name = "llvm.memset.p0.i64"
+        fn = module.globals.get(name) or ir.Function(module, ir.FunctionType(
+            ir.VoidType(), [PTR, ir.IntType(8), I64, ir.IntType(1)]), name)
+        self.b.call(fn, [at, ir.Constant(ir.IntType(8), 0), self.c(elements * self.align),
+                         ir.Constant(ir.IntType(1), 0)])
+
+    def _copy(self, d: int, ranges: list[tuple[int, int]], taps: tuple[int, ...],
+              plane: ir.Value, row: ir.Value, src: ir.Value, dst: ir.Value,
+              cols: ir.Value) -> None:
+        from graphnn.backends.llvm.codegen import for_range
+
+        b = self.b
+        lo, hi = ranges[d]
+        in_size = self.k.params[self.xb].shape[2 + d]
+        off = taps[d] * self.dil[d] - self.pads[d]
+        with for_range(b, self.c(hi), f"yy{d}", start=self.c(lo)) as y:
+            src_d = b.add(b.mul(src, self.c(in_size)),
+                          b.add(b.mul(y, self.c(self.stride[d])), self.c(off)))
+            dst_d = b.add(b.mul(dst, self.c(self.osz[d])), y)
+            if d + 1 < self.nd:
+                self._copy(d + 1, ranges, taps, plane, row, src_d, dst_d, cols)
+                return
+            value = b.load(self.ptr(self.xb, b.add(plane, src_d)), typ=self.ty)
+            b.store(value, b.gep(cols, [b.add(row, dst_d)], inbounds=True, source_etype=self.ty))
+
+
+def pixel_applies(kernel: Kernel, bits: int = 128) -> bool:
+    """A convolution of one image the template takes (``applies``) where copying the columns
+    costs about as much as the GEMM: fewer than 128 output channels per group (each copied
+    value feeds og multiply-adds) and at least 8 blocks of pixels to share out (measured, 2
+    threads: ResNet-18's 7x7 stem 3.3 -> 2.7 ms, its 64-channel 56x56 layers 2.0 -> 1.8 ms; a
+    256-channel 14x14 layer 1.4 -> 1.6 ms, so that one keeps the row split)."""
+    if not applies(kernel, bits) or kernel.params[-1].shape[0] != 1:
+        return False
+    og = kernel.params[-1].shape[1] // int(kernel.schedule[4])
+    return og < 128 and _prod(kernel.params[-1].shape[2:]) >= 8 * NR_TILE
+
+
+class PixelConvGemm(ConvGemm):
+    """One image, the threads splitting its output pixels (see the module docstring): the
+    parallel loop runs over blocks of NR_TILE pixels; a thread's block [p_lo, p_hi) gets its
+    bias, its columns (a kk x width buffer) and the GEMM for every output channel, then the
+    fused epilogue. Rows of the output (the last spatial dim) are walked as lines, so every
+    inner loop is affine and vectorises."""
+
+    @staticmethod
+    def parallel_extent(kernel: Kernel, bits: int) -> int:
+        """Iterations of the parallel loop: blocks of NR_TILE output pixels."""
+        return -(-_prod(kernel.params[-1].shape[2:]) // NR_TILE)
+
+    def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
+        b = self.b
+        lo, hi = bounds if bounds is not None else (
+            self.c(0), self.c(self.parallel_extent(self.k, 0)))
+        p_lo = self.min(b.mul(lo, self.c(NR_TILE)), self.c(self.pixels))
+        p_hi = self.min(b.mul(hi, self.c(NR_TILE)), self.c(self.pixels))
+        width = b.sub(p_hi, p_lo)
+        outer = self.k.body[0]
+        assert isinstance(outer, Loop)
+        planes = [s for s in outer.body if isinstance(s, Loop) and s.var == "y0"]
+        self.over_pixels(planes[0], p_lo, p_hi)  # out = bias (or 0)
+        self.slots()
+        cols = self.malloc_dynamic(b.mul(width, self.c(self.kk)))
+        whole = (self.pixels // self.nr) * self.nr
+        j_end = self.min(p_hi, self.c(whole))
+        with b.if_then(b.icmp_signed("<", p_lo, p_hi)):
+            for g in range(self.groups):
+                self.im2col_pixels(cols, g, p_lo, p_hi, width)
+                self.a_at = lambda row, k: self.ptr(self.wb, self.at(row, k, self.kk))
+                self.b_at = lambda k, col: b.gep(
+                    cols, [b.add(b.mul(k, width), b.sub(col, p_lo))], inbounds=True,
+                    source_etype=self.ty)
+                self.out_at = lambda row, col: self.ptr(self.o, self.at(row, col, self.pixels))
+                r_lo, r_hi = self.c(g * self.og), self.c((g + 1) * self.og)
+                full = self.c(self.og // MR * MR)
+                self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=True,
+                          cols=(p_lo, b.select(b.icmp_signed("<", p_lo, j_end), j_end, p_lo)),
+                          edges=b.icmp_signed("==", p_hi, self.c(self.pixels)))
+        self.free(cols)
+        if len(planes) > 1:  # the fused epilogue
+            self.over_pixels(planes[1], p_lo, p_hi)
+
+    def malloc_dynamic(self, elements: ir.Value) -> ir.Value:
+        module = self.em.module
+        fn = module.globals.get("malloc") or ir.Function(
+            module, ir.FunctionType(PTR, [I64]), "malloc")
+        return self.b.call(fn, [self.b.mul(elements, self.c(self.align))])
+
+    def lines(self, p_lo: ir.Value, p_hi: ir.Value, body) -> None:  # type: ignore[no-untyped-def]
+        """For each line of the output (all dims but the last fixed) that meets [p_lo, p_hi):
+        ``body(line, outer_coords, x_lo, x_hi)`` with the line's column range inside it."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b = self.b
+        w_last = self.osz[-1]
+        first = b.sdiv(p_lo, self.c(w_last))
+        last = b.sdiv(b.add(p_hi, self.c(w_last - 1)), self.c(w_last))
+        with for_range(b, last, "line", start=first) as line:
+            base = b.mul(line, self.c(w_last))
+            x_lo = b.select(b.icmp_signed(">", p_lo, base), b.sub(p_lo, base), self.c(0))
+            x_hi = self.min(b.sub(p_hi, base), self.c(w_last))
+            coords, rest = [], line
+            for d in reversed(range(self.nd - 1)):
+                coords.insert(0, b.srem(rest, self.c(self.osz[d])))
+                rest = b.sdiv(rest, self.c(self.osz[d]))
+            body(line, coords, x_lo, x_hi)
+
+    def over_pixels(self, plane: Loop, p_lo: ir.Value, p_hi: ir.Value) -> None:
+        """One of the conv nest's planes (its innermost statement) for every output channel,
+        over the pixels [p_lo, p_hi) only."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        stmt = plane
+        while isinstance(stmt, Loop):
+            stmt = stmt.body[0]
+        em = self.em
+        with for_range(self.b, self.c_out, "o") as o:
+            em.vars["no"] = o  # one image: no = o
+
+            def body(line, coords, x_lo, x_hi):  # type: ignore[no-untyped-def]
+                for d, v in enumerate(coords):
+                    em.vars[f"y{d}"] = v
+                with for_range(self.b, x_hi, f"y{self.nd - 1}", start=x_lo) as x:
+                    em.vars[f"y{self.nd - 1}"] = x
+                    em.stmt(stmt)
+
+            self.lines(p_lo, p_hi, body)
+
+    def im2col_pixels(self, cols: ir.Value, g: int, p_lo: ir.Value, p_hi: ir.Value,
+                      width: ir.Value) -> None:
+        """cols[q * width + p - p_lo] for the group's rows q = (c, tap) and p in [p_lo, p_hi),
+        zero where the tap reads padding; line by line, each line a strided copy of the
+        input row between two zero-filled ends."""
+        import functools
+        import itertools
+
+        from graphnn.backends.kernel.lower import _tap_range
+        from graphnn.backends.llvm.codegen import for_range
+
+        b = self.b
+        in_sz = tuple(self.k.params[self.xb].shape[2:])
+        with for_range(b, self.cg, "cc") as c:
+            plane = b.mul(b.add(self.c(g * self.cg), c), self.c(_prod(in_sz)))
+            for t_flat, taps in enumerate(itertools.product(*[range(t) for t in self.taps])):
+                row = b.mul(b.add(b.mul(c, self.c(self.ntaps)), self.c(t_flat)), width)
+                ranges = [_tap_range(t, in_sz[d], self.osz[d], self.stride[d], self.dil[d],
+                                     self.pads[d]) for d, t in enumerate(taps)]
+                self.lines(p_lo, p_hi, functools.partial(
+                    self._im2col_line, cols, plane, row, p_lo, taps, ranges))
+
+    def _im2col_line(self, cols: ir.Value, plane: ir.Value, row: ir.Value, p_lo: ir.Value,
+                     taps: tuple[int, ...], ranges: list[tuple[int, int]], line: ir.Value,
+                     coords: list[ir.Value], x_lo: ir.Value, x_hi: ir.Value) -> None:
+        """One tap's row of cols over one output line's columns [x_lo, x_hi)."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b = self.b
+        in_sz = tuple(self.k.params[self.xb].shape[2:])
+        dst0 = b.add(row, b.sub(b.mul(line, self.c(self.osz[-1])), p_lo))
+        if any(lo > 0 or hi < self.osz[d] for d, (lo, hi) in enumerate(ranges)):
+            self.zero_dynamic(b.gep(cols, [b.add(dst0, x_lo)], inbounds=True,
+                                    source_etype=self.ty), b.sub(x_hi, x_lo))
+        ok = ir.Constant(ir.IntType(1), 1)
+        src = self.c(0)
+        for d, y in enumerate(coords):  # the outer dims: is the tap inside the input?
+            lo_d, hi_d = ranges[d]
+            ok = b.and_(ok, b.and_(b.icmp_signed(">=", y, self.c(lo_d)),
+                                   b.icmp_signed("<", y, self.c(hi_d))))
+            pos = b.add(b.mul(y, self.c(self.stride[d])),
+                        self.c(taps[d] * self.dil[d] - self.pads[d]))
+            src = b.add(b.mul(src, self.c(in_sz[d])), pos)
+        t_lo, t_hi = ranges[-1]
+        start = b.select(b.icmp_signed(">", x_lo, self.c(t_lo)), x_lo, self.c(t_lo))
+        with b.if_then(ok):
+            base = b.add(plane, b.mul(src, self.c(in_sz[-1])))
+            off = taps[-1] * self.dil[-1] - self.pads[-1]
+            with for_range(b, self.min(x_hi, self.c(t_hi)), "xx", start=start) as xx:
+                at = b.add(base, b.add(b.mul(xx, self.c(self.stride[-1])), self.c(off)))
+                b.store(b.load(self.ptr(self.xb, at), typ=self.ty),
+                        b.gep(cols, [b.add(dst0, xx)], inbounds=True, source_etype=self.ty))
+
+    def zero_dynamic(self, at: ir.Value, elements: ir.Value) -> None:
+        module = self.em.module
+        name = "llvm.memset.p0.i64"
+        fn = module.globals.get(name) or ir.Function(module, ir.FunctionType(
+            ir.VoidType(), [PTR, ir.IntType(8), I64, ir.IntType(1)]), name)
+        self.b.call(fn, [at, ir.Constant(ir.IntType(8), 0),
+                         self.b.mul(elements, self.c(self.align)), ir.Constant(ir.IntType(1), 0)])
