@@ -254,7 +254,8 @@ class PixelConvGemm(ConvGemm):
             base = b.mul(line, self.c(w_last))
             x_lo = b.select(b.icmp_signed(">", p_lo, base), b.sub(p_lo, base), self.c(0))
             x_hi = self.min(b.sub(p_hi, base), self.c(w_last))
-            coords, rest = [], line
+            coords: list[ir.Value] = []
+            rest = line
             for d in reversed(range(self.nd - 1)):
                 coords.insert(0, b.srem(rest, self.c(self.osz[d])))
                 rest = b.sdiv(rest, self.c(self.osz[d]))
