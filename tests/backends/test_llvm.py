@@ -148,6 +148,30 @@ def test_vectorised_exp_and_tanh_error_bounds(dtype: type, bounds: dict) -> None
     assert packed_ops(compile_one(lambda v: gn.exp(v), (4096,)).compiled.assembly)
 
 
+def test_vectorised_float32_erf_error_bound() -> None:
+    """float32 erf (GELU's) is an inline fit: within 3 ulp of the correctly rounded result
+    (scipy's float64 erf) over [-8, 8] and tiny arguments, exact at the special values, and its
+    loop vectorises (no libm call)."""
+    from scipy.special import erf
+
+    x = np.concatenate([np.linspace(-8, 8, 200_001), np.geomspace(1e-30, 1, 20_001),
+                        -np.geomspace(1e-30, 1, 2_001)]).astype(np.float32)
+    special = np.array([0.0, -0.0, 10.0, -10.0, 1e30, np.inf, -np.inf, np.nan], np.float32)
+    with gn.Graph() as g:
+        p = gn.placeholder(x.shape, name="x")
+        q = gn.placeholder(special.shape, name="s")
+        outs = [gn.erf(p), gn.erf(q)]
+    got, got_special = gn.Session(g, backend="llvm").run(outs, {p: x, q: special})
+    ref = erf(x.astype(np.float64))
+    keep = ref != 0
+    ulp = np.abs(got[keep] - ref[keep]) / np.spacing(np.abs(ref[keep]).astype(np.float32))
+    assert ulp.max() <= 3.0, ulp.max()
+    np.testing.assert_array_equal(got_special, erf(special.astype(np.float64)).astype(np.float32))
+    assert np.signbit(got_special[1])  # erf(-0) = -0
+    assembly = compile_one(lambda v: gn.erf(v), (4096,)).compiled.assembly
+    assert packed_ops(assembly) and "erff" not in assembly
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3, 7])
 def test_threaded_kernels_match_the_reference(threads: int) -> None:
     """Large kernels split their outer loop across native threads; odd sizes test the chunking."""
