@@ -125,8 +125,8 @@ class KernelEmitter:
             and kernel.body[0].parallel else None
         template = template_for(kernel, self.vector_bits)
         # a template may split the work its own way: its parallel loop's iteration count
-        extent = getattr(template, "parallel_extent", lambda k, bits: None)(
-            kernel, self.vector_bits) or (outer.extent if outer is not None else 0)
+        extent = (template.parallel_extent(kernel, self.vector_bits) if template else None) \
+            or (outer.extent if outer is not None else 0)
         if outer is None or extent < 2 or _work(kernel.body) < PARALLEL_MIN_WORK:
             fn = self._signature(kernel, kernel.name)  # small: one thread, no wrapper
             self._body(kernel, fn, list(fn.args), None, None)

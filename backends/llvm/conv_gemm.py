@@ -52,6 +52,11 @@ class ConvGemm(GemmEmitter):
     are built in a buffer from malloc (one per call: threads do not share it), the GEMM adds
     onto the rows, then the IR's epilogue plane (if fused) runs over them."""
 
+    @staticmethod
+    def parallel_extent(kernel: Kernel, bits: int) -> int | None:
+        """None: the threads split the kernel's outer loop, as the loop nest does."""
+        return None
+
     def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
         _, xb, wb, bb, groups, *rest = kernel.schedule
         self.xb, self.wb, self.groups = int(xb), int(wb), int(groups)

@@ -66,6 +66,11 @@ def transpose_applies(kernel: Kernel, bits: int = 128) -> bool:
 class WeightGradGemm(GemmEmitter):
     """conv_weight_grad as one GEMM per image and group (see the module docstring)."""
 
+    @staticmethod
+    def parallel_extent(kernel: Kernel, bits: int) -> int | None:
+        """None: the threads split the kernel's outer loop, as the loop nest does."""
+        return None
+
     def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
         self.em, self.b, self.k = em, em.b, kernel
         x, dy, dw = kernel.params
@@ -145,6 +150,11 @@ class WeightGradGemm(GemmEmitter):
 
 class TransposedConvGemm(GemmEmitter):
     """conv_transpose as one GEMM plus col2im per image and group (see the module docstring)."""
+
+    @staticmethod
+    def parallel_extent(kernel: Kernel, bits: int) -> int | None:
+        """None: the threads split the kernel's outer loop, as the loop nest does."""
+        return None
 
     def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
         self.em, self.b, self.k = em, em.b, kernel

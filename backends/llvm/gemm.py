@@ -60,16 +60,22 @@ def _lanes(dtype: DType, bits: int) -> int:
 def applies(kernel: Kernel, bits: int = 128) -> bool:
     """The template handles float matmuls (with any fused epilogue) of a 2-D b, with a and the
     output 2-D or with the same batch dims (a dense layer over a sequence: the rows of all
-    batches form one row-major matrix), big enough to pay: at least MR rows, NR columns (else
-    the scalar edge path does all the work) and MIN_WORK multiply-adds."""
+    batches form one row-major matrix), or of a, b and out with the same batch dims (attention's
+    q k^T and p v: one GEMM per batch index), big enough to pay: at least MR rows, NR columns
+    (else the edge tiles do all the work) and MIN_WORK multiply-adds per matrix."""
     if kernel.schedule[:1] != ("matmul",):
         return False
     _, a, b = kernel.schedule
     out, pa, pb = kernel.params[-1], kernel.params[int(a)], kernel.params[int(b)]
-    if len(pb.shape) != 2 or len(pa.shape) != len(out.shape) or pa.shape[:-2] != out.shape[:-2]:
+    if len(pa.shape) != len(out.shape) or pa.shape[:-2] != out.shape[:-2]:
         return False
-    m, n = _prod(out.shape[:-1]), out.shape[-1]
-    k = pa.shape[-1]
+    if len(pb.shape) == 2:
+        m = _prod(out.shape[:-1])
+    elif pb.shape[:-2] == out.shape[:-2]:
+        m = out.shape[-2]
+    else:
+        return False
+    n, k = out.shape[-1], pa.shape[-1]
     return out.dtype in (DType.float32, DType.float64) and m >= MR and k >= 1 and \
         n >= _lanes(out.dtype, bits) and m * n * k >= MIN_WORK
 
@@ -82,8 +88,10 @@ class GemmEmitter:
         _, a, b = kernel.schedule
         self.a, self.bb, self.o = int(a), int(b), len(kernel.params) - 1
         out = kernel.params[-1]
-        self.batch = len(out.shape) > 2  # rows of all batches as one matrix
-        self.m, self.n = _prod(out.shape[:-1]), out.shape[-1]
+        self.batch = len(out.shape) > 2  # rows of all batches as one matrix ...
+        self.batched_b = len(kernel.params[self.bb].shape) > 2  # ... or one GEMM per batch
+        self.m = out.shape[-2] if self.batched_b else _prod(out.shape[:-1])
+        self.n = out.shape[-1]
         self.kk = kernel.params[self.a].shape[-1]
         self.types(out.dtype, bits)
         # operand addressing (row-major): element (row, k) of a, (k, col) of b, (row, col) of out
@@ -139,18 +147,36 @@ class GemmEmitter:
             return self.b.alloca(ty, name=name)
 
     # -- the template --------------------------------------------------------------------------
+    @staticmethod
+    def parallel_extent(kernel: Kernel, bits: int) -> int | None:
+        """The threads split the rows of all batches (a 2-D b: so one sequence's rows are
+        shared out too) or the batch indices (batched b)."""
+        out, b = kernel.params[-1], kernel.params[int(kernel.schedule[2])]
+        return _prod(out.shape[:-2]) if len(b.shape) > 2 else _prod(out.shape[:-1])
+
     def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
+        from graphnn.backends.llvm.codegen import for_range
 
         b = self.b
-        lo, hi = bounds if bounds is not None else (self.c(0), self.c(self.k.body[0].extent))
-        # the parallel loop runs over the first batch dim when there is one: its rows
-        per = _prod(self.k.params[-1].shape[1:-1]) if self.batch else 1
-        lo, hi = b.mul(lo, self.c(per)), b.mul(hi, self.c(per))
-        full = b.mul(b.sdiv(b.sub(hi, lo), self.c(MR)), self.c(MR))
-        split = b.add(lo, full)  # rows [lo, split) in MR blocks, [split, hi) one by one
+        lo, hi = bounds if bounds is not None else (
+            self.c(0), self.c(self.parallel_extent(self.k, 0) or 0))
         self.slots()
-        self.rows(lo, hi, full, split, accumulate=False)
-        self.epilogue(lo, hi)
+        if not self.batched_b:  # rows [lo, hi) of the one matrix
+            full = b.mul(b.sdiv(b.sub(hi, lo), self.c(MR)), self.c(MR))
+            self.rows(lo, hi, full, b.add(lo, full), accumulate=False)
+            self.epilogue(lo, hi)
+            return
+        m, n, kk = self.m, self.n, self.kk
+        with for_range(b, hi, "bt", start=lo) as bt:  # one GEMM per batch index
+            self.a_at = lambda row, k: self.ptr(self.a, self.at(b.add(b.mul(bt, self.c(m)), row),
+                                                                k, kk))
+            self.b_at = lambda k, col: self.ptr(self.bb, self.at(b.add(b.mul(bt, self.c(kk)), k),
+                                                                 col, n))
+            self.out_at = lambda row, col: self.ptr(self.o, self.at(
+                b.add(b.mul(bt, self.c(m)), row), col, n))
+            full = self.c(m // MR * MR)
+            self.rows(self.c(0), self.c(m), full, full, accumulate=False)
+            self.epilogue(b.mul(bt, self.c(m)), b.mul(b.add(bt, self.c(1)), self.c(m)))
 
     def slots(self) -> None:
         self.accs = [[self.slot(self.vec, f"acc{r}_{v}") for v in range(2)] for r in range(MR)]

@@ -409,3 +409,26 @@ def test_gemm_template_over_batched_rows(shape: tuple, threads: int) -> None:
     np.testing.assert_allclose(got, gn.Session(g).run(y, {x: xv, r: rv}), rtol=1e-4, atol=1e-4)
     bits = gemm.vector_bits(sess.backend.target.features)
     assert any(gemm.applies(kn, bits) for kn in next(iter(sess._cache.values())).exe.kernels)
+
+
+@pytest.mark.parametrize(("batch", "m", "k", "n"), [((2, 3), 37, 20, 45), ((5,), 64, 70, 33),
+                                                    ((1, 4), 128, 64, 128)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_gemm_template_per_batch_index(batch: tuple, m: int, k: int, n: int,
+                                       threads: int) -> None:
+    """Batched a @ batched b with the same batch dims (attention's q k^T): one GEMM per batch
+    index, the threads splitting the batch indices; a fused scale + residual epilogue."""
+    from graphnn.backends.llvm import gemm
+
+    rng = np.random.default_rng(m + n)
+    av, bv, rv = (rng.standard_normal(s).astype(np.float32)
+                  for s in [(*batch, m, k), (*batch, k, n), (*batch, m, n)])
+    with gn.Graph() as g:
+        a, b, r = (gn.placeholder(v.shape, name=nm) for nm, v in zip("abr", (av, bv, rv)))
+        y = gn.matmul(a, b) * 0.5 + r
+    sess = gn.Session(g, backend=LLVMBackend(cache=False, threads=threads), opt_level=2)
+    got = sess.run(y, {a: av, b: bv, r: rv})
+    np.testing.assert_allclose(got, (av.astype(np.float64) @ bv) * 0.5 + rv, rtol=1e-4,
+                               atol=1e-4)
+    bits = gemm.vector_bits(sess.backend.target.features)
+    assert any(gemm.applies(kn, bits) for kn in next(iter(sess._cache.values())).exe.kernels)

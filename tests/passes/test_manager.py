@@ -46,8 +46,8 @@ def test_dumps_every_stage(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPat
     graph, _ = models.inference_graph("digits-cnn", batch=2)
     PassManager(opt_level=2, dump_dir=str(tmp_path)).run(graph)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names[:2] == ["00_input.dot", "00_input.txt"] and "06_fuse_epilogue.txt" in names
-    text = (tmp_path / "06_fuse_epilogue.txt").read_text()
+    assert names[:2] == ["00_input.dot", "00_input.txt"] and "07_fuse_epilogue.txt" in names
+    text = (tmp_path / "07_fuse_epilogue.txt").read_text()
     assert text.startswith("# graph digits_cnn, after fuse_epilogue") and "fused" in text
     monkeypatch.setenv("GRAPHNN_DUMP", str(tmp_path / "env"))
     PassManager(opt_level=1).run(graph)
