@@ -211,7 +211,13 @@ class KernelEmitter:
             self.locals[s.name] = (slot, s.dtype)
             self.b.store(self.expr(s.init), slot)
         elif isinstance(s, Assign):
-            self.b.store(self.expr(s.value), self.locals[s.name][0])
+            value = self.expr(s.value)
+            if _is_sum(s) and isinstance(value, ir.Instruction) and value.opname == "fadd":
+                # a running float sum may be reordered, so LLVM vectorises the loop around it
+                # (partial sums per lane: like numpy's pairwise sums, within rounding of the
+                # sequential order); max/min reductions keep their order (NaN rules)
+                value.flags.extend(("reassoc", "nsz"))
+            self.b.store(value, self.locals[s.name][0])
         else:  # pragma: no cover - the IR has no other statements
             raise TypeError(s)
 
@@ -395,6 +401,13 @@ _ERF_P = (7.843558674660295e-05, -0.0008003823912963709, 0.005187146329854613,
 _ERFCX_R = (0.08727255022973117, -0.20491179605891008, 0.05136295878968028,
             0.08604764124643005, 0.16660713728283202, 0.25061403224480344,
             0.2813811705709683, 0.2821636653493262, -2.7204620720128517e-06)
+
+
+def _is_sum(s: Assign) -> bool:
+    """``x = x + e`` (or ``e + x``) on a float local: a reduction's running sum."""
+    v = s.value
+    return isinstance(v, Binary) and v.op == "add" and v.dtype.is_float and any(
+        isinstance(t, Var) and t.name == s.name for t in (v.a, v.b))
 
 
 def _dtype(e: Expr) -> DType:
