@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -72,13 +73,16 @@ class LLVMExecutable:
             self.kernels.append(kernel)
             segment.append((kernel, n))
         self._close_segment(module, segment)
-        # Intermediates are allocated once and reused by every run (fetches are copied out:
-        # measured cheaper than letting threaded kernels page-fault fresh output arrays).
-        # Values that become variable state are fresh each run, so no run aliases another's.
+        # Intermediates are allocated once and reused by every run. Values that become variable
+        # state are fresh each run, so no run aliases another's. A fetched value is computed
+        # straight into the array the run returns: the previous run's, when the caller has let
+        # go of it (nothing else references it), else a fresh one; never a copy.
         writers = {n for n in order if get_op(n.op).writes_input is not None}
+        self._writers = writers
         self._scratch = {n: np.empty([d or 0 for d in n.shape], n.dtype.np) for n in order
                          if n.op not in SOURCES and not get_op(n.op).no_value
-                         and n not in writers}
+                         and n not in writers and n not in self.fetches}
+        self._returned: dict[Node, np.ndarray] = {}
         self.llvm_ir = str(module)
         self.compiled = Compiled(self.llvm_ir, target, cache) if self.kernels else None
         if self.compiled:
@@ -87,6 +91,16 @@ class LLVMExecutable:
                          for k in range(self._segments)] if self.compiled else []
         if dump_dir:
             self._dump(dump_dir, graph.name)
+
+    def _output_buffer(self, n: Node) -> np.ndarray:
+        """The array a fetched value is computed into: the one returned last run when only this
+        executable still references it (no page faults, no copy), else a fresh one."""
+        old = self._returned.get(n)
+        # references: the dict, ``old`` and getrefcount's argument
+        if old is None or sys.getrefcount(old) > 3:
+            old = np.empty([d or 0 for d in n.shape], n.dtype.np)
+            self._returned[n] = old
+        return old
 
     def _close_segment(self, module: ir.Module, segment: list[tuple[Kernel, Node]]) -> None:
         """One entry ``seg<k>(ptr slots)`` calling the segment's kernels in order."""
@@ -118,6 +132,8 @@ class LLVMExecutable:
                 values[self.slot[n]] = n.attrs["value"].array
             elif n in self._scratch:
                 values[self.slot[n]] = self._scratch[n]
+            elif n in self.fetches and n not in self._writers:
+                values[self.slot[n]] = self._output_buffer(n)
             elif not get_op(n.op).no_value:
                 values[self.slot[n]] = np.empty([d or 0 for d in n.shape], n.dtype.np)
         pointers = (ctypes.c_void_p * len(values))(
@@ -130,8 +146,14 @@ class LLVMExecutable:
                 np.copyto(values[self.slot[what]], _evaluate(what, args, counter))  # type: ignore[arg-type]
         updates = {n.inputs[get_op(n.op).writes_input]: values[self.slot[n]]  # type: ignore[index]
                    for n in self.order if get_op(n.op).writes_input is not None}
-        outputs = [None if get_op(f.op).no_value else np.array(values[self.slot[f]], copy=True)
-                   for f in self.fetches]
+        outputs: list[np.ndarray | None] = []
+        for f in self.fetches:
+            value = None if get_op(f.op).no_value else values[self.slot[f]]
+            if value is not None and (f in self._writers or f.op in SOURCES
+                                      or any(value is o for o in outputs)):
+                value = value.copy()  # never a feed, a weight or the new variable state
+                # itself; a node fetched twice gives two arrays
+            outputs.append(value)
         return RunResult(outputs, updates)  # type: ignore[arg-type]
 
     def _dump(self, folder: str, name: str) -> None:

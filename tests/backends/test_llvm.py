@@ -432,3 +432,32 @@ def test_gemm_template_per_batch_index(batch: tuple, m: int, k: int, n: int,
                                atol=1e-4)
     bits = gemm.vector_bits(sess.backend.target.features)
     assert any(gemm.applies(kn, bits) for kn in next(iter(sess._cache.values())).exe.kernels)
+
+
+def test_fetched_arrays_are_recycled_only_when_the_caller_let_go() -> None:
+    """A fetched value is computed straight into the array returned: last run's array once the
+    caller dropped it (no copy, no page faults), a fresh one while the caller still holds it."""
+    with gn.Graph() as g:
+        p = gn.placeholder((50_000,), name="x")
+        y = gn.tanh(p) * 2.0
+    sess = gn.Session(g, backend=LLVMBackend(cache=False), opt_level=2)
+    ones, twos = np.ones(50_000, np.float32), np.full(50_000, 2.0, np.float32)
+    kept = sess.run(y, {p: ones})
+    again = sess.run(y, {p: twos})  # `kept` is still referenced: a new array
+    assert again is not kept and again.ctypes.data != kept.ctypes.data
+    np.testing.assert_allclose(kept, 2 * np.tanh(ones), rtol=1e-6)
+    np.testing.assert_allclose(again, 2 * np.tanh(twos), rtol=1e-6)
+    view = again[::2]  # a view keeps its base alive: not recycled either
+    address = again.ctypes.data
+    del again
+    third = sess.run(y, {p: ones})
+    assert third.ctypes.data != address and view.base is not None
+    np.testing.assert_allclose(view, 2 * np.tanh(twos[::2]), rtol=1e-6)
+    address = third.ctypes.data
+    del third, view
+    fourth = sess.run(y, {p: twos})  # dropped: recycled
+    assert fourth.ctypes.data == address
+    np.testing.assert_allclose(fourth, 2 * np.tanh(twos), rtol=1e-6)
+    pair = sess.run([y, y], {p: ones})  # one node fetched twice: two arrays
+    assert pair[0] is not pair[1]
+    np.testing.assert_array_equal(pair[0], pair[1])
