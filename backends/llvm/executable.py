@@ -83,6 +83,7 @@ class LLVMExecutable:
                          if n.op not in SOURCES and not get_op(n.op).no_value
                          and n not in writers and n not in self.fetches}
         self._returned: dict[Node, np.ndarray] = {}
+        self._plan_run()
         self.llvm_ir = str(module)
         self.compiled = Compiled(self.llvm_ir, target, cache) if self.kernels else None
         if self.compiled:
@@ -120,37 +121,62 @@ class LLVMExecutable:
         b.ret_void()
         self.steps.append(("native", (k, [n for _, n in segment])))
 
+    def _plan_run(self) -> None:
+        """What a run binds: constants and intermediates once (their pointers fixed in a ctypes
+        array), the rest per run (feeds, variables, fetched values, new variable state)."""
+        n_slots = len(self.order)
+        self._static: list[np.ndarray | None] = [None] * n_slots
+        self._pointers = (ctypes.c_void_p * n_slots)()
+        self._bind: list[tuple[int, Node, int]] = []  # (slot, node, kind)
+        for n in self.order:
+            k = self.slot[n]
+            if n.op == "constant":
+                self._static[k] = n.attrs["value"].array
+            elif n in self._scratch:
+                self._static[k] = self._scratch[n]
+            elif n.op == "placeholder":
+                self._bind.append((k, n, 0))
+            elif n.op == "variable":
+                self._bind.append((k, n, 1))
+            elif n in self.fetches and n not in self._writers:
+                self._bind.append((k, n, 2))
+            elif not get_op(n.op).no_value:
+                self._bind.append((k, n, 3))
+            v = self._static[k]
+            if v is not None:
+                self._pointers[k] = v.__array_interface__["data"][0]
+        self._pointer_arg = ctypes.cast(self._pointers, ctypes.c_void_p)
+        self._updates = [(n, n.inputs[int(get_op(n.op).writes_input or 0)])
+                         for n in self._writers]
+        self._copied = [f in self._writers or f.op in SOURCES for f in self.fetches]
+        self._empty_fetch = [get_op(f.op).no_value for f in self.fetches]
+
     def run(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, np.ndarray],
             counter: int) -> RunResult:
-        values: list[np.ndarray | None] = [None] * len(self.order)
-        for n in self.order:
-            if n.op == "placeholder":
-                values[self.slot[n]] = np.require(feeds[n], requirements="C")  # keeps 0-d
-            elif n.op == "variable":
-                values[self.slot[n]] = np.require(state[n], requirements="C")
-            elif n.op == "constant":
-                values[self.slot[n]] = n.attrs["value"].array
-            elif n in self._scratch:
-                values[self.slot[n]] = self._scratch[n]
-            elif n in self.fetches and n not in self._writers:
-                values[self.slot[n]] = self._output_buffer(n)
-            elif not get_op(n.op).no_value:
-                values[self.slot[n]] = np.empty([d or 0 for d in n.shape], n.dtype.np)
-        pointers = (ctypes.c_void_p * len(values))(
-            *[v.ctypes.data if v is not None else None for v in values])
-        for kind, what in self.steps:
-            if kind == "native":
-                self._entries[what[0]](ctypes.cast(pointers, ctypes.c_void_p))
+        values = list(self._static)
+        pointers = self._pointers
+        for k, n, kind in self._bind:
+            if kind == 0:
+                v = np.require(feeds[n], requirements="C")  # keeps 0-d
+            elif kind == 1:
+                v = np.require(state[n], requirements="C")
+            elif kind == 2:
+                v = self._output_buffer(n)
+            else:
+                v = np.empty([d or 0 for d in n.shape], n.dtype.np)
+            values[k] = v
+            pointers[k] = v.__array_interface__["data"][0]
+        for step, what in self.steps:
+            if step == "native":
+                self._entries[what[0]](self._pointer_arg)
             else:
                 args: list[Any] = [values[self.slot[i]] for i in what.inputs]
                 np.copyto(values[self.slot[what]], _evaluate(what, args, counter))  # type: ignore[arg-type]
-        updates = {n.inputs[get_op(n.op).writes_input]: values[self.slot[n]]  # type: ignore[index]
-                   for n in self.order if get_op(n.op).writes_input is not None}
+        updates = {target: values[self.slot[n]] for n, target in self._updates}
         outputs: list[np.ndarray | None] = []
-        for f in self.fetches:
-            value = None if get_op(f.op).no_value else values[self.slot[f]]
-            if value is not None and (f in self._writers or f.op in SOURCES
-                                      or any(value is o for o in outputs)):
+        for f, copied, empty in zip(self.fetches, self._copied, self._empty_fetch):
+            value = None if empty else values[self.slot[f]]
+            if value is not None and (copied or any(value is o for o in outputs)):
                 value = value.copy()  # never a feed, a weight or the new variable state
                 # itself; a node fetched twice gives two arrays
             outputs.append(value)
