@@ -516,6 +516,9 @@ def _available(framework: str) -> bool:
 
 
 def measure(case: Case, framework: str, repeat: int) -> dict[str, Any]:
+    # let the previous framework's worker threads go idle first (torch's OpenMP threads spin
+    # for a while after each parallel region, which took CPU from the next peer's threads)
+    time.sleep(0.5)
     start = time.perf_counter()
     run = case.runners[framework]()
     first = time.perf_counter()

@@ -13,7 +13,7 @@ GIL is involved: the Python caller is blocked in one native call. Two implementa
   kernel usually follows at once), then sleep on a condition variable. The caller runs chunk 0
   and waits for the count of pending chunks to reach zero (spinning, then sleeping). A call that
   finds the pool busy (another Python thread in a native run) falls back to the spawning
-  version. Measured: W2 batch 1 (5 threaded kernels) 0.68 -> see docs/performance.md.
+  version (a thread per chunk, created and joined per call).
   ``install_pool()`` compiles it once and exports its symbols to every JIT module;
   after ``fork`` the child resets the pool (its workers did not survive the fork).
 
