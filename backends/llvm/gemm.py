@@ -16,6 +16,7 @@ blocking without the packing of panels (the next step).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from graphnn.backends.kernel.ir import Kernel, Loop
@@ -208,14 +209,28 @@ class GemmEmitter:
                                self.c(self.nr))
                 with for_range(b, b.sdiv(full, self.c(MR)), "ib") as ib:
                     self.panel(b.add(lo, b.mul(ib, self.c(MR))), MR, j_lo, tiles, k0, k1, first)
-                with for_range(b, hi, "ir", start=split) as row:
-                    self.panel(row, 1, j_lo, tiles, k0, k1, first)
+                self.leftover_rows(split, hi, lambda i0, r: self.panel(i0, r, j_lo, tiles, k0,
+                                                                      k1, first))
             if whole < self.n:
                 with b.if_then(edges if edges is not None else ir.Constant(ir.IntType(1), 1)):
                     with for_range(b, b.sdiv(full, self.c(MR)), "ie") as ib:
                         self.edges(b.add(lo, b.mul(ib, self.c(MR))), MR, k0, k1, first)
-                    with for_range(b, hi, "ire", start=split) as row:
-                        self.edges(row, 1, k0, k1, first)
+                    self.leftover_rows(split, hi, lambda i0, r: self.edges(i0, r, k0, k1, first))
+
+    def leftover_rows(self, split: ir.Value, hi: ir.Value,
+                      body: Callable[[ir.Value, int], None]) -> None:
+        """The rows [split, hi) past the last MR block (fewer than MR): pairs, then a single
+        row (a pair loads b once for two rows: a 64-channel convolution has 4 such rows per
+        image)."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b = self.b
+        pairs = b.sdiv(b.sub(hi, split), self.c(2))
+        with for_range(b, pairs, "ip") as ip:
+            body(b.add(split, b.mul(ip, self.c(2))), 2)
+        last = b.add(split, b.mul(pairs, self.c(2)))
+        with b.if_then(b.icmp_signed("<", last, hi)):
+            body(last, 1)
 
     def min(self, a: ir.Value, b: ir.Value) -> ir.Value:
         return self.b.select(self.b.icmp_signed("<", a, b), a, b)
