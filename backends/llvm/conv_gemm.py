@@ -52,11 +52,6 @@ class ConvGemm(GemmEmitter):
     are built in a buffer from malloc (one per call: threads do not share it), the GEMM adds
     onto the rows, then the IR's epilogue plane (if fused) runs over them."""
 
-    @staticmethod
-    def parallel_extent(kernel: Kernel, bits: int) -> int | None:
-        """None: the threads split the kernel's outer loop, as the loop nest does."""
-        return None
-
     def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
         _, xb, wb, bb, groups, *rest = kernel.schedule
         self.xb, self.wb, self.groups = int(xb), int(wb), int(groups)
@@ -80,9 +75,7 @@ class ConvGemm(GemmEmitter):
         self.types(out.dtype, bits)
 
     def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
-        from graphnn.backends.llvm.codegen import for_range
-
-        b, em = self.b, self.em
+        b = self.b
         lo, hi = bounds if bounds is not None else (self.c(0), self.c(self.k.body[0].extent))
         outer = self.k.body[0]
         assert isinstance(outer, Loop)
@@ -90,34 +83,22 @@ class ConvGemm(GemmEmitter):
         self.plane(planes[0], lo, hi)  # out = bias (or 0)
         self.slots()
         cols = self.malloc(self.kk * self.pixels)
-        first_img = b.sdiv(lo, self.c(self.c_out))
-        last_img = b.add(b.sdiv(b.sub(hi, self.c(1)), self.c(self.c_out)), self.c(1))
-        with for_range(b, last_img, "img", start=first_img) as img:
-            em.vars["img"] = img
+        def group(img: ir.Value, g: ir.Value, g_lo: ir.Value, r_lo: ir.Value,
+                  r_hi: ir.Value) -> None:
+            self.im2col(cols, img, g)
+            # rows are absolute "no" = img * c_out + o; w's row is o
             base = b.mul(img, self.c(self.c_out))
-            with for_range(b, self.groups, "grp") as g:
-                g_lo = b.add(base, b.mul(g, self.c(self.og)))
-                r_lo = self.clamp(lo, g_lo, b.add(g_lo, self.c(self.og)))
-                r_hi = self.clamp(hi, g_lo, b.add(g_lo, self.c(self.og)))
-                with b.if_then(b.icmp_signed("<", r_lo, r_hi)):
-                    self.im2col(cols, img, g)
-                    # rows are absolute "no" = img * c_out + o; w's row is o
-                    self.a_at = lambda row, k: self.ptr(
-                        self.wb, self.at(b.sub(row, base), k, self.kk))
-                    self.b_at = lambda k, col: b.gep(cols, [self.at(k, col, self.pixels)],
-                                                     inbounds=True, source_etype=self.ty)
-                    self.out_at = lambda row, col: self.ptr(self.o, self.at(row, col,
-                                                                            self.pixels))
-                    full = b.mul(b.sdiv(b.sub(r_hi, r_lo), self.c(MR)), self.c(MR))
-                    self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=True)
+            self.a_at = lambda row, k: self.ptr(self.wb, self.at(b.sub(row, base), k, self.kk))
+            self.b_at = lambda k, col: b.gep(cols, [self.at(k, col, self.pixels)],
+                                             inbounds=True, source_etype=self.ty)
+            self.out_at = lambda row, col: self.ptr(self.o, self.at(row, col, self.pixels))
+            full = b.mul(b.sdiv(b.sub(r_hi, r_lo), self.c(MR)), self.c(MR))
+            self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=True)
+
+        self.group_planes(lo, hi, self.c_out, self.og, self.groups, group)
         self.free(cols)
         if len(planes) > 1:  # the fused epilogue
             self.plane(planes[1], lo, hi)
-
-    def clamp(self, v: ir.Value, lo: ir.Value, hi: ir.Value) -> ir.Value:
-        b = self.b
-        v = b.select(b.icmp_signed("<", v, lo), lo, v)
-        return b.select(b.icmp_signed(">", v, hi), hi, v)
 
     def plane(self, plane: Loop, lo: ir.Value, hi: ir.Value) -> None:
         """One of the conv nest's per-(image, channel) planes, for "no" in [lo, hi)."""

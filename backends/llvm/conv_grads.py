@@ -66,11 +66,6 @@ def transpose_applies(kernel: Kernel, bits: int = 128) -> bool:
 class WeightGradGemm(GemmEmitter):
     """conv_weight_grad as one GEMM per image and group (see the module docstring)."""
 
-    @staticmethod
-    def parallel_extent(kernel: Kernel, bits: int) -> int | None:
-        """None: the threads split the kernel's outer loop, as the loop nest does."""
-        return None
-
     def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
         self.em, self.b, self.k = em, em.b, kernel
         x, dy, dw = kernel.params
@@ -113,11 +108,6 @@ class WeightGradGemm(GemmEmitter):
                     self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=True)
         self.free(cols)
 
-    def clamp(self, v: ir.Value, lo: ir.Value, hi: ir.Value) -> ir.Value:
-        b = self.b
-        v = b.select(b.icmp_signed("<", v, lo), lo, v)
-        return b.select(b.icmp_signed(">", v, hi), hi, v)
-
     def im2col_t(self, cols: ir.Value, g: ir.Value) -> None:
         """colsT[p * n + c * taps + t] = x[img, g * cg + c, p * stride + t * dil - pad]:
         pixel-major, so each pixel's row of the b operand is written contiguously."""
@@ -151,11 +141,6 @@ class WeightGradGemm(GemmEmitter):
 class TransposedConvGemm(GemmEmitter):
     """conv_transpose as one GEMM plus col2im per image and group (see the module docstring)."""
 
-    @staticmethod
-    def parallel_extent(kernel: Kernel, bits: int) -> int | None:
-        """None: the threads split the kernel's outer loop, as the loop nest does."""
-        return None
-
     def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
         self.em, self.b, self.k = em, em.b, kernel
         _, xb, wb, bb, groups, *_ = kernel.schedule
@@ -182,24 +167,17 @@ class TransposedConvGemm(GemmEmitter):
         lo, hi = bounds if bounds is not None else (self.c(0), self.c(outer.extent))
         self.slots()
         cols = self.malloc(self.m * self.pin)
-        first_img = b.sdiv(lo, self.c(self.c_out))
-        last_img = b.add(b.sdiv(b.sub(hi, self.c(1)), self.c(self.c_out)), self.c(1))
-        with for_range(b, last_img, "img", start=first_img) as img:
-            base = b.mul(img, self.c(self.c_out))
-            with for_range(b, self.groups, "grp") as g:
-                g_lo = b.add(base, b.mul(g, self.c(self.cog)))
-                r_lo = self.clamp(lo, g_lo, b.add(g_lo, self.c(self.cog)))
-                r_hi = self.clamp(hi, g_lo, b.add(g_lo, self.c(self.cog)))
-                with b.if_then(b.icmp_signed("<", r_lo, r_hi)):
-                    self.gemm(cols, img, g, b.sub(r_lo, g_lo), b.sub(r_hi, g_lo))
-                    self.col2im(cols, g_lo, r_lo, r_hi)
+        def group(img: ir.Value, g: ir.Value, g_lo: ir.Value, r_lo: ir.Value,
+                  r_hi: ir.Value) -> None:
+            self.gemm(cols, img, g, b.sub(r_lo, g_lo), b.sub(r_hi, g_lo))
+            self.col2im(cols, g_lo, r_lo, r_hi)
+
+        self.group_planes(lo, hi, self.c_out, self.cog, self.groups, group)
         self.free(cols)
         if len(outer.body) > 1:  # the fused epilogue plane
             with for_range(b, hi, "no", start=lo) as no:
                 self.em.vars["no"] = no
                 self.em.stmt(outer.body[-1])
-
-    clamp = WeightGradGemm.clamp
 
     def gemm(self, cols: ir.Value, img: ir.Value, g: ir.Value, co_lo: ir.Value,
              co_hi: ir.Value) -> None:

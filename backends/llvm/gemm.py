@@ -152,6 +152,8 @@ class GemmEmitter:
     def parallel_extent(kernel: Kernel, bits: int) -> int | None:
         """The threads split the rows of all batches (a 2-D b: so one sequence's rows are
         shared out too) or the batch indices (batched b)."""
+        if kernel.schedule[:1] != ("matmul",):
+            return None  # the convolution templates split the outer loop, as their loop nests
         out, b = kernel.params[-1], kernel.params[int(kernel.schedule[2])]
         return _prod(out.shape[:-2]) if len(b.shape) > 2 else _prod(out.shape[:-1])
 
@@ -231,6 +233,30 @@ class GemmEmitter:
         last = b.add(split, b.mul(pairs, self.c(2)))
         with b.if_then(b.icmp_signed("<", last, hi)):
             body(last, 1)
+
+    def clamp(self, v: ir.Value, lo: ir.Value, hi: ir.Value) -> ir.Value:
+        b = self.b
+        v = b.select(b.icmp_signed("<", v, lo), lo, v)
+        return b.select(b.icmp_signed(">", v, hi), hi, v)
+
+    def group_planes(self, lo: ir.Value, hi: ir.Value, c_out: int, per_group: int,
+                     groups: int, body: Callable[..., None]) -> None:
+        """For the (image, channel) planes [lo, hi) of an NCHW output (plane = image * c_out +
+        channel): ``body(img, g, g_lo, r_lo, r_hi)`` for each image and group with planes in
+        the range, [r_lo, r_hi) those planes and g_lo the group's first plane."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b = self.b
+        first_img = b.sdiv(lo, self.c(c_out))
+        last_img = b.add(b.sdiv(b.sub(hi, self.c(1)), self.c(c_out)), self.c(1))
+        with for_range(b, last_img, "img", start=first_img) as img:
+            base = b.mul(img, self.c(c_out))
+            with for_range(b, groups, "grp") as g:
+                g_lo = b.add(base, b.mul(g, self.c(per_group)))
+                r_lo = self.clamp(lo, g_lo, b.add(g_lo, self.c(per_group)))
+                r_hi = self.clamp(hi, g_lo, b.add(g_lo, self.c(per_group)))
+                with b.if_then(b.icmp_signed("<", r_lo, r_hi)):
+                    body(img, g, g_lo, r_lo, r_hi)
 
     def min(self, a: ir.Value, b: ir.Value) -> ir.Value:
         return self.b.select(self.b.icmp_signed("<", a, b), a, b)

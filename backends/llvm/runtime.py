@@ -151,30 +151,37 @@ declare i32 @pthread_cond_signal(ptr)
 declare i32 @pthread_detach(i64)
 declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)
 
+define internal void @gp_spin(ptr %cell, i64 %value, i1 %until_equal) {
+entry:                        ; poll *cell until (*cell == value) == until_equal, SPIN times at most
+  %spins = alloca i64
+  store i64 0, ptr %spins
+  br label %spin
+spin:
+  %v = load atomic i64, ptr %cell acquire, align 8
+  %eq = icmp eq i64 %v, %value
+  %met = icmp eq i1 %eq, %until_equal
+  br i1 %met, label %done, label %more
+more:
+  %c = load i64, ptr %spins
+  %c1 = add i64 %c, 1
+  store i64 %c1, ptr %spins
+  %keep = icmp slt i64 %c1, SPIN
+  br i1 %keep, label %spin, label %done
+done:
+  ret void
+}
+
 define internal ptr @graphnn_worker(ptr %arg) {
 entry:                        ; arg = generation at creation << 8 | worker index (1 to 63)
   %word = ptrtoint ptr %arg to i64
   %k = and i64 %word, 255
   %born = lshr i64 %word, 8
   %seen = alloca i64
-  %spins = alloca i64
   store i64 %born, ptr %seen  ; earlier tasks are not this worker's
   br label %idle
 idle:
-  store i64 0, ptr %spins
-  br label %spin
-spin:
-  %g = load atomic i64, ptr @gp_gen acquire, align 8
   %s = load i64, ptr %seen
-  %new = icmp ne i64 %g, %s
-  br i1 %new, label %lock, label %spin.more
-spin.more:
-  %c = load i64, ptr %spins
-  %c1 = add i64 %c, 1
-  store i64 %c1, ptr %spins
-  %keep = icmp slt i64 %c1, SPIN
-  br i1 %keep, label %spin, label %lock
-lock:
+  call void @gp_spin(ptr @gp_gen, i64 %s, i1 false)
   %l0 = call i32 @pthread_mutex_lock(ptr @gp_mutex)
   br label %wait
 wait:
@@ -219,7 +226,6 @@ unlock:
 define void @graphnn_parallel_for(ptr %fn, ptr %ctx, i64 %n, i64 %threads) {
 entry:
   %tid = alloca i64
-  %spins = alloca i64
   %t0 = call i64 @llvm.smin.i64(i64 %threads, i64 %n)
   %t1 = call i64 @llvm.smin.i64(i64 %t0, i64 64)
   %t = call i64 @llvm.smax.i64(i64 %t1, i64 1)
@@ -275,19 +281,7 @@ publish:
   %u0 = call i32 @pthread_mutex_unlock(ptr @gp_mutex)
   %hi0 = call i64 @llvm.smin.i64(i64 %chunk, i64 %n)
   call void %fn(ptr %ctx, i64 0, i64 %hi0)
-  store i64 0, ptr %spins
-  br label %spin
-spin:
-  %left = load atomic i64, ptr @gp_pending acquire, align 8
-  %none = icmp eq i64 %left, 0
-  br i1 %none, label %done, label %spin.more
-spin.more:
-  %c = load i64, ptr %spins
-  %c1 = add i64 %c, 1
-  store i64 %c1, ptr %spins
-  %keep = icmp slt i64 %c1, SPIN
-  br i1 %keep, label %spin, label %lock
-lock:
+  call void @gp_spin(ptr @gp_pending, i64 0, i1 true)
   %l1 = call i32 @pthread_mutex_lock(ptr @gp_mutex)
   br label %wait
 wait:
@@ -299,8 +293,6 @@ sleep:
   br label %wait
 woken:
   %u1 = call i32 @pthread_mutex_unlock(ptr @gp_mutex)
-  br label %done
-done:
   %u2 = call i32 @pthread_mutex_unlock(ptr @gp_caller)
   ret void
 }
