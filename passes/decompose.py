@@ -25,6 +25,8 @@ def decompose_attention(graph: Graph) -> Graph:
     def rule(n: Node, inputs: list[Node]) -> Node | None:
         if n.op != "scaled_dot_product_attention" or any(i is None for i in inputs):
             return None
+        if n.attrs["is_causal"] and None in (n.inputs[0].shape[-2], n.inputs[1].shape[-2]):
+            return None  # the causal mask needs the sequence lengths: keep the op
         return _sdpa_def(n, *inputs)
 
     return rewrite(graph, rule)[0]

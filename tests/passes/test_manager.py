@@ -97,3 +97,30 @@ def test_cli_dump_and_passes(capsys: pytest.CaptureFixture, tmp_path: pathlib.Pa
     gn.save_model(tmp_path / "m.gnn", model)
     assert cli.main(["dump", str(tmp_path / "m.gnn"), "--opt-level", "0"]) == 0
     assert "graph model {" in capsys.readouterr().out
+
+
+def test_decompose_attention_matches_the_op_and_keeps_unknown_causal_lengths() -> None:
+    import numpy as np
+    from graphnn.passes import PASSES
+
+    import graphnn as gn
+
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 3, 5, 4)).astype(np.float32) for _ in range(3))
+    mask = rng.random((5, 5)) > 0.3
+    np.fill_diagonal(mask, True)
+    for kw in ({}, {"is_causal": True}, {"attn_mask": mask}, {"scale": 0.3}):
+        with gn.Graph() as g:
+            ps = [gn.placeholder(a.shape, name=n) for n, a in zip("qkv", (q, k, v))]
+            out = gn.scaled_dot_product_attention(*ps, **kw)
+        g.outputs = (out,)
+        new = PASSES["decompose_attention"](g)
+        assert "scaled_dot_product_attention" not in {n.op for n in new.nodes}
+        feeds = dict(zip("qkv", (q, k, v)))
+        np.testing.assert_allclose(gn.Session(new).run(new.outputs[0], feeds),
+                                   gn.Session(g).run(out, feeds), rtol=1e-5, atol=1e-6)
+    with gn.Graph() as g:  # unknown lengths: a causal mask cannot be built, the op stays
+        ps = [gn.placeholder((2, None, 4), name=n) for n in "qkv"]
+        g.outputs = (gn.scaled_dot_product_attention(*ps, is_causal=True),)
+    kept = PASSES["decompose_attention"](g)
+    assert "scaled_dot_product_attention" in {n.op for n in kept.nodes}
