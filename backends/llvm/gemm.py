@@ -1,17 +1,21 @@
 """The LLVM backend's matmul template: a register-blocked, cache-blocked GEMM with explicit
-vectors, plugged in behind the kernel IR's ``("matmul", a, b)`` schedule for 2-D operands.
+vectors, plugged in behind the kernel IR's ``("matmul", a, b)`` schedule: 2-D operands, batched
+rows against a 2-D b (one matrix of all rows), or one GEMM per batch index when a, b and the
+output share their batch dims. The convolution templates (``conv_gemm.py``, ``conv_grads.py``)
+reuse it with their own operand addressing.
 
-For the rows [lo, hi) a thread owns (the parallel-for splits the rows): for each block of
-``KC`` steps of k (so a ``KC x NR`` strip of b stays in L1 across the row blocks), each
-``MR x NR`` block of the output is accumulated in MR x 2 vector registers (NR = 2 vectors of the
-target's width: 16 floats with AVX-512, 8 with AVX2, 4 with SSE or NEON): per k, two vector
-loads of b, MR broadcasts of a and 2 MR fused multiply-adds (``llvm.fmuladd``: an FMA where the
-target has one). The first k-block starts from zero, later ones from the partial sums in the
-output. Columns past the last whole NR block take one vector, then one vector with the lanes
-past n masked off (``llvm.masked.load``/``store``: AVX-512 and AVX2 have them); rows past the
-last whole MR block take the same path one row at a time. The fused epilogue (bias, activation,
-residual) runs over the thread's rows once all k-blocks are done. This is the BLIS/GotoBLAS
-blocking without the packing of panels (the next step).
+For the rows [lo, hi) a thread owns (the parallel-for splits the rows, or the batch indices):
+for each block of ``KC`` steps of k, and within it each panel of ``NC`` columns (so the
+``KC x NC`` block of b stays in L2 while the row blocks sweep it), each ``MR x NR`` block of the
+output is accumulated in MR x 2 vector registers (NR = 2 vectors of the target's width: 32
+floats with AVX-512, 16 with AVX2, 8 with SSE or NEON): per k, two vector loads of b, MR
+broadcasts of a and 2 MR fused multiply-adds (``llvm.fmuladd``: an FMA where the target has
+one). The first k-block starts from zero, later ones from the partial sums in the output.
+Columns past the last whole NR block take one vector, then one vector with the lanes past n
+masked off (``llvm.masked.load``/``store``: AVX-512 and AVX2 have them); rows past the last whole
+MR block go in pairs, then alone. The fused epilogue (bias, activation, residual) runs over the
+thread's rows once all k-blocks are done. This is the BLIS/GotoBLAS blocking without the
+packing of panels (the next step).
 """
 
 from __future__ import annotations
