@@ -14,16 +14,23 @@ between threads:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from graphnn.backends.kernel.ir import Kernel, Loop
-from graphnn.backends.llvm.gemm import I64, MIN_WORK, MR, NR_TILE, PTR, GemmEmitter, _lanes, _prod
+from graphnn.backends.llvm.gemm import MIN_WORK, MR, NR_TILE, GemmEmitter, _lanes, _prod
 from llvmlite import ir
 
 from graphnn.dtypes import DType
 
 if TYPE_CHECKING:
     from graphnn.backends.llvm.codegen import KernelEmitter
+
+
+def geometry(schedule: tuple[str | int, ...], nd: int) -> tuple[tuple[int, ...], ...]:
+    """(stride, dilation, pads_begin) from the tail of a convolution schedule."""
+    rest = [int(v) for v in schedule[-3 * nd:]]
+    return tuple(rest[:nd]), tuple(rest[nd:2 * nd]), tuple(rest[2 * nd:])
 
 
 def applies(kernel: Kernel, bits: int = 128) -> bool:
@@ -34,12 +41,7 @@ def applies(kernel: Kernel, bits: int = 128) -> bool:
         return False
     out, w = kernel.params[-1], kernel.params[int(kernel.schedule[2])]
     og = out.shape[1] // int(kernel.schedule[4])
-    pixels = 1
-    for d in out.shape[2:]:
-        pixels *= d
-    depth = 1
-    for d in w.shape[1:]:
-        depth *= d
+    pixels, depth = _prod(out.shape[2:]), _prod(w.shape[1:])
     return out.dtype in (DType.float32, DType.float64) and og >= MR and \
         pixels >= _lanes(out.dtype, bits) and og * pixels * depth >= MIN_WORK
 
@@ -53,22 +55,15 @@ class ConvGemm(GemmEmitter):
     onto the rows, then the IR's epilogue plane (if fused) runs over them."""
 
     def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
-        _, xb, wb, bb, groups, *rest = kernel.schedule
+        _, xb, wb, bb, groups, *_ = kernel.schedule
         self.xb, self.wb, self.groups = int(xb), int(wb), int(groups)
         x, w, out = kernel.params[self.xb], kernel.params[self.wb], kernel.params[-1]
         self.nd = len(x.shape) - 2
-        nd = self.nd
-        self.stride, self.dil, self.pads = (tuple(int(v) for v in rest[i * nd:(i + 1) * nd])
-                                            for i in range(3))
+        self.stride, self.dil, self.pads = geometry(kernel.schedule, self.nd)
         self.c_out, self.cg, self.taps = out.shape[1], w.shape[1], tuple(w.shape[2:])
         self.og = self.c_out // self.groups
         self.osz = tuple(out.shape[2:])
-        self.pixels = 1
-        for d in self.osz:
-            self.pixels *= d
-        self.ntaps = 1
-        for d in self.taps:
-            self.ntaps *= d
+        self.pixels, self.ntaps = _prod(self.osz), _prod(self.taps)
         self.em, self.b, self.k = em, em.b, kernel
         self.o = len(kernel.params) - 1
         self.m, self.n, self.kk = self.c_out, self.pixels, self.cg * self.ntaps
@@ -83,9 +78,10 @@ class ConvGemm(GemmEmitter):
         self.plane(planes[0], lo, hi)  # out = bias (or 0)
         self.slots()
         cols = self.malloc(self.kk * self.pixels)
+
         def group(img: ir.Value, g: ir.Value, g_lo: ir.Value, r_lo: ir.Value,
                   r_hi: ir.Value) -> None:
-            self.im2col(cols, img, g)
+            self.im2col(cols, img, g, self.c(0), self.c(self.pixels), self.c(self.pixels))
             # rows are absolute "no" = img * c_out + o; w's row is o
             base = b.mul(img, self.c(self.c_out))
             self.a_at = lambda row, k: self.ptr(self.wb, self.at(b.sub(row, base), k, self.kk))
@@ -108,13 +104,35 @@ class ConvGemm(GemmEmitter):
             self.em.vars["no"] = no
             self.em.stmt(plane)
 
-    def im2col(self, cols: ir.Value, img: ir.Value, g: ir.Value) -> None:
-        """cols[(c * taps + t) * pixels + p] = x[img, g * cg + c, p * stride + t * dil - pad],
-        zero in the padding. Per tap, the output positions whose input lies inside form a static
-        box (``_tap_range``): rows of the box are plain strided copies (unit stride when the
-        convolution's is 1, which LLVM vectorises), and only a tap that reaches into the padding
-        zero-fills its row first (measured: W3's 56x56 layers spent most of their time in the
-        per-element bounds checks and selects this replaces)."""
+    def lines(self, p_lo: ir.Value, p_hi: ir.Value, body: Callable[..., None]) -> None:
+        """For each line of the output (all dims but the last fixed) that meets [p_lo, p_hi):
+        ``body(line, outer_coords, x_lo, x_hi)`` with the line's column range inside it."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b = self.b
+        w_last = self.osz[-1]
+        first = b.sdiv(p_lo, self.c(w_last))
+        last = b.sdiv(b.add(p_hi, self.c(w_last - 1)), self.c(w_last))
+        with for_range(b, last, "line", start=first) as line:
+            base = b.mul(line, self.c(w_last))
+            x_lo = b.select(b.icmp_signed(">", p_lo, base), b.sub(p_lo, base), self.c(0))
+            x_hi = self.min(b.sub(p_hi, base), self.c(w_last))
+            coords: list[ir.Value] = []
+            rest = line
+            for d in reversed(range(self.nd - 1)):
+                coords.insert(0, b.srem(rest, self.c(self.osz[d])))
+                rest = b.sdiv(rest, self.c(self.osz[d]))
+            body(line, coords, x_lo, x_hi)
+
+    def im2col(self, cols: ir.Value, img: ir.Value, g: ir.Value, p_lo: ir.Value,
+               p_hi: ir.Value, width: ir.Value) -> None:
+        """cols[q * width + p - p_lo] = x[img, g * cg + c, p * stride + t * dil - pad] for the
+        group's rows q = (c, tap t) and the output pixels p in [p_lo, p_hi), zero in the
+        padding. Per tap, the output positions whose input lies inside form a static box
+        (``_tap_range``), so each output line is a strided copy of an input row (unit stride
+        when the convolution's is 1, which LLVM vectorises) between zero-filled ends (measured:
+        W3's 56x56 layers had spent most of their time in per-element bounds checks)."""
+        import functools
         import itertools
 
         from graphnn.backends.kernel.lower import _tap_range
@@ -124,46 +142,45 @@ class ConvGemm(GemmEmitter):
         x = self.k.params[self.xb]
         in_sz = tuple(x.shape[2:])
         with for_range(b, self.cg, "cc") as c:
-            ch = b.add(b.mul(g, self.c(self.cg)), c)
-            plane = b.mul(b.add(b.mul(img, self.c(x.shape[1])), ch), self.c(_prod(in_sz)))
+            ch = b.add(b.add(b.mul(img, self.c(x.shape[1])), b.mul(g, self.c(self.cg))), c)
+            plane = b.mul(ch, self.c(_prod(in_sz)))
             for t_flat, taps in enumerate(itertools.product(*[range(t) for t in self.taps])):
-                row = b.mul(b.add(b.mul(c, self.c(self.ntaps)), self.c(t_flat)),
-                            self.c(self.pixels))
+                row = b.mul(b.add(b.mul(c, self.c(self.ntaps)), self.c(t_flat)), width)
                 ranges = [_tap_range(t, in_sz[d], self.osz[d], self.stride[d], self.dil[d],
                                      self.pads[d]) for d, t in enumerate(taps)]
-                if any(lo > 0 or hi < self.osz[d] for d, (lo, hi) in enumerate(ranges)):
-                    self.zero(b.gep(cols, [row], inbounds=True, source_etype=self.ty),
-                              self.pixels)
-                if all(hi > lo for lo, hi in ranges):
-                    self._copy(0, ranges, taps, plane, row, self.c(0), self.c(0), cols)
+                self.lines(p_lo, p_hi, functools.partial(
+                    self._im2col_line, cols, plane, row, p_lo, taps, ranges))
 
-    def zero(self, at: ir.Value, elements: int) -> None:
-        module = self.em.module
-        name = "llvm.memset.p0.i64"
-        fn = module.globals.get(name) or ir.Function(module, ir.FunctionType(
-            ir.VoidType(), [PTR, ir.IntType(8), I64, ir.IntType(1)]), name)
-        self.b.call(fn, [at, ir.Constant(ir.IntType(8), 0), self.c(elements * self.align),
-                         ir.Constant(ir.IntType(1), 0)])
-
-    def _copy(self, d: int, ranges: list[tuple[int, int]], taps: tuple[int, ...],
-              plane: ir.Value, row: ir.Value, src: ir.Value, dst: ir.Value,
-              cols: ir.Value) -> None:
+    def _im2col_line(self, cols: ir.Value, plane: ir.Value, row: ir.Value, p_lo: ir.Value,
+                     taps: tuple[int, ...], ranges: list[tuple[int, int]], line: ir.Value,
+                     coords: list[ir.Value], x_lo: ir.Value, x_hi: ir.Value) -> None:
+        """One tap's row of cols over one output line's columns [x_lo, x_hi)."""
         from graphnn.backends.llvm.codegen import for_range
 
         b = self.b
-        lo, hi = ranges[d]
-        in_size = self.k.params[self.xb].shape[2 + d]
-        off = taps[d] * self.dil[d] - self.pads[d]
-        with for_range(b, self.c(hi), f"yy{d}", start=self.c(lo)) as y:
-            src_d = b.add(b.mul(src, self.c(in_size)),
-                          b.add(b.mul(y, self.c(self.stride[d])), self.c(off)))
-            dst_d = b.add(b.mul(dst, self.c(self.osz[d])), y)
-            if d + 1 < self.nd:
-                self._copy(d + 1, ranges, taps, plane, row, src_d, dst_d, cols)
-                return
-            value = b.load(self.ptr(self.xb, b.add(plane, src_d)), typ=self.ty)
-            b.store(value, b.gep(cols, [b.add(row, dst_d)], inbounds=True, source_etype=self.ty))
-
+        in_sz = tuple(self.k.params[self.xb].shape[2:])
+        dst0 = b.add(row, b.sub(b.mul(line, self.c(self.osz[-1])), p_lo))
+        if any(lo > 0 or hi < self.osz[d] for d, (lo, hi) in enumerate(ranges)):
+            self.zero(b.gep(cols, [b.add(dst0, x_lo)], inbounds=True, source_etype=self.ty),
+                      b.sub(x_hi, x_lo))
+        ok = ir.Constant(ir.IntType(1), 1)
+        src = self.c(0)
+        for d, y in enumerate(coords):  # the outer dims: is the tap inside the input?
+            lo_d, hi_d = ranges[d]
+            ok = b.and_(ok, b.and_(b.icmp_signed(">=", y, self.c(lo_d)),
+                                   b.icmp_signed("<", y, self.c(hi_d))))
+            pos = b.add(b.mul(y, self.c(self.stride[d])),
+                        self.c(taps[d] * self.dil[d] - self.pads[d]))
+            src = b.add(b.mul(src, self.c(in_sz[d])), pos)
+        t_lo, t_hi = ranges[-1]
+        start = b.select(b.icmp_signed(">", x_lo, self.c(t_lo)), x_lo, self.c(t_lo))
+        with b.if_then(ok):
+            base = b.add(plane, b.mul(src, self.c(in_sz[-1])))
+            off = taps[-1] * self.dil[-1] - self.pads[-1]
+            with for_range(b, self.min(x_hi, self.c(t_hi)), "xx", start=start) as xx:
+                at = b.add(base, b.add(b.mul(xx, self.c(self.stride[-1])), self.c(off)))
+                b.store(b.load(self.ptr(self.xb, at), typ=self.ty),
+                        b.gep(cols, [b.add(dst0, xx)], inbounds=True, source_etype=self.ty))
 
 def pixel_applies(kernel: Kernel, bits: int = 128) -> bool:
     """A convolution of one image the template takes (``applies``) where copying the columns
@@ -201,12 +218,12 @@ class PixelConvGemm(ConvGemm):
         planes = [s for s in outer.body if isinstance(s, Loop) and s.var == "y0"]
         self.over_pixels(planes[0], p_lo, p_hi)  # out = bias (or 0)
         self.slots()
-        cols = self.malloc_dynamic(b.mul(width, self.c(self.kk)))
+        cols = self.malloc(b.mul(width, self.c(self.kk)))
         whole = (self.pixels // self.nr) * self.nr
         j_end = self.min(p_hi, self.c(whole))
         with b.if_then(b.icmp_signed("<", p_lo, p_hi)):
             for g in range(self.groups):
-                self.im2col_pixels(cols, g, p_lo, p_hi, width)
+                self.im2col(cols, self.c(0), self.c(g), p_lo, p_hi, width)
                 self.a_at = lambda row, k: self.ptr(self.wb, self.at(row, k, self.kk))
                 self.b_at = lambda k, col: b.gep(
                     cols, [b.add(b.mul(k, width), b.sub(col, p_lo))], inbounds=True,
@@ -221,32 +238,6 @@ class PixelConvGemm(ConvGemm):
         if len(planes) > 1:  # the fused epilogue
             self.over_pixels(planes[1], p_lo, p_hi)
 
-    def malloc_dynamic(self, elements: ir.Value) -> ir.Value:
-        module = self.em.module
-        fn = module.globals.get("malloc") or ir.Function(
-            module, ir.FunctionType(PTR, [I64]), "malloc")
-        return self.b.call(fn, [self.b.mul(elements, self.c(self.align))])
-
-    def lines(self, p_lo: ir.Value, p_hi: ir.Value, body) -> None:  # type: ignore[no-untyped-def]
-        """For each line of the output (all dims but the last fixed) that meets [p_lo, p_hi):
-        ``body(line, outer_coords, x_lo, x_hi)`` with the line's column range inside it."""
-        from graphnn.backends.llvm.codegen import for_range
-
-        b = self.b
-        w_last = self.osz[-1]
-        first = b.sdiv(p_lo, self.c(w_last))
-        last = b.sdiv(b.add(p_hi, self.c(w_last - 1)), self.c(w_last))
-        with for_range(b, last, "line", start=first) as line:
-            base = b.mul(line, self.c(w_last))
-            x_lo = b.select(b.icmp_signed(">", p_lo, base), b.sub(p_lo, base), self.c(0))
-            x_hi = self.min(b.sub(p_hi, base), self.c(w_last))
-            coords: list[ir.Value] = []
-            rest = line
-            for d in reversed(range(self.nd - 1)):
-                coords.insert(0, b.srem(rest, self.c(self.osz[d])))
-                rest = b.sdiv(rest, self.c(self.osz[d]))
-            body(line, coords, x_lo, x_hi)
-
     def over_pixels(self, plane: Loop, p_lo: ir.Value, p_hi: ir.Value) -> None:
         """One of the conv nest's planes (its innermost statement) for every output channel,
         over the pixels [p_lo, p_hi) only."""
@@ -259,7 +250,8 @@ class PixelConvGemm(ConvGemm):
         with for_range(self.b, self.c_out, "o") as o:
             em.vars["no"] = o  # one image: no = o
 
-            def body(line, coords, x_lo, x_hi):  # type: ignore[no-untyped-def]
+            def body(line: ir.Value, coords: list[ir.Value], x_lo: ir.Value,
+                     x_hi: ir.Value) -> None:
                 for d, v in enumerate(coords):
                     em.vars[f"y{d}"] = v
                 with for_range(self.b, x_hi, f"y{self.nd - 1}", start=x_lo) as x:
@@ -267,64 +259,3 @@ class PixelConvGemm(ConvGemm):
                     em.stmt(stmt)
 
             self.lines(p_lo, p_hi, body)
-
-    def im2col_pixels(self, cols: ir.Value, g: int, p_lo: ir.Value, p_hi: ir.Value,
-                      width: ir.Value) -> None:
-        """cols[q * width + p - p_lo] for the group's rows q = (c, tap) and p in [p_lo, p_hi),
-        zero where the tap reads padding; line by line, each line a strided copy of the
-        input row between two zero-filled ends."""
-        import functools
-        import itertools
-
-        from graphnn.backends.kernel.lower import _tap_range
-        from graphnn.backends.llvm.codegen import for_range
-
-        b = self.b
-        in_sz = tuple(self.k.params[self.xb].shape[2:])
-        with for_range(b, self.cg, "cc") as c:
-            plane = b.mul(b.add(self.c(g * self.cg), c), self.c(_prod(in_sz)))
-            for t_flat, taps in enumerate(itertools.product(*[range(t) for t in self.taps])):
-                row = b.mul(b.add(b.mul(c, self.c(self.ntaps)), self.c(t_flat)), width)
-                ranges = [_tap_range(t, in_sz[d], self.osz[d], self.stride[d], self.dil[d],
-                                     self.pads[d]) for d, t in enumerate(taps)]
-                self.lines(p_lo, p_hi, functools.partial(
-                    self._im2col_line, cols, plane, row, p_lo, taps, ranges))
-
-    def _im2col_line(self, cols: ir.Value, plane: ir.Value, row: ir.Value, p_lo: ir.Value,
-                     taps: tuple[int, ...], ranges: list[tuple[int, int]], line: ir.Value,
-                     coords: list[ir.Value], x_lo: ir.Value, x_hi: ir.Value) -> None:
-        """One tap's row of cols over one output line's columns [x_lo, x_hi)."""
-        from graphnn.backends.llvm.codegen import for_range
-
-        b = self.b
-        in_sz = tuple(self.k.params[self.xb].shape[2:])
-        dst0 = b.add(row, b.sub(b.mul(line, self.c(self.osz[-1])), p_lo))
-        if any(lo > 0 or hi < self.osz[d] for d, (lo, hi) in enumerate(ranges)):
-            self.zero_dynamic(b.gep(cols, [b.add(dst0, x_lo)], inbounds=True,
-                                    source_etype=self.ty), b.sub(x_hi, x_lo))
-        ok = ir.Constant(ir.IntType(1), 1)
-        src = self.c(0)
-        for d, y in enumerate(coords):  # the outer dims: is the tap inside the input?
-            lo_d, hi_d = ranges[d]
-            ok = b.and_(ok, b.and_(b.icmp_signed(">=", y, self.c(lo_d)),
-                                   b.icmp_signed("<", y, self.c(hi_d))))
-            pos = b.add(b.mul(y, self.c(self.stride[d])),
-                        self.c(taps[d] * self.dil[d] - self.pads[d]))
-            src = b.add(b.mul(src, self.c(in_sz[d])), pos)
-        t_lo, t_hi = ranges[-1]
-        start = b.select(b.icmp_signed(">", x_lo, self.c(t_lo)), x_lo, self.c(t_lo))
-        with b.if_then(ok):
-            base = b.add(plane, b.mul(src, self.c(in_sz[-1])))
-            off = taps[-1] * self.dil[-1] - self.pads[-1]
-            with for_range(b, self.min(x_hi, self.c(t_hi)), "xx", start=start) as xx:
-                at = b.add(base, b.add(b.mul(xx, self.c(self.stride[-1])), self.c(off)))
-                b.store(b.load(self.ptr(self.xb, at), typ=self.ty),
-                        b.gep(cols, [b.add(dst0, xx)], inbounds=True, source_etype=self.ty))
-
-    def zero_dynamic(self, at: ir.Value, elements: ir.Value) -> None:
-        module = self.em.module
-        name = "llvm.memset.p0.i64"
-        fn = module.globals.get(name) or ir.Function(module, ir.FunctionType(
-            ir.VoidType(), [PTR, ir.IntType(8), I64, ir.IntType(1)]), name)
-        self.b.call(fn, [at, ir.Constant(ir.IntType(8), 0),
-                         self.b.mul(elements, self.c(self.align)), ir.Constant(ir.IntType(1), 0)])

@@ -24,6 +24,7 @@ import itertools
 from typing import TYPE_CHECKING
 
 from graphnn.backends.kernel.ir import Kernel, Loop, Var, const_i
+from graphnn.backends.llvm.conv_gemm import geometry
 from graphnn.backends.llvm.gemm import MIN_WORK, MR, GemmEmitter, _lanes, _prod, _zero
 from llvmlite import ir
 
@@ -31,12 +32,6 @@ from graphnn.dtypes import DType
 
 if TYPE_CHECKING:
     from graphnn.backends.llvm.codegen import KernelEmitter
-
-
-def _geometry(schedule: tuple[str | int, ...], nd: int) -> tuple[tuple[int, ...], ...]:
-    """(stride, dilation, pads_begin) from the tail of a convolution schedule."""
-    rest = [int(v) for v in schedule[-3 * nd:]]
-    return tuple(rest[:nd]), tuple(rest[nd:2 * nd]), tuple(rest[2 * nd:])
 
 
 def weight_grad_applies(kernel: Kernel, bits: int = 128) -> bool:
@@ -71,7 +66,7 @@ class WeightGradGemm(GemmEmitter):
         x, dy, dw = kernel.params
         self.nd = len(x.shape) - 2
         self.groups = int(kernel.schedule[3])
-        self.stride, self.dil, self.pads = _geometry(kernel.schedule, self.nd)
+        self.stride, self.dil, self.pads = geometry(kernel.schedule, self.nd)
         self.c_out, self.cg, self.taps = dw.shape[0], dw.shape[1], tuple(dw.shape[2:])
         self.og, self.ntaps = self.c_out // self.groups, _prod(self.taps)
         self.osz, self.pixels = tuple(dy.shape[2:]), _prod(dy.shape[2:])
@@ -147,7 +142,7 @@ class TransposedConvGemm(GemmEmitter):
         self.xb, self.wb, self.bb, self.groups = int(xb), int(wb), int(bb), int(groups)
         x, w, out = kernel.params[self.xb], kernel.params[self.wb], kernel.params[-1]
         self.nd = len(x.shape) - 2
-        self.stride, self.dil, self.pads = _geometry(kernel.schedule, self.nd)
+        self.stride, self.dil, self.pads = geometry(kernel.schedule, self.nd)
         self.c_in, self.c_out = x.shape[1], out.shape[1]
         self.cpg, self.cog, self.taps = self.c_in // self.groups, w.shape[1], tuple(w.shape[2:])
         self.ntaps = _prod(self.taps)

@@ -32,6 +32,8 @@ from graphnn.ops.registry import describe, get_op
 SOURCES = ("placeholder", "variable", "constant")
 # ops whose loop nests (not their templates) measured slower than numpy
 SLOWER_THAN_NUMPY = frozenset({"conv_weight_grad", "conv_transpose"})
+# what a run binds to a slot: a feed, a variable's value, a fetched value's array, a fresh array
+FEED, VARIABLE, OUTPUT, FRESH = range(4)
 
 
 class LLVMExecutable:
@@ -127,7 +129,7 @@ class LLVMExecutable:
         n_slots = len(self.order)
         self._static: list[np.ndarray | None] = [None] * n_slots
         self._pointers = (ctypes.c_void_p * n_slots)()
-        self._bind: list[tuple[int, Node, int]] = []  # (slot, node, kind)
+        self._bind: list[tuple[int, Node, int]] = []  # (slot, node, FEED ... FRESH)
         for n in self.order:
             k = self.slot[n]
             if n.op == "constant":
@@ -135,13 +137,13 @@ class LLVMExecutable:
             elif n in self._scratch:
                 self._static[k] = self._scratch[n]
             elif n.op == "placeholder":
-                self._bind.append((k, n, 0))
+                self._bind.append((k, n, FEED))
             elif n.op == "variable":
-                self._bind.append((k, n, 1))
+                self._bind.append((k, n, VARIABLE))
             elif n in self.fetches and n not in self._writers:
-                self._bind.append((k, n, 2))
+                self._bind.append((k, n, OUTPUT))
             elif not get_op(n.op).no_value:
-                self._bind.append((k, n, 3))
+                self._bind.append((k, n, FRESH))
             v = self._static[k]
             if v is not None:
                 self._pointers[k] = v.__array_interface__["data"][0]
@@ -156,11 +158,11 @@ class LLVMExecutable:
         values = list(self._static)
         pointers = self._pointers
         for k, n, kind in self._bind:
-            if kind == 0:
+            if kind == FEED:
                 v = np.require(feeds[n], requirements="C")  # keeps 0-d
-            elif kind == 1:
+            elif kind == VARIABLE:
                 v = np.require(state[n], requirements="C")
-            elif kind == 2:
+            elif kind == OUTPUT:
                 v = self._output_buffer(n)
             else:
                 v = np.empty([d or 0 for d in n.shape], n.dtype.np)
@@ -210,7 +212,7 @@ class LLVMBackend:
         # numpy's reference unless native_conv_grads: their loop nests (one reduction per
         # weight, a gather per element) measured slower than numpy.
         self.skip = frozenset() if native_conv_grads else SLOWER_THAN_NUMPY
-        self.cache = cache  # the on-disk compile cache (off: always optimise and emit assembly)
+        self.cache = cache  # the on-disk compile cache (off: always optimise)
         self.threads = threads if threads is not None else default_threads()
         self.dump_dir = dump_dir if dump_dir is not None else os.environ.get("GRAPHNN_DUMP")
 

@@ -131,13 +131,27 @@ class GemmEmitter:
         mask = ir.Constant(ir.VectorType(ir.IntType(32), self.width), [0] * self.width)
         return self.b.shuffle_vector(one, undef, mask)
 
-    def malloc(self, elements: int) -> ir.Value:
+    def malloc(self, elements: int | ir.Value) -> ir.Value:
         """A scratch buffer of ``elements`` values from libc (per call, so threads never share
         one); ``free`` it before the function returns."""
         module = self.em.module
         fn = module.globals.get("malloc") or ir.Function(
             module, ir.FunctionType(PTR, [I64]), "malloc")
-        return self.b.call(fn, [self.c(elements * self.align)])
+        return self.b.call(fn, [self.bytes(elements)])
+
+    def zero(self, at: ir.Value, elements: int | ir.Value) -> None:
+        """``elements`` values from ``at`` set to 0.0 (llvm.memset: all-zero bits)."""
+        module = self.em.module
+        name = "llvm.memset.p0.i64"
+        fn = module.globals.get(name) or ir.Function(module, ir.FunctionType(
+            ir.VoidType(), [PTR, ir.IntType(8), I64, ir.IntType(1)]), name)
+        self.b.call(fn, [at, ir.Constant(ir.IntType(8), 0), self.bytes(elements),
+                         ir.Constant(ir.IntType(1), 0)])
+
+    def bytes(self, elements: int | ir.Value) -> ir.Value:
+        if isinstance(elements, int):
+            return self.c(elements * self.align)
+        return self.b.mul(elements, self.c(self.align))
 
     def free(self, buffer: ir.Value) -> None:
         module = self.em.module
