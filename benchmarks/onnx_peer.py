@@ -76,69 +76,53 @@ def runner(build: Callable[[OnnxGraph], tuple[dict[str, np.ndarray], str]], thre
 
 
 class OnnxOps:
-    """The ops table of run.py's ``_resnet18`` and ``_encoder`` for ONNX; ``g`` is set per model
-    and tensors are value names."""
+    """The ops table of run.py's ``_resnet18`` and ``_encoder`` for ONNX, adding nodes to one
+    graph; tensors are value names. ``head_dim``: attention's scale is 1/sqrt(head_dim)."""
 
-    g: OnnxGraph
+    def __init__(self, g: OnnxGraph, head_dim: int = 1) -> None:
+        self.g, self.head_dim = g, head_dim
 
-    @classmethod
-    def conv(cls, h: str, w: str, s: int, pad: int) -> str:
-        return cls.g.op("Conv", h, w, strides=[s, s], pads=[pad] * 4)
+    def weights(self, params: dict[str, np.ndarray]) -> dict[str, str]:
+        """The weights as initializers, by name."""
+        return {k: self.g.const(v) for k, v in params.items()}
 
-    @classmethod
-    def bn(cls, h: str, m: str, v: str, gamma: str, beta: str) -> str:
-        return cls.g.op("BatchNormalization", h, gamma, beta, m, v, epsilon=1e-5)
+    def conv(self, h: str, w: str, s: int, pad: int) -> str:
+        return self.g.op("Conv", h, w, strides=[s, s], pads=[pad] * 4)
 
-    @classmethod
-    def relu(cls, h: str) -> str:
-        return cls.g.op("Relu", h)
+    def bn(self, h: str, m: str, v: str, gamma: str, beta: str) -> str:
+        return self.g.op("BatchNormalization", h, gamma, beta, m, v, epsilon=1e-5)
 
-    @classmethod
-    def add(cls, a: str, b: str) -> str:
-        return cls.g.op("Add", a, b)
+    def relu(self, h: str) -> str:
+        return self.g.op("Relu", h)
 
-    @classmethod
-    def maxpool(cls, h: str) -> str:
-        return cls.g.op("MaxPool", h, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    def add(self, a: str, b: str) -> str:
+        return self.g.op("Add", a, b)
 
-    @classmethod
-    def head(cls, h: str, w: str, b: str) -> str:
-        flat = cls.g.op("Flatten", cls.g.op("GlobalAveragePool", h))
-        return cls.g.op("Add", cls.g.op("MatMul", flat, w), b)
+    def maxpool(self, h: str) -> str:
+        return self.g.op("MaxPool", h, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
 
-    @classmethod
-    def linear(cls, x: str, w: str, b: str) -> str:
-        return cls.g.op("Add", cls.g.op("MatMul", x, w), b)
+    def head(self, h: str, w: str, b: str) -> str:
+        flat = self.g.op("Flatten", self.g.op("GlobalAveragePool", h))
+        return self.g.op("Add", self.g.op("MatMul", flat, w), b)
 
-    @classmethod
-    def reshape(cls, t: str, shape: tuple[int, ...]) -> str:
-        return cls.g.op("Reshape", t, cls.g.const(np.array(shape, np.int64)))
+    def linear(self, x: str, w: str, b: str) -> str:
+        return self.g.op("Add", self.g.op("MatMul", x, w), b)
 
-    @classmethod
-    def transpose(cls, t: str, perm: tuple[int, ...]) -> str:
-        return cls.g.op("Transpose", t, perm=list(perm))
+    def reshape(self, t: str, shape: tuple[int, ...]) -> str:
+        return self.g.op("Reshape", t, self.g.const(np.array(shape, np.int64)))
 
-    @classmethod
-    def attention(cls, q: str, k: str, v: str) -> str:
+    def transpose(self, t: str, perm: tuple[int, ...]) -> str:
+        return self.g.op("Transpose", t, perm=list(perm))
+
+    def attention(self, q: str, k: str, v: str) -> str:
         """softmax(q k^T / sqrt(d)) v over (batch, heads, seq, d)."""
-        scale = cls.g.const(np.float32(1.0 / np.sqrt(cls.head_dim)))
-        scores = cls.g.op("Mul", cls.g.op("MatMul", q, cls.g.op("Transpose", k,
+        scale = self.g.const(np.float32(1.0 / np.sqrt(self.head_dim)))
+        scores = self.g.op("Mul", self.g.op("MatMul", q, self.g.op("Transpose", k,
                                                                perm=[0, 1, 3, 2])), scale)
-        return cls.g.op("MatMul", cls.g.op("Softmax", scores, axis=-1), v)
+        return self.g.op("MatMul", self.g.op("Softmax", scores, axis=-1), v)
 
-    @classmethod
-    def gelu(cls, x: str) -> str:
-        return cls.g.op("Gelu", x)
+    def gelu(self, x: str) -> str:
+        return self.g.op("Gelu", x)
 
-    @classmethod
-    def norm(cls, x: str, gamma: str, beta: str) -> str:
-        return cls.g.op("LayerNormalization", x, gamma, beta, axis=-1, epsilon=1e-5)
-
-    head_dim = 1
-
-
-def with_graph(g: OnnxGraph, params: dict[str, np.ndarray], head_dim: int = 1
-               ) -> dict[str, str]:
-    """Point ``OnnxOps`` at ``g`` and turn the weights into initializers."""
-    OnnxOps.g, OnnxOps.head_dim = g, head_dim
-    return {k: g.const(v) for k, v in params.items()}
+    def norm(self, x: str, gamma: str, beta: str) -> str:
+        return self.g.op("LayerNormalization", x, gamma, beta, axis=-1, epsilon=1e-5)

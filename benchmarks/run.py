@@ -31,9 +31,9 @@ import numpy as np
 import graphnn as gn
 
 try:  # run as a script (python benchmarks/run.py) or as a module
-    from onnx_peer import OnnxGraph, OnnxOps, runner, with_graph
+    from onnx_peer import OnnxGraph, OnnxOps, runner
 except ImportError:  # pragma: no cover
-    from benchmarks.onnx_peer import OnnxGraph, OnnxOps, runner, with_graph
+    from benchmarks.onnx_peer import OnnxGraph, OnnxOps, runner
 
 THREADS = int(os.environ.get("GRAPHNN_NUM_THREADS", len(os.sched_getaffinity(0))))
 rng = np.random.default_rng(0)
@@ -172,12 +172,13 @@ def w2(batch: int) -> Case:
         return run
 
     def onnx(g: OnnxGraph) -> tuple[dict[str, np.ndarray], str]:
-        c = with_graph(g, p)
-        h = OnnxOps.relu(g.op("Conv", "x", c["c1"], c["b1"]))
+        ops = OnnxOps(g)
+        c = ops.weights(p)
+        h = ops.relu(g.op("Conv", "x", c["c1"], c["b1"]))
         for k in ("2", "3"):
-            h = OnnxOps.relu(g.op("Conv", h, c["c" + k], c["b" + k]))
+            h = ops.relu(g.op("Conv", h, c["c" + k], c["b" + k]))
             h = g.op("MaxPool", h, kernel_shape=[2, 2], strides=[2, 2])
-        return {"x": x}, OnnxOps.head(h, c["fc"], c["fb"])
+        return {"x": x}, ops.head(h, c["fc"], c["fb"])
 
     flops = 2 * batch * (26 * 26 * 32 * 9 + 24 * 24 * 64 * 32 * 9 + 10 * 10 * 128 * 64 * 9)
     return Case("W2", batch, flops=flops, runners={
@@ -350,7 +351,8 @@ def w3(batch: int = 1) -> Case:
         return run
 
     def onnx(g: OnnxGraph) -> tuple[dict[str, np.ndarray], str]:
-        return {"x": x}, _resnet18(OnnxOps, "x", with_graph(g, p))
+        ops = OnnxOps(g)
+        return {"x": x}, _resnet18(ops, "x", ops.weights(p))
 
     return Case("W3", batch, flops=2 * 1.814e9 * batch, runners={
         "numpy": _graphnn(build, "reference", opt_level=0),  # graphnn's numpy reference
@@ -443,7 +445,8 @@ def w4(batch: int) -> Case:
     per_layer = 2 * batch * SEQ * (4 * D_MODEL * D_MODEL + 2 * D_MODEL * FFN) + \
         4 * batch * SEQ * SEQ * D_MODEL
     def onnx(g: OnnxGraph) -> tuple[dict[str, np.ndarray], str]:
-        return {"x": x}, _encoder(OnnxOps, "x", with_graph(g, p, D_MODEL // HEADS), batch)
+        ops = OnnxOps(g, D_MODEL // HEADS)
+        return {"x": x}, _encoder(ops, "x", ops.weights(p), batch)
 
     return Case("W4", batch, flops=2 * per_layer, runners={
         "numpy": _graphnn(build, "reference", opt_level=0),  # graphnn's numpy reference

@@ -326,5 +326,8 @@ def install_pool() -> Any:
     reset = ctypes.CFUNCTYPE(None)(engine.get_function_address("graphnn_pool_after_fork"))
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=reset)
-    install_pool.reset = reset  # type: ignore[attr-defined]  # keeps the ctypes thunk alive
+    _KEEP_ALIVE.append(reset)  # the ctypes thunk the fork hook calls
     return engine
+
+
+_KEEP_ALIVE: list[Any] = []
