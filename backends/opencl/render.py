@@ -572,6 +572,7 @@ class KernelRenderer:
         if nest and len(self.k.body) != 1:
             return None
         inits = {st.name: st.init for st in body if isinstance(st, Declare)}
+        ops: dict[str, str] = {}  # each variable's one combining op
         reduced = False
         for st in body:
             if isinstance(st, Declare | Assign | Store):
@@ -583,7 +584,8 @@ class KernelRenderer:
                     assert isinstance(x, Assign)
                     op = _combine(x)
                     if op is None or self.locals[x.name] is DType.bool or \
-                            not _is_identity(inits.get(x.name), op):
+                            not _is_identity(inits.get(x.name), op) or \
+                            ops.setdefault(x.name, op) != op:
                         return None
                 reduced = True
             elif not (all(isinstance(x, Store) for x in inner) and independent(chain[0])):
@@ -642,9 +644,11 @@ class KernelRenderer:
                 chain = _chain(st)
                 e("barrier(CLK_LOCAL_MEM_FENCE);", 1)  # the previous write pass is complete
                 self._flat_loop(chain, 1, lanes)
-                for x in chain[-1].body:
-                    if isinstance(x, Assign):
-                        self._tree(x, lanes)
+                # one tree per variable: a body that adds to one sum in several statements
+                # (conv_transpose's taps) must not combine the lanes' totals again
+                firsts = {x.name: x for x in reversed(chain[-1].body) if isinstance(x, Assign)}
+                for x in reversed(firsts.values()):
+                    self._tree(x, lanes)
         e("}", 0)
         return "\n".join(self.lines), Launch(self.k.name, (rows * lanes,), (lanes,), self.fp64)
 

@@ -4,15 +4,20 @@ and NaNs in max-pool windows (the first maximum takes the gradient, as PyTorch).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from graphnn.backends.llvm import LLVMBackend
 from graphnn.backends.opencl import OpenCLBackend
+from graphnn.backends.opencl.executable import shared_device
 
 import graphnn as gn
 from graphnn.ops.registry import make_node
 
-BACKENDS = ["llvm", "opencl"]
+# opencl-gpu-path: the kernels a GPU gets (work-group tree reductions), forced on this device;
+# on PoCL, plain "opencl" renders the CPU forms
+BACKENDS = ["llvm", "opencl", "opencl-gpu-path"]
 
 
 def _run(backend: str, build, arrays):  # type: ignore[no-untyped-def]
@@ -23,7 +28,11 @@ def _run(backend: str, build, arrays):  # type: ignore[no-untyped-def]
     impl = LLVMBackend(cache=False, native_conv_grads=True) if backend == "llvm" \
         else OpenCLBackend(skip=frozenset())  # every kernel, even those skipped for speed
     sess = gn.Session(g, backend=impl)
-    got = sess.run(out, feeds)
+    with pytest.MonkeyPatch.context() as mp:
+        if backend == "opencl-gpu-path":
+            dev = shared_device()
+            mp.setattr(dev, "info", dataclasses.replace(dev.info, kind="gpu"))
+        got = sess.run(out, feeds)
     exe = next(iter(sess._cache.values()))
     exe = getattr(exe, "exe", exe)
     assert out.op not in exe.fallback_ops, f"{out.op} ran on numpy"
