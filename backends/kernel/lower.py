@@ -493,30 +493,45 @@ def _i(op: str, a: Expr, b: Expr) -> Expr:
     return Binary(op, a, b, DType.int64)
 
 
+def window_reach(out_sizes: Sequence[int], tap_sizes: Sequence[int], stride: Sequence[int],
+                 dilation: Sequence[int]) -> list[int]:
+    """Per spatial axis, the largest out*stride + tap*dilation of a window nest (before the
+    padding is subtracted): what ``_window_index`` needs to drop the checks that never fail."""
+    return [(o - 1) * s + (t - 1) * d for o, t, s, d in zip(out_sizes, tap_sizes, stride,
+                                                             dilation)]
+
+
 def _window_index(x: Param, n: Expr, ch: Expr, out_pos: list[Expr], taps: list[Expr],
-                  stride: Sequence[int], dilation: Sequence[int], pads_begin: Sequence[int]
-                  ) -> tuple[Expr | None, Expr]:
+                  stride: Sequence[int], dilation: Sequence[int], pads_begin: Sequence[int],
+                  reach: Sequence[int] | None = None) -> tuple[Expr | None, Expr]:
     """(inside, index): whether x[n, ch, out*stride + tap*dilation - pad] lies inside the input
-    (None: always) and its flat index, clamped so that it is always a valid address."""
+    (None: always) and its flat index, clamped so that it is always a valid address. With
+    ``reach`` (``window_reach``), a bound no window position can cross is neither checked nor
+    clamped: a pooling window without padding is a plain load."""
     spatial = x.shape[2:]
     valid: Expr | None = None
     index: list[Expr] = [n, ch]
     for d, size in enumerate(spatial):
         pos = _i("sub", add_i(_i("mul", out_pos[d], const_i(stride[d])),
                               _i("mul", taps[d], const_i(dilation[d]))), const_i(pads_begin[d]))
-        ok = Binary("and", Binary("ge", pos, const_i(0), DType.bool),
-                    Binary("lt", pos, const_i(size), DType.bool), DType.bool)
-        valid = ok if valid is None else Binary("and", valid, ok, DType.bool)
-        index.append(_i("min", _i("max", pos, const_i(0)), const_i(size - 1)))
+        low = reach is None or pads_begin[d] > 0
+        high = reach is None or reach[d] - pads_begin[d] >= size
+        for needed, check in ((low, Binary("ge", pos, const_i(0), DType.bool)),
+                              (high, Binary("lt", pos, const_i(size), DType.bool))):
+            if needed:
+                valid = check if valid is None else Binary("and", valid, check, DType.bool)
+        if low:
+            pos = _i("max", pos, const_i(0))
+        index.append(_i("min", pos, const_i(size - 1)) if high else pos)
     return valid, linear_index(index, row_major_strides(x.shape))
 
 
 def _window_loads(x: Param, xbuf: int, n: Expr, ch: Expr, out_pos: list[Expr], taps: list[Expr],
                   stride: Sequence[int], dilation: Sequence[int], pads_begin: Sequence[int],
-                  fill: Const) -> Expr:
+                  fill: Const, reach: Sequence[int] | None = None) -> Expr:
     """x[n, ch, out*stride + tap*dilation - pad], or ``fill`` outside the input (the load reads
     a clamped, always valid index; the select discards it)."""
-    valid, index = _window_index(x, n, ch, out_pos, taps, stride, dilation, pads_begin)
+    valid, index = _window_index(x, n, ch, out_pos, taps, stride, dilation, pads_begin, reach)
     load = Load(xbuf, index, x.dtype)
     return load if valid is None else Select(valid, load, fill, x.dtype)
 
@@ -604,7 +619,8 @@ def _lower_conv_weight_grad(node: Node, name: str) -> Kernel | None:
     ch = add_i(_i("mul", _i("div", o, const_i(ws[0] // a["groups"])), const_i(ws[1])), c)
     n, ys = Var("rn"), [Var(f"ry{d}") for d in range(nd)]
     pixel = _window_loads(params[0], 0, n, ch, list(ys), taps, a["stride"], a["dilation"],
-                          a["pads"][:nd], _c(0, dt))
+                          a["pads"][:nd], _c(0, dt),
+                          window_reach(dys[2:], ws[2:], a["stride"], a["dilation"]))
     grad = Load(1, linear_index([n, o, *ys], row_major_strides(dys)), dt)
     inner: tuple[Stmt, ...] = (Assign("acc", _add(Var("acc", dt), _mul(grad, pixel, dt), dt)),)
     for d in reversed(range(nd)):
@@ -698,7 +714,8 @@ def _lower_max_pool_grad(node: Node, name: str) -> Kernel | None:
     stmts: list[Stmt] = []
     for k, taps in enumerate(np.ndindex(*kernel)):
         valid, at = _window_index(params[1], n, ch, window, [const_i(t) for t in taps], stride,
-                                  dil, pads)
+                                  dil, pads, window_reach(dys[2:], [t + 1 for t in taps],
+                                                          stride, dil))
         v: Expr = Load(1, at, x.dtype)
         if valid is not None:
             v = Select(valid, v, _c(-np.inf, x.dtype), x.dtype)
@@ -735,7 +752,9 @@ def _lower_max_pool(node: Node, name: str) -> Kernel | None:
     n, ch = Var("n"), Var("ch")
     dt = node.dtype
     pixel = _window_loads(params[0], 0, n, ch, out_vars, taps, a["stride"], a["dilation"],
-                          a["pads"][:nd], _c(-np.inf, dt))
+                          a["pads"][:nd], _c(-np.inf, dt),
+                          window_reach(_static(node)[2:], a["kernel_size"], a["stride"],
+                                       a["dilation"]))
     acc = Var("acc", dt)
     inner: tuple[Stmt, ...] = (Assign("acc", _max(acc, pixel, dt)),)
     for d in reversed(range(nd)):
@@ -1014,7 +1033,9 @@ def _lower_avg_pool(node: Node, name: str) -> Kernel | None:
     n, ch = Var("n"), Var("ch")
     pads = a["pads"]
     pixel = _window_loads(params[0], 0, n, ch, out_vars, taps, a["stride"], a["dilation"],
-                          pads[:nd], _c(0, dt))
+                          pads[:nd], _c(0, dt),
+                          window_reach(_static(node)[2:], a["kernel_size"], a["stride"],
+                                       a["dilation"]))
     divisor: Expr = const_i(1)
     for d in range(nd):
         start = add_i(mul_i(out_vars[d], a["stride"][d]), const_i(-pads[d]))

@@ -106,7 +106,7 @@ class WeightGradGemm(GemmEmitter):
     def im2col_t(self, cols: ir.Value, g: ir.Value) -> None:
         """colsT[p * n + c * taps + t] = x[img, g * cg + c, p * stride + t * dil - pad]:
         pixel-major, so each pixel's row of the b operand is written contiguously."""
-        from graphnn.backends.kernel.lower import _window_loads
+        from graphnn.backends.kernel.lower import _window_loads, window_reach
         from graphnn.backends.llvm.codegen import for_range
 
         b, em = self.b, self.em
@@ -126,7 +126,9 @@ class WeightGradGemm(GemmEmitter):
                     for t_flat, taps in enumerate(itertools.product(*map(range, self.taps))):
                         value = _window_loads(x, 0, Var("img"), Var("ch"), list(ys),
                                               [const_i(t) for t in taps], self.stride, self.dil,
-                                              self.pads, _zero(x.dtype))
+                                              self.pads, _zero(x.dtype), window_reach(
+                                                  self.osz, [t + 1 for t in taps],
+                                                  self.stride, self.dil))
                         b.store(em.expr(value), b.gep(cols, [b.add(row, self.c(t_flat))],
                                                       inbounds=True, source_etype=self.ty))
 
