@@ -51,7 +51,11 @@ class OnnxGraph:
                   for k, v in feeds.items()]
         outputs = [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)]
         graph = helper.make_graph(self.nodes, "workload", inputs, outputs, self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        opsets = [helper.make_opsetid("", OPSET)]
+        # the lowest IR version for the opset, not the onnx package's newest: an older
+        # onnxruntime refuses models of an IR version it does not know
+        model = helper.make_model(graph, opset_imports=opsets,
+                                  ir_version=helper.find_min_ir_version_for(opsets))
         # strict shape inference checks every node against the operator spec
         return shape_inference.infer_shapes(model, strict_mode=True).SerializeToString()
 

@@ -107,7 +107,7 @@ def test_matmul_templates(a: tuple, b: tuple, kind: str, monkeypatch: pytest.Mon
     if kind == "gpu":
         assert "__local float" in source and "barrier(CLK_LOCAL_MEM_FENCE)" in source
     else:
-        assert "vload8(" in source and "__local" not in source
+        assert "float16 acc5" in source and "__local" not in source  # 6 x 16 register blocks
 
 
 @pytest.mark.parametrize("model", ["mlp", "digits-cnn", "cnn-bn"])
