@@ -502,7 +502,12 @@ class KernelRenderer:
         empty = self._open_flat(work)
         if empty is not None:
             return empty
-        e(f"long rest = g; const long x0 = (rest % {xblocks}L) * {px}L; rest /= {xblocks}L;", 1)
+        e(f"long rest = g; const long xb = (rest % {xblocks}L) * {px}L; rest /= {xblocks}L;", 1)
+        # a row's last, partial block slides back to end at the row's end (whole spans keep the
+        # one-load path), computing pixels of the block before it that only that block stores
+        shift = osz[last] - px
+        e(f"const long x0 = xb < {shift}L ? xb : {shift}L;" if shift > 0 and osz[last] % px
+          else "const long x0 = xb;", 1)
         for d in reversed(range(last)):
             e(f"const long v_y{d} = rest % {osz[d]}L; rest /= {osz[d]}L;", 1)
         e(f"const long o0 = (rest % {cblocks}L) * {rc}L, n = rest / {cblocks}L;", 1)
@@ -528,10 +533,20 @@ class KernelRenderer:
                 x_at = f"({x_at}) * {xsz[d]}L + q{d}"
         depth = 2 + nd
         e(f"{vty} xv;", depth)
+        inside = depth
+        if stride[last] == 1:  # a span wholly inside the row: one (merged) vector load
+            e(f"const long qs = x0 + t{last} * {dil[last]}L - {pads[last]}L;", depth)
+            e(f"if (qs >= 0 && qs + {px - 1}L < {xsz[last]}L) {{", depth)
+            e(f"__global const {ty} *xp = p{xb} + ({x_at}) * {xsz[last]}L + qs;", depth + 1)
+            e(f"xv = ({vty})(" + ", ".join(f"xp[{k}]" for k in range(px)) + ");", depth + 1)
+            e("} else {", depth)
+            inside = depth + 1
         for k in range(px):
             e(f"{{ const long q = (x0 + {k}L) * {stride[last]}L + t{last} * {dil[last]}L - "
               f"{pads[last]}L; xv.s{k:x} = (q >= 0 && q < {xsz[last]}L) ? "
-              f"p{xb}[({x_at}) * {xsz[last]}L + q] : ({ty})0; }}", depth)
+              f"p{xb}[({x_at}) * {xsz[last]}L + q] : ({ty})0; }}", inside)
+        if stride[last] == 1:
+            e("}", depth)
         e(f"const long wt = {w_tap};", depth)
         for r in range(rc):
             e(f"acc{r} += wr{r}[wt] * xv;", depth)
@@ -544,7 +559,8 @@ class KernelRenderer:
         for r in range(rc):
             for k in range(px):
                 e(f"{{ const long o = o0 + {r}L, v_y{last} = x0 + {k}L; if (o < {c_out}L && "
-                  f"v_y{last} < {osz[last]}L) {{ const long v_no = n * {c_out}L + o; "
+                  f"v_y{last} >= xb && v_y{last} < {osz[last]}L) {{ "
+                  f"const long v_no = n * {c_out}L + o; "
                   f"const {ty} v_acc = acc{r}.s{k:x}; p{out_buf}[{out_at}] = {value}; }} }}", 1)
         e("}", 0)
         wg = min(self.work_group, 16)
