@@ -317,8 +317,9 @@ class OpenCLBackend:
             overrides it.
         dump_dir: write each program's kernel IR (``.kir``) and OpenCL C (``.cl``) there (also
             ``GRAPHNN_DUMP``).
-        skip: ops left to their numpy reference although they have a kernel (default ``SKIP``:
-            those whose kernel is slower than the round trip to the host).
+        skip: ops left to their numpy reference although they have a kernel. None (default):
+            ``SKIP`` on CPU devices, where those kernels are slower than numpy and the round
+            trip; nothing on GPUs, where the round trip costs more than the kernels.
 
     Raises:  OpenCLError when there is no OpenCL platform (saying how to install one) or no
              device matches ``device``.
@@ -328,8 +329,10 @@ class OpenCLBackend:
     static_shapes = True
 
     def __init__(self, device: str | int | None = None, dump_dir: str | None = None,
-                 skip: frozenset[str] = SKIP) -> None:
+                 skip: frozenset[str] | None = None) -> None:
         self.device = shared_device(device)
+        if skip is None:
+            skip = SKIP if self.device.info.kind == "cpu" else frozenset()
         self.skip = skip
         self.dump_dir = dump_dir if dump_dir is not None else os.environ.get("GRAPHNN_DUMP")
 

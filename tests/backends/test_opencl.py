@@ -154,6 +154,30 @@ def test_training_step_moves_no_weights_between_host_and_device() -> None:
     assert weights > t.bytes_to_device + t.bytes_to_host
 
 
+@pytest.mark.parametrize("kind", ["cpu", "gpu"])
+def test_convolution_gradients_stay_on_gpus(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU devices the generic convolution-gradient kernels lose to numpy and the round trip
+    (SKIP); on a GPU the round trip costs more, so a CNN's step runs wholly on the device."""
+    from graphnn.backends.opencl.executable import SKIP
+
+    dev = shared_device()
+    monkeypatch.setattr(dev, "info", dataclasses.replace(dev.info, kind=kind))
+    backend = OpenCLBackend()
+    assert backend.skip == (SKIP if kind == "cpu" else frozenset())
+    with gn.Graph("cnn") as g:
+        x = gn.placeholder((2, 3, 8, 8), name="x")
+        w = gn.variable(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(
+            np.float32), name="w")
+        loss = gn.sum(gn.max_pool(gn.relu(gn.conv(x, w, padding=1)), 2) ** 2)
+        grad = gn.gradients(loss, [w])[0]
+    xv = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    sess = gn.Session(g, backend=backend)
+    got = sess.run(grad, {x: xv})
+    np.testing.assert_allclose(got, gn.Session(g).run(grad, {x: xv}), rtol=1e-4, atol=1e-4)
+    exe = next(iter(sess._cache.values())).exe
+    assert exe.fallback_ops == ({"conv_weight_grad", "max_pool_grad"} if kind == "cpu" else set())
+
+
 def test_training_matches_the_reference_backend() -> None:
     losses = {}
     for backend in ("reference", "opencl"):
