@@ -13,6 +13,8 @@ Timing: median of ``--repeat`` runs after one warm-up; ``compile_s`` is the firs
 (compilation included) minus the median. PyTorch runs with ``torch.set_num_threads`` equal to
 ``GRAPHNN_NUM_THREADS`` (default: the cores available), onnxruntime (the ``bench`` extra) with
 as many intra-op threads, on the workloads written as ONNX graphs in ``onnx_peer.py``.
+torch-cuda (where PyTorch sees a CUDA GPU) is the peer for graphnn-opencl on that GPU: like
+``Session.run``, each run copies its input to the device and its output back.
 """
 
 from __future__ import annotations
@@ -63,6 +65,15 @@ def _graphnn(build: Callable[[], tuple[gn.Graph, dict[str, np.ndarray], gn.Node]
     return setup
 
 
+def _torch_put(device: str) -> Callable[[np.ndarray], Any]:
+    """numpy -> a torch tensor on ``device``. Weights are put there once; a run puts its input
+    there and brings its output back, as ``Session.run`` does (torch-cuda's times include both
+    copies, like graphnn-opencl's)."""
+    import torch
+
+    return lambda a: torch.from_numpy(a).to(device)
+
+
 # -- W1: MLP 784-512-512-10 ---------------------------------------------------------------------
 
 
@@ -86,18 +97,17 @@ def w1(batch: int) -> Case:
             out = gn.softmax(gn.dense(h, gn.constant(ws[2]), gn.constant(bs[2])))
         return g, {"x": x}, out
 
-    def torch_run() -> Callable[[], np.ndarray]:
+    def torch_run(device: str = "cpu") -> Callable[[], np.ndarray]:
         import torch
 
-        tw = [torch.from_numpy(w) for w in ws]
-        tb = [torch.from_numpy(b) for b in bs]
-        tx = torch.from_numpy(x)
+        put = _torch_put(device)
+        tw, tb = [put(w) for w in ws], [put(b) for b in bs]
 
         def run() -> np.ndarray:
             with torch.no_grad():
-                h = torch.relu(tx @ tw[0] + tb[0])
+                h = torch.relu(put(x) @ tw[0] + tb[0])
                 h = torch.relu(h @ tw[1] + tb[1])
-                return torch.softmax(h @ tw[2] + tb[2], dim=1).numpy()
+                return torch.softmax(h @ tw[2] + tb[2], dim=1).cpu().numpy()
 
         return run
 
@@ -112,6 +122,7 @@ def w1(batch: int) -> Case:
     return Case("W1", batch, flops=flops, runners={
         "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build),
         "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run,
+        "torch-cuda": lambda: torch_run("cuda"),
         "onnxruntime": runner(onnx, THREADS)})
 
 
@@ -155,19 +166,19 @@ def w2(batch: int) -> Case:
             out = gn.dense(gn.mean(h, axis=(2, 3)), c["fc"], c["fb"])
         return g, {"x": x}, out
 
-    def torch_run() -> Callable[[], np.ndarray]:
+    def torch_run(device: str = "cpu") -> Callable[[], np.ndarray]:
         import torch
         import torch.nn.functional as F
 
-        t = {k: torch.from_numpy(v) for k, v in p.items()}
-        tx = torch.from_numpy(x)
+        put = _torch_put(device)
+        t = {k: put(v) for k, v in p.items()}
 
         def run() -> np.ndarray:
             with torch.no_grad():
-                h = F.relu(F.conv2d(tx, t["c1"], t["b1"]))
+                h = F.relu(F.conv2d(put(x), t["c1"], t["b1"]))
                 h = F.max_pool2d(F.relu(F.conv2d(h, t["c2"], t["b2"])), 2)
                 h = F.max_pool2d(F.relu(F.conv2d(h, t["c3"], t["b3"])), 2)
-                return (h.mean(dim=(2, 3)) @ t["fc"] + t["fb"]).numpy()
+                return (h.mean(dim=(2, 3)) @ t["fc"] + t["fb"]).cpu().numpy()
 
         return run
 
@@ -184,6 +195,7 @@ def w2(batch: int) -> Case:
     return Case("W2", batch, flops=flops, runners={
         "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build),
         "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run,
+        "torch-cuda": lambda: torch_run("cuda"),
         "onnxruntime": runner(onnx, THREADS)})
 
 
@@ -206,12 +218,17 @@ def w5(batch: int = 1) -> Case:
             out = gn.gelu(xp * 1.5 + 0.5, approximate="tanh") * gn.sigmoid(xp)
         return g, {"x": x}, out
 
-    def torch_run() -> Callable[[], np.ndarray]:
+    def torch_run(device: str = "cpu") -> Callable[[], np.ndarray]:
         import torch
 
-        tx = torch.from_numpy(x)
-        return lambda: (torch.nn.functional.gelu(tx * 1.5 + 0.5, approximate="tanh")
-                        * torch.sigmoid(tx)).numpy()
+        put = _torch_put(device)
+
+        def run() -> np.ndarray:
+            tx = put(x)
+            return (torch.nn.functional.gelu(tx * 1.5 + 0.5, approximate="tanh")
+                    * torch.sigmoid(tx)).cpu().numpy()
+
+        return run
 
     def onnx(g: OnnxGraph) -> tuple[dict[str, np.ndarray], str]:
         z = g.op("Add", g.op("Mul", "x", g.const(a)), g.const(b))
@@ -220,6 +237,7 @@ def w5(batch: int = 1) -> Case:
     return Case("W5", batch, bytes=2 * 4 * n, runners={
         "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build),
         "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run,
+        "torch-cuda": lambda: torch_run("cuda"),
         "onnxruntime": runner(onnx, THREADS)})
 
 
@@ -241,27 +259,29 @@ def w6(batch: int = 64) -> Case:
         t.build(x, y)
         return lambda: t.session.run([t.apply, t.train_loss], {t.x: x, t.y: y})[1]
 
-    def torch_step() -> Callable[[], np.ndarray]:
+    def torch_step(device: str = "cpu") -> Callable[[], np.ndarray]:
         import torch
         from torch import nn
 
         torch.manual_seed(0)
         model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(),
                               nn.MaxPool2d(2), nn.Conv2d(64, 128, 3), nn.ReLU(), nn.MaxPool2d(2),
-                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10)
+                              ).to(device)
         opt = torch.optim.Adam(model.parameters(), 1e-3)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        put = _torch_put(device)
 
         def step() -> np.ndarray:
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(tx), ty)
+            loss = torch.nn.functional.cross_entropy(model(put(x)), put(y))
             loss.backward()
             opt.step()
-            return loss.detach().numpy()
+            return loss.detach().cpu().numpy()
 
         return step
 
     return Case("W6", batch, runners={"graphnn-llvm": graphnn_step, "torch": torch_step,
+                                      "torch-cuda": lambda: torch_step("cuda"),
                                       "graphnn-opencl": lambda: graphnn_step("opencl")})
 
 
@@ -329,7 +349,7 @@ def w3(batch: int = 1) -> Case:
             out = _resnet18(_GraphnnOps, xp, {k: gn.constant(v) for k, v in p.items()})
         return g, {"x": x}, out
 
-    def torch_run() -> Callable[[], np.ndarray]:
+    def torch_run(device: str = "cpu") -> Callable[[], np.ndarray]:
         import torch
         import torch.nn.functional as F
 
@@ -341,12 +361,12 @@ def w3(batch: int = 1) -> Case:
             maxpool = staticmethod(lambda h: F.max_pool2d(h, 3, 2, 1))
             head = staticmethod(lambda h, w, b: h.mean(dim=(2, 3)) @ w + b)
 
-        t = {k: torch.from_numpy(v) for k, v in p.items()}
-        tx = torch.from_numpy(x)
+        put = _torch_put(device)
+        t = {k: put(v) for k, v in p.items()}
 
         def run() -> np.ndarray:
             with torch.no_grad():
-                return _resnet18(Ops, tx, t).numpy()
+                return _resnet18(Ops, put(x), t).cpu().numpy()
 
         return run
 
@@ -358,6 +378,7 @@ def w3(batch: int = 1) -> Case:
         "numpy": _graphnn(build, "reference", opt_level=0),  # graphnn's numpy reference
         "graphnn-llvm": _graphnn(build, opt_level=3),
         "graphnn-opencl": _graphnn(build, "opencl", opt_level=3), "torch": torch_run,
+        "torch-cuda": lambda: torch_run("cuda"),
         "onnxruntime": runner(onnx, THREADS)})
 
 
@@ -420,7 +441,7 @@ def w4(batch: int) -> Case:
                            batch)
         return g, {"x": x}, out
 
-    def torch_run() -> Callable[[], np.ndarray]:
+    def torch_run(device: str = "cpu") -> Callable[[], np.ndarray]:
         import torch
         import torch.nn.functional as F
 
@@ -433,12 +454,12 @@ def w4(batch: int) -> Case:
             gelu = staticmethod(F.gelu)
             norm = staticmethod(lambda x, g, b: F.layer_norm(x, (D_MODEL,), g, b))
 
-        t = {k: torch.from_numpy(v) for k, v in p.items()}
-        tx = torch.from_numpy(x)
+        put = _torch_put(device)
+        t = {k: put(v) for k, v in p.items()}
 
         def run() -> np.ndarray:
             with torch.no_grad():
-                return _encoder(Ops, tx, t, batch).numpy()
+                return _encoder(Ops, put(x), t, batch).cpu().numpy()
 
         return run
 
@@ -452,6 +473,7 @@ def w4(batch: int) -> Case:
         "numpy": _graphnn(build, "reference", opt_level=0),  # graphnn's numpy reference
         "graphnn-llvm": _graphnn(build, opt_level=3),
         "graphnn-opencl": _graphnn(build, "opencl", opt_level=3), "torch": torch_run,
+        "torch-cuda": lambda: torch_run("cuda"),
         "onnxruntime": runner(onnx, THREADS)})
 
 
@@ -468,15 +490,15 @@ def mm(batch: int = 1) -> Case:
             out = pa @ pb
         return g, {"a": a, "b": b}, out
 
-    def torch_run() -> Callable[[], np.ndarray]:
-        import torch
-
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        return lambda: (ta @ tb).numpy()
+    def torch_run(device: str = "cpu") -> Callable[[], np.ndarray]:
+        put = _torch_put(device)
+        tb = put(b)
+        return lambda: (put(a) @ tb).cpu().numpy()
 
     return Case("MM", 1, flops=2 * n**3, runners={
         "numpy": lambda: lambda: a @ b, "graphnn-llvm": _graphnn(build),
         "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run,
+        "torch-cuda": lambda: torch_run("cuda"),
         "onnxruntime": runner(lambda g: ({"a": a, "b": b}, g.op("MatMul", "a", "b")), THREADS)})
 
 
@@ -507,14 +529,18 @@ def _available(framework: str) -> bool:
             return False
         print(f"onnxruntime {onnxruntime.__version__} (CPU provider)")
         return True
-    if framework == "torch":
+    if framework in ("torch", "torch-cuda"):
         try:
             import torch
-
-            torch.set_num_threads(THREADS)
-            return True
         except ImportError:
             return False
+        torch.set_num_threads(THREADS)
+        if framework == "torch-cuda" and not torch.cuda.is_available():
+            print("torch-cuda skipped: no CUDA device")
+            return False
+        if framework == "torch-cuda":
+            print(f"torch-cuda runs on {torch.cuda.get_device_name()}")
+        return True
     return True
 
 
@@ -547,7 +573,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--workload", nargs="*", default=list(WORKLOADS))
     parser.add_argument("--framework", nargs="*",
                         default=["graphnn-llvm", "graphnn-opencl", "numpy", "torch",
-                                 "onnxruntime"])
+                                 "torch-cuda", "onnxruntime"])
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--json", help="write the records to this file")
     args = parser.parse_args(argv)
