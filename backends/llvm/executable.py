@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from graphnn.backends.base import RunResult
+from graphnn.backends.base import ReturnedArrays, RunResult
 from graphnn.backends.kernel.ir import Kernel, format_kernel
 from graphnn.backends.kernel.lower import lower
 from graphnn.backends.llvm.codegen import PTR, KernelEmitter, template_for
@@ -84,7 +83,7 @@ class LLVMExecutable:
         self._scratch = {n: np.empty([d or 0 for d in n.shape], n.dtype.np) for n in order
                          if n.op not in SOURCES and not get_op(n.op).no_value
                          and n not in writers and n not in self.fetches}
-        self._returned: dict[Node, np.ndarray] = {}
+        self._returned = ReturnedArrays()
         self._plan_run()
         self.llvm_ir = str(module)
         self.compiled = Compiled(self.llvm_ir, target, cache) if self.kernels else None
@@ -98,12 +97,7 @@ class LLVMExecutable:
     def _output_buffer(self, n: Node) -> np.ndarray:
         """The array a fetched value is computed into: the one returned last run when only this
         executable still references it (no page faults, no copy), else a fresh one."""
-        old = self._returned.get(n)
-        # references: the dict, ``old`` and getrefcount's argument
-        if old is None or sys.getrefcount(old) > 3:
-            old = np.empty([d or 0 for d in n.shape], n.dtype.np)
-            self._returned[n] = old
-        return old
+        return self._returned.get(n, [d or 0 for d in n.shape], n.dtype.np)
 
     def _close_segment(self, module: ir.Module, segment: list[tuple[Kernel, Node]]) -> None:
         """One entry ``seg<k>(ptr slots)`` calling the segment's kernels in order."""
