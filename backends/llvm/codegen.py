@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
+from graphnn.backends.kernel import approx
 from graphnn.backends.kernel.ir import (
     Assign,
     Binary,
@@ -309,8 +310,7 @@ class KernelEmitter:
             return self.b.zext(v, d_ty)
         return self.b.sext(v, d_ty) if s_ty.width < d_ty.width else self.b.trunc(v, d_ty)
 
-
-    # -- vectorisable transcendentals (Cephes' reductions and coefficients, Moshier 1989) -------
+    # -- vectorisable transcendentals (backends/kernel/approx.py: sources and coefficients) ----
     def _poly(self, x: ir.Value, coeffs: tuple[float, ...], ty: ir.Type) -> ir.Value:
         """Horner: coeffs[0] * x^n + ... + coeffs[n]."""
         acc: ir.Value = ir.Constant(ty, coeffs[0])
@@ -324,17 +324,16 @@ class KernelEmitter:
         Overflow gives inf, underflow 0, NaN stays NaN."""
         f32 = ty is F32
         b, c = self.b, lambda v: ir.Constant(ty, v)
-        hi_lim, lo_lim = (88.72283905206835, -87.33654475055310) if f32 else \
+        hi_lim, lo_lim = (approx.EXP_HI, approx.EXP_LO) if f32 else \
             (709.782712893384, -708.3964185322641)
         xc = b.select(b.fcmp_ordered(">", x, c(hi_lim)), c(hi_lim), x)
         xc = b.select(b.fcmp_ordered("<", xc, c(lo_lim)), c(lo_lim), xc)
-        n = self._math("floor", ty, b.fadd(b.fmul(xc, c(1.4426950408889634)), c(0.5)))
-        r = b.fsub(b.fsub(xc, b.fmul(n, c(0.693359375 if f32 else 6.93145751953125e-1))),
-                   b.fmul(n, c(-2.12194440e-4 if f32 else 1.42860682030941723212e-6)))
+        n = self._math("floor", ty, b.fadd(b.fmul(xc, c(approx.LOG2E)), c(0.5)))
+        r = b.fsub(b.fsub(xc, b.fmul(n, c(approx.LN2_HI if f32 else 6.93145751953125e-1))),
+                   b.fmul(n, c(approx.LN2_LO if f32 else 1.42860682030941723212e-6)))
         if f32:
             z = b.fmul(r, r)
-            p = self._poly(r, (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-                               1.6666665459e-1, 5.0000001201e-1), ty)
+            p = self._poly(r, approx.EXP_P, ty)
             e = b.fadd(b.fadd(b.fmul(p, z), r), c(1.0))
         else:
             z = b.fmul(r, r)
@@ -364,9 +363,7 @@ class KernelEmitter:
         ax = self._math("abs", ty, x)
         z = b.fmul(x, x)
         if f32:
-            small = b.fadd(b.fmul(b.fmul(self._poly(z, (-5.70498872745e-3, 2.06390887954e-2,
-                                                        -5.37397155531e-2, 1.33314422036e-1,
-                                                        -3.33332819422e-1), ty), z), x), x)
+            small = b.fadd(b.fmul(b.fmul(self._poly(z, approx.TANH_P, ty), z), x), x)
         else:
             pz = self._poly(z, (-9.64399179425052238628e-1, -9.92877231001918586564e1,
                                 -1.61468768441708447952e3), ty)
@@ -375,7 +372,7 @@ class KernelEmitter:
             small = b.fadd(x, b.fmul(b.fmul(x, z), b.fdiv(pz, qz)))
         big = b.fsub(c(1.0), b.fdiv(c(2.0), b.fadd(self._exp(b.fmul(ax, c(2.0)), ty), c(1.0))))
         big = b.select(b.fcmp_ordered("<", x, c(0.0)), b.fneg(big), big)
-        return b.select(b.fcmp_ordered("<", ax, c(0.625)), small, big)
+        return b.select(b.fcmp_ordered("<", ax, c(approx.TANH_SMALL)), small, big)
 
     def _erf(self, x: ir.Value, ty: ir.Type) -> ir.Value:
         """float32 erf, vectorisable (GELU's): sign(x) times |x| P(x^2) for |x| < 1, else
@@ -386,21 +383,12 @@ class KernelEmitter:
         keeps libm's erf."""
         b, c = self.b, lambda v: ir.Constant(ty, v)
         ax = self._math("abs", ty, x)
-        small = b.fmul(ax, self._poly(b.fmul(ax, ax), _ERF_P, ty))
+        small = b.fmul(ax, self._poly(b.fmul(ax, ax), approx.ERF_P, ty))
         t = b.fdiv(c(1.0), b.fadd(c(1.0), b.fmul(ax, c(0.5))))
         big = b.fsub(c(1.0), b.fmul(self._exp(b.fneg(b.fmul(ax, ax)), ty),
-                                    self._poly(t, _ERFCX_R, ty)))
+                                    self._poly(t, approx.ERFCX_R, ty)))
         mag = b.select(b.fcmp_ordered("<", ax, c(1.0)), small, big)
         return self._call("llvm.copysign.f32", ty, mag, x)  # odd, and erf(-0) = -0
-
-
-# erf's fits (highest degree first, for _poly): erf(x)/x in x^2 on [0, 1], and erfcx(x) in
-# t = 1/(1 + x/2) on x in [1, 10] (beyond, exp(-x^2) is below float32's smallest normal)
-_ERF_P = (7.843558674660295e-05, -0.0008003823912963709, 0.005187146329854613,
-          -0.026852869583195566, 0.11283550948489034, -0.3761262078600941, 1.1283791637708311)
-_ERFCX_R = (0.08727255022973117, -0.20491179605891008, 0.05136295878968028,
-            0.08604764124643005, 0.16660713728283202, 0.25061403224480344,
-            0.2813811705709683, 0.2821636653493262, -2.7204620720128517e-06)
 
 
 def _is_sum(s: Assign) -> bool:
