@@ -1,6 +1,6 @@
 """The main job: a small CNN learns scikit-learn's handwritten digits (1,797 8x8 images).
 
-    python examples/train_digits.py [--backend reference|llvm|opencl] [--epochs 12]
+    python examples/train_digits.py [--backend llvm|opencl|reference] [--epochs 12]
                                     [--out out/digits]
 
 conv3x3(1->16)-relu-maxpool2, conv3x3(16->32)-relu-maxpool2, dense(128->10), trained with Adam on
@@ -44,8 +44,8 @@ def build_model() -> nn.Module:
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="reference",
-                        help="graphnn backend: reference, llvm or opencl")
+    parser.add_argument("--backend", default=None,
+                        help="graphnn backend: llvm (the default), opencl or reference")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.01)

@@ -34,7 +34,8 @@ class Session:
 
     Args:
         graph: the graph to run (the default graph when None).
-        backend: a backend name (``"reference"``) or a Backend instance.
+        backend: a backend name (``"llvm"``, ``"opencl"``, ``"reference"``) or a Backend
+            instance; None (default): ``"llvm"``, or ``GRAPHNN_BACKEND``'s.
         opt_level: 0 runs the graph as built; 1-3 optimise each fetch set first (see
             ``graphnn.passes``), specialised to the fed shapes.
         passes: an explicit pass list instead of opt_level.
@@ -45,7 +46,7 @@ class Session:
     Raises:  GraphError for an unknown backend, or a device given to a backend without devices.
     """
 
-    def __init__(self, graph: Graph | None = None, backend: str | Backend = "reference",
+    def __init__(self, graph: Graph | None = None, backend: str | Backend | None = None,
                  opt_level: int = 0, passes: Sequence[Any] | None = None,
                  dump_dir: str | None = None, device: str | int | None = None) -> None:
         self.graph = graph if graph is not None else get_default_graph()

@@ -157,7 +157,7 @@ class Trainer:
 
     def __init__(self, model: Module, optimizer: str | optim_mod.Optimizer = "adam",
                  loss: str | Callable[..., Node] = "cross_entropy",
-                 metrics: Sequence[str | Callable[..., float]] = (), backend: str = "reference",
+                 metrics: Sequence[str | Callable[..., float]] = (), backend: str | None = None,
                  loss_kwargs: dict[str, Any] | None = None, opt_level: int = 0) -> None:
         self.model = model
         self.optimizer = optim_mod.get(optimizer)

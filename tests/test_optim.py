@@ -27,7 +27,7 @@ def run_graphnn(opt: optim.Optimizer, steps: int) -> list[np.ndarray]:
         r = gn.matmul(gn.constant(A), w) - gn.constant(B)
         loss = gn.sum(r * r)
         step = opt.build(loss, [w])
-    sess = gn.Session(g)
+    sess = gn.Session(g, backend="reference")
     out = []
     for _ in range(steps):
         sess.run(step.apply)
@@ -105,7 +105,7 @@ def test_gradient_accumulation_equals_the_large_batch() -> None:
             w = gn.variable(W0.copy(), name="w")
             loss = gn.mean((xs @ w - ts) ** 2)
             step = optim.SGD(0.1, momentum=0.5, accumulate_steps=accumulate).build(loss, [w])
-        return gn.Session(g), step, xs, ts, w
+        return gn.Session(g, backend="reference"), step, xs, ts, w
 
     big, step, xs, ts, w = build(1)
     big.run(step.apply, {xs: x, ts: t})
@@ -121,7 +121,7 @@ def test_learning_rate_is_a_variable() -> None:
     with gn.Graph() as g:
         w = gn.variable(np.float64(1.0), name="w")
         step = opt.build(w * w, [w])
-    sess = gn.Session(g)
+    sess = gn.Session(g, backend="reference")
     opt.set_lr(sess, 0.25)
     assert opt.get_lr(sess) == 0.25
     sess.run(step.apply)

@@ -53,7 +53,7 @@ class LoadedModel:
     Attributes: graph, session, inputs (placeholders in graph order), outputs.
     """
 
-    def __init__(self, graph: Graph, backend: str = "reference") -> None:
+    def __init__(self, graph: Graph, backend: str | None = None) -> None:
         self.graph = graph
         self.session = Session(graph, backend)
         self.inputs = graph.placeholders
@@ -72,7 +72,7 @@ class LoadedModel:
         return np.concatenate(parts) if parts else np.zeros((0,))
 
 
-def load_model(path: str | os.PathLike[str], backend: str = "reference") -> LoadedModel:
+def load_model(path: str | os.PathLike[str], backend: str | None = None) -> LoadedModel:
     """Read a file written by ``save_model``.
 
     Raises:  SerializationError for a missing, damaged or foreign file, or a graph that does not

@@ -179,10 +179,10 @@ class Module:
 
     # -- Keras-style training (graphnn.training.Trainer does the work) ---------------------------
     def compile(self, optimizer: Any = "adam", loss: Any = "cross_entropy",
-                metrics: Any = (), backend: str = "reference", opt_level: int = 0,
+                metrics: Any = (), backend: str | None = None, opt_level: int = 0,
                 **loss_kwargs: Any) -> None:
-        """Choose optimizer, loss, metrics, backend and optimisation level; see
-        ``graphnn.training.Trainer``."""
+        """Choose optimizer, loss, metrics, backend (None: the default, ``"llvm"``) and
+        optimisation level; see ``graphnn.training.Trainer``."""
         from graphnn.training import Trainer
 
         object.__setattr__(self, "trainer", Trainer(self, optimizer, loss, metrics, backend,

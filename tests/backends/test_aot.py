@@ -24,7 +24,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def reference(graph: gn.Graph, *arrays: np.ndarray) -> list[np.ndarray]:
-    return gn.Session(graph).run(list(graph.outputs), dict(zip(graph.placeholders, arrays)))
+    return gn.Session(graph, "reference").run(list(graph.outputs),
+                                              dict(zip(graph.placeholders, arrays)))
 
 
 @pytest.mark.parametrize("name", ["digits-cnn", "mlp", "cnn-bn"])

@@ -36,7 +36,7 @@ def _run(backend: str, build, arrays):  # type: ignore[no-untyped-def]
     exe = next(iter(sess._cache.values()))
     exe = getattr(exe, "exe", exe)
     assert out.op not in exe.fallback_ops, f"{out.op} ran on numpy"
-    return got, gn.Session(g).run(out, feeds)
+    return got, gn.Session(g, backend="reference").run(out, feeds)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -124,7 +124,7 @@ def _template_run(build, arrays, template: str, opt_level: int = 0):  # type: ig
     assert not exe.fallback_ops, f"{exe.fallback_ops} ran on numpy"
     used = {template_for(k, vector_bits(backend.target.features)) for k in exe.kernels}
     assert template in {t.__name__ for t in used if t is not None}, used
-    return got, gn.Session(g).run(out, feeds)
+    return got, gn.Session(g, backend="reference").run(out, feeds)
 
 
 @pytest.mark.parametrize(("xs", "ks", "kw"), [

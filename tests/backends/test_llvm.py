@@ -56,7 +56,8 @@ def test_digits_cnn_forward_is_native() -> None:
     exe = gn.Session(graph, backend=LLVMBackend(cache=False, native_conv_grads=True), opt_level=2)
     x = np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32)
     out = exe.run(y, {"x": x})
-    np.testing.assert_allclose(out, gn.Session(graph).run(y, {"x": x}), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out, gn.Session(graph, "reference").run(y, {"x": x}),
+                               rtol=1e-4, atol=1e-5)
     compiled = next(iter(exe._cache.values())).exe
     assert compiled.fallback_ops == set()
     assert ("conv", "relu") in [k.source for k in compiled.kernels]
@@ -69,7 +70,7 @@ def test_matmul_and_its_fused_epilogue_are_native() -> None:
     sess = gn.Session(graph, backend="llvm", opt_level=2)
     x = np.random.default_rng(0).standard_normal((16, 784)).astype(np.float32)
     out = sess.run(graph.outputs[0], {"x": x})
-    np.testing.assert_allclose(out, gn.Session(graph).run(graph.outputs[0], {"x": x}),
+    np.testing.assert_allclose(out, gn.Session(graph, "reference").run(graph.outputs[0], {"x": x}),
                                rtol=1e-4, atol=1e-6)
     fused = [k for k in sess._cache.values()][0].exe.kernels
     assert [k.source for k in fused if "matmul" in k.source] == [
@@ -138,7 +139,7 @@ def test_threaded_kernels_match_the_reference(threads: int) -> None:
         outs = [gn.tanh(p["v"] * 2.0) + 1.0, gn.sum(gn.exp(p["m"] * 0.1), axis=1),
                 gn.relu(p["a"] @ p["b"] + 0.5), gn.transpose(p["m"])]
     got = gn.Session(g, backend=LLVMBackend(threads=threads), opt_level=2).run(outs, feeds)
-    want = gn.Session(g).run(outs, feeds)
+    want = gn.Session(g, backend="reference").run(outs, feeds)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5)
     big = compile_one(lambda x: x * 2.0, (1 << 20,))
@@ -159,7 +160,7 @@ def test_thread_pool_runs_concurrent_sessions_and_varying_thread_counts() -> Non
     import threading
 
     g, p, y, x = _pool_graph()
-    want = gn.Session(g).run(y, {p: x})
+    want = gn.Session(g, backend="reference").run(y, {p: x})
     errors: list[BaseException] = []
 
     def work(threads: int) -> None:
@@ -243,7 +244,7 @@ def test_native_convolution_kernel(xs: tuple, ws: tuple, kw: dict) -> None:
         y = gn.relu(gn.conv(p, gn.constant(w), gn.constant(b), **kw) + 0.25)
     native = LLVMBackend(cache=False, native_conv_grads=True)
     got = gn.Session(g, backend=native, opt_level=2).run(y, {p: x})
-    np.testing.assert_allclose(got, gn.Session(g).run(y, {p: x}), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, gn.Session(g, "reference").run(y, {p: x}), rtol=1e-4, atol=1e-5)
     assert "conv" not in native.compile(g, [y]).fallback_ops
 
 
@@ -272,7 +273,7 @@ def test_reductions_rows_and_data_movement_are_native() -> None:
     exe = LLVMBackend(cache=False).compile(g, outs)
     assert exe.fallback_ops == set()
     got = gn.Session(g, backend=LLVMBackend(cache=False)).run(outs, feeds)
-    for a, b in zip(got, gn.Session(g).run(outs, feeds)):
+    for a, b in zip(got, gn.Session(g, backend="reference").run(outs, feeds)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -331,7 +332,8 @@ def test_convolution_as_im2col_and_gemm(xs: tuple, ws: tuple, kw: dict, threads:
     rv = rng.standard_normal(conv.shape).astype(np.float32)
     sess = gn.Session(g, backend=LLVMBackend(cache=False, threads=threads), opt_level=2)
     got = sess.run(y, {p: x, r: rv})
-    np.testing.assert_allclose(got, gn.Session(g).run(y, {p: x, r: rv}), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, gn.Session(g, "reference").run(y, {p: x, r: rv}),
+                               rtol=1e-4, atol=1e-4)
     kernels = next(iter(sess._cache.values())).exe.kernels
     bits = gemm.vector_bits(sess.backend.target.features)
     # one image: the threads split its pixels; more: its (image, channel) rows
@@ -359,7 +361,8 @@ def test_gemm_template_over_batched_rows(shape: tuple, threads: int) -> None:
     rv = rng.standard_normal((*shape[:-1], n)).astype(np.float32)
     sess = gn.Session(g, backend=LLVMBackend(cache=False, threads=threads), opt_level=2)
     got = sess.run(y, {x: xv, r: rv})
-    np.testing.assert_allclose(got, gn.Session(g).run(y, {x: xv, r: rv}), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, gn.Session(g, "reference").run(y, {x: xv, r: rv}),
+                               rtol=1e-4, atol=1e-4)
     bits = gemm.vector_bits(sess.backend.target.features)
     assert any(gemm.applies(kn, bits) for kn in next(iter(sess._cache.values())).exe.kernels)
 

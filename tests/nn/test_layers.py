@@ -22,7 +22,7 @@ def build(module: nn.Module, x: np.ndarray, train: bool = False):  # type: ignor
 
 def forward(module: nn.Module, x: np.ndarray, train: bool = False) -> np.ndarray:
     g, xp, out = build(module, x, train)
-    return gn.Session(g).run(out, {xp: x})
+    return gn.Session(g, backend="reference").run(out, {xp: x})
 
 
 def test_linear_matches_its_formula_and_pytorch_layout() -> None:
@@ -80,7 +80,7 @@ def test_state_dict_round_trip_and_mismatch_errors() -> None:
     with pytest.raises(gn.GraphError, match=r"missing \['bias'\], unexpected \['extra'\]"):
         b.load_state_dict({"weight": np.zeros((2, 3)), "extra": np.zeros(1)})
     g, x, out = build(b, np.zeros((1, 3), np.float32))
-    sess = gn.Session(g)
+    sess = gn.Session(g, backend="reference")
     b.load_state_dict({"weight": np.ones((2, 3)), "bias": np.zeros(2)}, session=sess)
     np.testing.assert_array_equal(sess.run(out, {x: np.ones((1, 3))}), [[3, 3]])
     np.testing.assert_array_equal(b.state_dict(sess)["weight"], np.ones((2, 3)))
@@ -95,7 +95,7 @@ def test_batch_norm_train_and_eval() -> None:
         y_train = bn(xp)
         bn.eval()
         y_eval = bn(xp)
-    sess = gn.Session(g)
+    sess = gn.Session(g, backend="reference")
     out, *_ = sess.run([y_train, *bn.update_ops()], {xp: x})
     mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
     want = (x - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5)

@@ -12,7 +12,7 @@ def test_dropout_scales_kept_values_and_drops_at_rate_p() -> None:
     with gn.Graph() as g:
         x = gn.placeholder((200, 500), name="x")
         y = gn.dropout(x, p=0.3, seed=7)
-    out = gn.Session(g).run(y, {x: np.ones((200, 500))})
+    out = gn.Session(g, backend="reference").run(y, {x: np.ones((200, 500))})
     kept = out != 0
     np.testing.assert_allclose(out[kept], 1 / 0.7, rtol=1e-6)
     # 100k Bernoulli(0.7) draws: the kept fraction is within 5 standard deviations of 0.7
@@ -24,7 +24,7 @@ def test_dropout_masks_are_reproducible_and_fresh_each_run() -> None:
         with gn.Graph() as g:
             x = gn.placeholder((64,), name="x")
             y = gn.dropout(x, p=0.5, seed=seed)
-        sess = gn.Session(g)
+        sess = gn.Session(g, backend="reference")
         return [sess.run(y, {x: np.ones(64)}) != 0 for _ in range(3)]
 
     a, b = masks(1), masks(1)
@@ -41,7 +41,7 @@ def test_dropout_edges_and_eval_mode() -> None:
         none, all_ = gn.dropout(x, p=0.0), gn.dropout(x, p=1.0)
         default_seeded = gn.dropout(x)
     assert isinstance(default_seeded.attrs["seed"], int)
-    a, b = gn.Session(g).run([none, all_], {x: np.arange(5.0)})
+    a, b = gn.Session(g, backend="reference").run([none, all_], {x: np.arange(5.0)})
     np.testing.assert_array_equal(a, np.arange(5.0))
     np.testing.assert_array_equal(b, np.zeros(5))
 
@@ -74,5 +74,5 @@ def test_dropout_gradient_uses_the_forward_mask() -> None:
         (gx,) = gn.gradients(gn.sum(y * gn.constant(r)), [x])
     data = np.random.default_rng(1).uniform(1, 2, (50, 40))  # nonzero, so y != 0 marks kept
     for _ in range(2):  # the same run computes y and its gradient: one mask for both
-        out, grad = gn.Session(g).run([y, gx], {x: data})
+        out, grad = gn.Session(g, backend="reference").run([y, gx], {x: data})
         np.testing.assert_allclose(grad, (out != 0) * r / 0.75, rtol=1e-12)

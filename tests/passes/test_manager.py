@@ -57,11 +57,11 @@ def test_dumps_every_stage(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPat
 def test_session_opt_level_and_dump_dir(tmp_path: pathlib.Path) -> None:
     graph, y = models.inference_graph("digits-cnn")
     x = np.random.default_rng(0).random((5, 1, 8, 8)).astype(np.float32)
-    plain = gn.Session(graph).run(y, {"x": x})
-    optimized = gn.Session(graph, opt_level=3, dump_dir=str(tmp_path)).run(y, {"x": x})
+    plain = gn.Session(graph, backend="reference").run(y, {"x": x})
+    optimized = gn.Session(graph, "reference", opt_level=3, dump_dir=str(tmp_path)).run(y, {"x": x})
     np.testing.assert_allclose(optimized, plain, rtol=1e-5, atol=1e-6)
     assert (tmp_path / "00_input.txt").read_text().count("f32[5,1,8,8]") == 1  # specialised
-    custom = gn.Session(graph, passes=["fold_constants", "dce"]).run(y, {"x": x})
+    custom = gn.Session(graph, "reference", passes=["fold_constants", "dce"]).run(y, {"x": x})
     np.testing.assert_allclose(custom, plain, rtol=1e-6)
 
 
@@ -117,8 +117,8 @@ def test_decompose_attention_matches_the_op_and_keeps_unknown_causal_lengths() -
         new = PASSES["decompose_attention"](g)
         assert "scaled_dot_product_attention" not in {n.op for n in new.nodes}
         feeds = dict(zip("qkv", (q, k, v)))
-        np.testing.assert_allclose(gn.Session(new).run(new.outputs[0], feeds),
-                                   gn.Session(g).run(out, feeds), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(gn.Session(new, backend="reference").run(new.outputs[0], feeds),
+                                   gn.Session(g, "reference").run(out, feeds), rtol=1e-5, atol=1e-6)
     with gn.Graph() as g:  # unknown lengths: a causal mask cannot be built, the op stays
         ps = [gn.placeholder((2, None, 4), name=n) for n in "qkv"]
         g.outputs = (gn.scaled_dot_product_attention(*ps, is_causal=True),)
