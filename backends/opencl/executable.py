@@ -196,9 +196,10 @@ class OpenCLExecutable:
         group = min(64, device.info.max_work_group_size)
         widest = 1 << (min(256, device.info.max_work_group_size).bit_length() - 1)
         tile = tile_for(device.info.max_work_group_size, device.info.local_mem_bytes)
-        self.source, self.launches = render_program(self.kernels, group,
-                                                    device.info.kind == "cpu", widest, tile) \
-            if self.kernels else ("", [])
+        info = device.info
+        self.source, self.launches = render_program(
+            self.kernels, group, info.kind == "cpu", widest, tile, info.compute_units,
+            info.local_mem_bytes) if self.kernels else ("", [])
         self.program = device.build(self.source, f"graph {graph.name!r}") if self.kernels \
             else None
         self._cl_kernels = [_cl().Kernel(self.program, k.name) for k in self.kernels]

@@ -190,8 +190,11 @@ class KernelRenderer:
     """Renders one kernel to OpenCL C (``render``) and says how to launch it (``launch``)."""
 
     def __init__(self, kernel: Kernel, work_group: int, cpu: bool = False,
-                 work_group_max: int = 256, tile: int = TILE) -> None:
+                 work_group_max: int = 256, tile: int = TILE, units: int = 1,
+                 local_bytes: int = 32768) -> None:
         self.k = kernel
+        self.units = units  # the device's compute units: work-groups worth filling
+        self.local_bytes = local_bytes  # the device's local memory per work-group
         self.tile = tile  # matmul tile edge on GPUs (tile_for: from the device's limits)
         self.work_group = work_group
         self.work_group_max = work_group_max  # work-items of a row's group (a power of two)
@@ -318,9 +321,13 @@ class KernelRenderer:
         return "\n".join(self.lines), Launch(self.k.name, (size,), (wg,), self.fp64)
 
     def _matmul(self) -> tuple[str, Launch]:
-        """out = a @ b, tiled: each TILE x TILE work-group stages TILE x TILE tiles of a and b
-        in local memory and each work-item accumulates one output in a register; the kernel's
-        epilogue (bias, activation, residual) is applied to the accumulator before the store."""
+        """out = a @ b for GPUs, tiled through local memory: each TILE x TILE work-group stages
+        a (TILE*R) x TILE slice of a and a TILE x (TILE*R) slice of b per step, and each
+        work-item accumulates R x R outputs in registers (rows li + r*TILE, columns
+        lj + c*TILE, so neighbouring work-items read neighbouring local words). R is the largest
+        of 4, 2, 1 that still gives every compute unit a work-group; R = 1 is the classic one
+        output per work-item. The kernel's epilogue (bias, activation, residual) is applied to
+        each accumulator before its store."""
         _, a, b = self.k.schedule
         assert isinstance(a, int) and isinstance(b, int)
         po, pa = self.k.params[-1], self.k.params[a]
@@ -333,29 +340,46 @@ class KernelRenderer:
         out_at = self.expr(matmul_index(po.shape, batch, i, j))
         epilogue = self._epilogue(out_buf)  # matmul nests declare no locals: Var("acc") = v_acc
         value = "v_acc" if epilogue is None else self._with_acc(epilogue, out_buf)
-        t = self.tile
+        t, nb = self.tile, max(math.prod(batch), 1)
+        r = next(r for r in (4, 2, 1) if r == 1 or (
+            -(-m // (t * r)) * -(-n // (t * r)) * nb >= self.units
+            and 2 * t * (t * r + 1) * po.dtype.itemsize <= self.local_bytes))
+        bm = t * r  # rows (and columns) of the output block
         e = self.emit
         e(self.signature(f"__attribute__((reqd_work_group_size({t}, {t}, 1))) ") + " {", 0)
-        e(f"__local {ty} as[{t}][{t + 1}];", 1)
-        e(f"__local {ty} bs[{t}][{t + 1}];", 1)
+        e(f"__local {ty} as[{t}][{bm + 1}];", 1)  # as[k][row]: a's slice, transposed
+        e(f"__local {ty} bs[{t}][{bm + 1}];", 1)  # bs[k][column]
         e("const int lj = get_local_id(0), li = get_local_id(1);", 1)
-        e("const long v_j = get_global_id(0), v_i = get_global_id(1);", 1)
+        e(f"const int lid = li * {t} + lj;", 1)
+        e(f"const long i0 = get_group_id(1) * {bm}L, j0 = get_group_id(0) * {bm}L;", 1)
         e("long rest = get_global_id(2);", 1)
         for d in reversed(range(len(batch))):
             e(f"const long v_b{d} = rest % {batch[d]}L; rest /= {batch[d]}L;", 1)
-        e(f"{ty} v_acc = 0;", 1)
+        e(" ".join(f"{ty} acc{x}_{y} = 0;" for x in range(r) for y in range(r)), 1)
         e(f"for (long t = 0; t < {kk}L; t += {t}) {{", 1)
-        e("long v_k = t + lj;", 2)
-        e(f"as[li][lj] = (v_i < {m}L && v_k < {kk}L) ? p{a}[{a_at}] : ({ty})0;", 2)
-        e("v_k = t + li;", 2)
-        e(f"bs[li][lj] = (v_k < {kk}L && v_j < {n}L) ? p{b}[{b_at}] : ({ty})0;", 2)
+        e(f"for (int f = lid; f < {bm * t}; f += {t * t}) {{", 2)  # a: k fastest (coalesced)
+        e(f"const int row = f / {t}, q = f % {t}; const long v_i = i0 + row, v_k = t + q;", 3)
+        e(f"as[q][row] = (v_i < {m}L && v_k < {kk}L) ? p{a}[{a_at}] : ({ty})0;", 3)
+        e("}", 2)
+        e(f"for (int f = lid; f < {bm * t}; f += {t * t}) {{", 2)  # b: columns fastest
+        e(f"const int q = f / {bm}, col = f % {bm}; const long v_k = t + q, v_j = j0 + col;", 3)
+        e(f"bs[q][col] = (v_k < {kk}L && v_j < {n}L) ? p{b}[{b_at}] : ({ty})0;", 3)
+        e("}", 2)
         e("barrier(CLK_LOCAL_MEM_FENCE);", 2)
-        e(f"for (int q = 0; q < {t}; ++q) v_acc += as[li][q] * bs[q][lj];", 2)
+        e(f"for (int q = 0; q < {t}; ++q) {{", 2)
+        e(" ".join(f"const {ty} ar{x} = as[q][li + {x * t}];" for x in range(r)), 3)
+        e(" ".join(f"const {ty} bc{y} = bs[q][lj + {y * t}];" for y in range(r)), 3)
+        e(" ".join(f"acc{x}_{y} += ar{x} * bc{y};" for x in range(r) for y in range(r)), 3)
+        e("}", 2)
         e("barrier(CLK_LOCAL_MEM_FENCE);", 2)
         e("}", 1)
-        e(f"if (v_i < {m}L && v_j < {n}L) p{out_buf}[{out_at}] = {value};", 1)
+        for x in range(r):
+            for y in range(r):
+                e(f"{{ const long v_i = i0 + li + {x * t}, v_j = j0 + lj + {y * t}; "
+                  f"if (v_i < {m}L && v_j < {n}L) {{ const {ty} v_acc = acc{x}_{y}; "
+                  f"p{out_buf}[{out_at}] = {value}; }} }}", 1)
         e("}", 0)
-        size = (-(-n // t) * t, -(-m // t) * t, max(math.prod(batch), 1))
+        size = (-(-n // bm) * t, -(-m // bm) * t, nb)
         return "\n".join(self.lines), Launch(self.k.name, size, (t, t, 1), self.fp64)
 
     def _open_flat(self, total: int) -> tuple[str, Launch] | None:
@@ -753,7 +777,8 @@ def _substitute(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
 
 
 def render_program(kernels: list[Kernel], work_group: int = 64, cpu: bool = False,
-                   work_group_max: int = 256, tile: int = TILE) -> tuple[str, list[Launch]]:
+                   work_group_max: int = 256, tile: int = TILE, units: int = 1,
+                   local_bytes: int = 32768) -> tuple[str, list[Launch]]:
     """The OpenCL C source of ``kernels`` (one program) and how to launch each.
 
     ``work_group``: work-items per group for the collapsed-loop kernels (the device's limit
@@ -761,11 +786,13 @@ def render_program(kernels: list[Kernel], work_group: int = 64, cpu: bool = Fals
     matmuls and convolutions use the register-blocked templates, float32 exp, tanh and erf the
     inline approximations of ``approx.c_helpers``, and reductions stay one work-item per row;
     otherwise reductions use work-groups of up to ``work_group_max`` (a power
-    of two) work-items per row.
+    of two) work-items per row. ``units`` (compute units) and ``local_bytes`` (local memory per
+    work-group, bytes) size the GPU matmul's register blocks.
     """
     parts, launches = [], []
     for kernel in kernels:
-        src, launch = KernelRenderer(kernel, work_group, cpu, work_group_max, tile).render()
+        src, launch = KernelRenderer(kernel, work_group, cpu, work_group_max, tile, units,
+                                     local_bytes).render()
         comment = f"/* {kernel.name}: {', '.join(kernel.source)} */"
         parts.append(comment + "\n" + src)
         launches.append(launch)

@@ -294,6 +294,31 @@ def test_reductions_use_a_work_group_tree_on_gpus(monkeypatch: pytest.MonkeyPatc
                                e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
 
 
+# blocks of 16 * block rows and columns: (70, 130) makes 2 x 3 blocks of 64, 3 x 5 of 32
+@pytest.mark.parametrize(("a", "b", "units", "block"), [
+    ((70, 33), (33, 130), 6, 4), ((70, 33), (33, 130), 7, 2), ((70, 33), (33, 130), 16, 1),
+    ((3, 37, 20), (20, 45), 3, 4), ((3, 37, 20), (20, 45), 12, 2),
+    ((2, 3, 65, 17), (2, 3, 17, 64), 12, 4), ((2, 3, 65, 17), (2, 3, 17, 64), 10**6, 1)])
+def test_gpu_matmul_register_blocks(a: tuple, b: tuple, units: int, block: int,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each work-item of the GPU template accumulates block x block outputs; the block shrinks
+    until every compute unit gets a work-group. Edges, batches and the fused epilogue."""
+    dev = shared_device()
+    monkeypatch.setattr(dev, "info", dataclasses.replace(dev.info, kind="gpu",
+                                                         compute_units=units))
+    with gn.Graph("k") as g:
+        xs = [gn.placeholder(a, name="x0"), gn.placeholder(b, name="x1")]
+        out = gn.relu(xs[0] @ xs[1] - 0.25)
+    sess = gn.Session(g, backend="opencl", opt_level=2)
+    rng = np.random.default_rng(3)
+    av, bv = rng.standard_normal(a).astype(np.float32), rng.standard_normal(b).astype(np.float32)
+    np.testing.assert_allclose(sess.run(out, {xs[0]: av, xs[1]: bv}),
+                               np.maximum(av @ bv - 0.25, 0), rtol=1e-4, atol=1e-5)
+    source = next(iter(sess._cache.values())).exe.source
+    last = f"acc{block - 1}_{block - 1} +="
+    assert last in source and f"acc{block}_{block} +=" not in source
+
+
 def test_matmul_tile_fits_the_device_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     from graphnn.backends.opencl.render import tile_for
 
