@@ -78,6 +78,9 @@ def tile_for(max_work_group_size: int, local_mem_bytes: int, itemsize: int = 8) 
 # GFLOP/s against 75-100 for 8 x 8 and 8 x 16.
 MM_ROWS, MM_COLS = 6, 16
 CONV_CHANNELS, CONV_PIXELS = 8, 8  # convolution register block (CPU devices)
+# GPUs: convolutions with at least this many output channels per group run as an implicit GEMM
+# (one tile of rows); depthwise and narrow groups compute one output per work-item
+CONV_GEMM_CHANNELS = 16
 
 
 @dataclass(frozen=True)
@@ -286,8 +289,14 @@ class KernelRenderer:
         if self.k.schedule[:1] == ("conv",):
             # a channel block must lie in one group: depthwise and narrow groups go one by one
             per_group = self.k.params[-1].shape[1] // int(self.k.schedule[4])
-            blocked = self.cpu and per_group % CONV_CHANNELS == 0
-            return self._conv_blocked() if blocked else self._conv()
+            if self.cpu:
+                return self._conv_blocked() if per_group % CONV_CHANNELS == 0 else self._conv()
+            return self._conv_gemm() if per_group >= CONV_GEMM_CHANNELS else self._conv()
+        if self.k.schedule[:1] == ("conv_weight_grad",) and not self.cpu:
+            return self._weight_grad_gemm()
+        if self.k.schedule[:1] == ("conv_transpose",) and not self.cpu and \
+                self.k.params[int(self.k.schedule[2])].shape[1] >= CONV_GEMM_CHANNELS:
+            return self._transpose_gemm()
         if not self.cpu:
             plan = self._row_plan()
             if plan is not None:
@@ -321,29 +330,180 @@ class KernelRenderer:
         return "\n".join(self.lines), Launch(self.k.name, (size,), (wg,), self.fp64)
 
     def _matmul(self) -> tuple[str, Launch]:
-        """out = a @ b for GPUs, tiled through local memory: each TILE x TILE work-group stages
-        a (TILE*R) x TILE slice of a and a TILE x (TILE*R) slice of b per step, and each
-        work-item accumulates R x R outputs in registers (rows li + r*TILE, columns
-        lj + c*TILE, so neighbouring work-items read neighbouring local words). R is the largest
-        of 4, 2, 1 that still gives every compute unit a work-group; R = 1 is the classic one
-        output per work-item. The kernel's epilogue (bias, activation, residual) is applied to
-        each accumulator before its store."""
+        """out = a @ b for GPUs through ``_tiled_gemm``; batch dims ride on the NDRange's third
+        axis. The kernel's epilogue (bias, activation, residual) is applied to each accumulator
+        before its store."""
         _, a, b = self.k.schedule
         assert isinstance(a, int) and isinstance(b, int)
         po, pa = self.k.params[-1], self.k.params[a]
         out_buf = len(self.k.params) - 1
         batch, (m, n), kk = po.shape[:-2], po.shape[-2:], pa.shape[-1]
-        ty = _REG[po.dtype]
         i, j, k = Var("i"), Var("j"), Var("k")
         a_at = self.expr(matmul_index(pa.shape, batch, i, k))
         b_at = self.expr(matmul_index(self.k.params[b].shape, batch, k, j))
         out_at = self.expr(matmul_index(po.shape, batch, i, j))
         epilogue = self._epilogue(out_buf)  # matmul nests declare no locals: Var("acc") = v_acc
         value = "v_acc" if epilogue is None else self._with_acc(epilogue, out_buf)
-        t, nb = self.tile, max(math.prod(batch), 1)
+        prelude = ["long rest = get_global_id(2);"]
+        for d in reversed(range(len(batch))):
+            prelude.append(f"const long v_b{d} = rest % {batch[d]}L; rest /= {batch[d]}L;")
+        return self._tiled_gemm(
+            m, n, kk, max(math.prod(batch), 1), prelude,
+            lambda row, q, to: [f"const long v_i = {row}, v_k = {q};", f"{to} = p{a}[{a_at}];"],
+            lambda q, col, to: [f"const long v_k = {q}, v_j = {col};", f"{to} = p{b}[{b_at}];"],
+            lambda row, col: [f"const long v_i = {row}, v_j = {col};",
+                              f"p{out_buf}[{out_at}] = {value};"])
+
+    def _conv_gemm(self) -> tuple[str, Launch]:
+        """Convolution for GPUs as an implicit GEMM through ``_tiled_gemm``: per (image, group),
+        out[o, p] = bias[o] + sum over k of w[o, k] * cols[k, p], k running over (input
+        channel, taps) and p over output pixels; cols is never stored: each element of b's
+        local-memory slice is gathered from x (zero outside the image). The fused epilogue is
+        applied before each store."""
+        _, xb, wb, bb, groups, *rest = self.k.schedule
+        x, w, out = self.k.params[int(xb)], self.k.params[int(wb)], self.k.params[-1]
+        nd, ng = len(x.shape) - 2, int(groups)
+        stride, dil, pads = (tuple(int(v) for v in rest[i * nd:(i + 1) * nd]) for i in range(3))
+        n_out, c_out, c_in = out.shape[0], out.shape[1], x.shape[1]
+        cg, taps, og = w.shape[1], w.shape[2:], c_out // ng
+        osz, xsz = out.shape[2:], x.shape[2:]
+        ntaps, pixels = math.prod(taps), math.prod(osz)
+        out_buf = len(self.k.params) - 1
+        value = self._conv_value(out_buf)
+        prelude = [f"const long n = get_global_id(2) / {ng}L, grp = get_global_id(2) % {ng}L;"]
+
+        def cols(q: str, col: str, to: str) -> list[str]:
+            lines = [f"const long c = {q} / {ntaps}L;",
+                     *self._spatial(f"{q} % {ntaps}L", taps, "t"),
+                     *self._spatial(col, osz, "y")]
+            return lines + self._gather(xb, xsz, f"n * {c_in}L + grp * {cg}L + c", stride, dil,
+                                        pads, to)
+
+        def store(row: str, col: str) -> list[str]:
+            lines = [f"const long o = grp * {og}L + {row};", f"const long v_no = n * {c_out}L + o;",
+                     *self._spatial(col, osz, "v_y")]
+            if int(bb) >= 0:
+                lines.append(f"v_acc += p{bb}[o];")
+            lines.append(f"p{out_buf}[v_no * {pixels}L + {col}] = {value};")
+            return lines
+
+        return self._tiled_gemm(
+            og, pixels, cg * ntaps, n_out * ng, prelude,
+            lambda row, q, to: [f"{to} = p{wb}[(grp * {og}L + {row}) * {cg * ntaps}L + {q}];"],
+            cols, store)
+
+    def _spatial(self, flat: str, sizes: tuple[int, ...], name: str) -> list[str]:
+        """C statements declaring ``name0``, ``name1``...: the row-major multi-index of the
+        expression ``flat`` over ``sizes``."""
+        lines = [f"long {name}r = {flat};"]
+        for d in reversed(range(len(sizes))):
+            lines.append(f"const long {name}{d} = {name}r % {sizes[d]}L; {name}r /= {sizes[d]}L;")
+        return lines
+
+    def _weight_grad_gemm(self) -> tuple[str, Launch]:
+        """conv_weight_grad for GPUs as an implicit GEMM through ``_tiled_gemm``, one product
+        per group: dW[o, k] = sum over (image, output pixel) q of dy[o, q] * cols[q, k], k
+        running over (input channel, taps); cols is gathered from x into local memory, never
+        stored."""
+        _, xb, db, groups, *rest = self.k.schedule
+        x, dy, dw = self.k.params[int(xb)], self.k.params[int(db)], self.k.params[-1]
+        nd, ng = len(x.shape) - 2, int(groups)
+        stride, dil, pads = (tuple(int(v) for v in rest[i * nd:(i + 1) * nd]) for i in range(3))
+        c_out, cg, taps = dw.shape[0], dw.shape[1], dw.shape[2:]
+        og, c_in, osz, xsz = c_out // ng, x.shape[1], dy.shape[2:], x.shape[2:]
+        ntaps, pixels, k_len = math.prod(taps), math.prod(osz), cg * math.prod(taps)
+
+        def dy_load(row: str, q: str, to: str) -> list[str]:
+            return [f"const long n = {q} / {pixels}L, p = {q} % {pixels}L;",
+                    f"{to} = p{db}[(n * {c_out}L + grp * {og}L + {row}) * {pixels}L + p];"]
+
+        def cols(q: str, col: str, to: str) -> list[str]:
+            lines = [f"const long n = {q} / {pixels}L, c = {col} / {ntaps}L;",
+                     *self._spatial(f"{q} % {pixels}L", osz, "y"),
+                     *self._spatial(f"{col} % {ntaps}L", taps, "t")]
+            return lines + self._gather(xb, xsz, f"n * {c_in}L + grp * {cg}L + c", stride, dil,
+                                        pads, to)
+
+        return self._tiled_gemm(
+            og, k_len, dy.shape[0] * pixels, ng, ["const long grp = get_global_id(2);"],
+            dy_load, cols, lambda row, col: [
+                f"p{len(self.k.params) - 1}[(grp * {og}L + {row}) * {k_len}L + {col}] = v_acc;"])
+
+    def _transpose_gemm(self) -> tuple[str, Launch]:
+        """conv_transpose for GPUs as an implicit GEMM through ``_tiled_gemm``, per (image,
+        group): out[o, z] = bias[o] + sum over k = (input channel c, taps t) of w[c, o, t] *
+        x[c, i] where i * stride = z + pad - t * dilation (ONNX ConvTranspose), gathered into
+        local memory (zero where no i exists). The fused epilogue is applied before each
+        store."""
+        _, xb, wb, bb, groups, *rest = self.k.schedule
+        x, w, out = self.k.params[int(xb)], self.k.params[int(wb)], self.k.params[-1]
+        nd, ng = len(x.shape) - 2, int(groups)
+        stride, dil, pads = (tuple(int(v) for v in rest[i * nd:(i + 1) * nd]) for i in range(3))
+        n_out, c_out, c_in = out.shape[0], out.shape[1], x.shape[1]
+        cpg, cog, taps = c_in // ng, w.shape[1], w.shape[2:]
+        osz, xsz = out.shape[2:], x.shape[2:]
+        ntaps, pixels = math.prod(taps), math.prod(osz)
+        out_buf = len(self.k.params) - 1
+        value = self._conv_value(out_buf)
+
+        def w_load(row: str, q: str, to: str) -> list[str]:
+            return [f"const long c = {q} / {ntaps}L, t = {q} % {ntaps}L;",
+                    f"{to} = p{wb}[((grp * {cpg}L + c) * {cog}L + {row}) * {ntaps}L + t];"]
+
+        def x_load(q: str, col: str, to: str) -> list[str]:
+            lines = [f"const long c = {q} / {ntaps}L;",
+                     *self._spatial(f"{q} % {ntaps}L", taps, "t"),
+                     *self._spatial(col, osz, "y")]
+            inside, at = [], f"n * {c_in}L + grp * {cpg}L + c"
+            for d in range(nd):
+                lines.append(f"const long u{d} = y{d} + {pads[d]}L - t{d} * {dil[d]}L, "
+                             f"i{d} = u{d} / {stride[d]}L;")
+                inside.append(f"u{d} >= 0 && u{d} == i{d} * {stride[d]}L && i{d} < {xsz[d]}L")
+                at = f"({at}) * {xsz[d]}L + i{d}"
+            return [*lines, f"{to} = ({' && '.join(inside)}) ? p{xb}[{at}] : 0;"]
+
+        def store(row: str, col: str) -> list[str]:
+            lines = [f"const long o = grp * {cog}L + {row};",
+                     f"const long v_no = n * {c_out}L + o;", *self._spatial(col, osz, "v_y")]
+            if int(bb) >= 0:
+                lines.append(f"v_acc += p{bb}[o];")
+            return [*lines, f"p{out_buf}[v_no * {pixels}L + {col}] = {value};"]
+
+        return self._tiled_gemm(
+            cog, pixels, cpg * ntaps, n_out * ng,
+            [f"const long n = get_global_id(2) / {ng}L, grp = get_global_id(2) % {ng}L;"],
+            w_load, x_load, store)
+
+    def _gather(self, xb: int | str, xsz: tuple[int, ...], plane: str, stride: tuple[int, ...],
+                dil: tuple[int, ...], pads: tuple[int, ...], to: str) -> list[str]:
+        """``to = x[plane, y*stride + t*dil - pad]``, 0 outside the image (``y0...`` and
+        ``t0...`` declared by the caller)."""
+        lines, inside, at = [], [], plane
+        for d in range(len(xsz)):
+            lines.append(f"const long h{d} = y{d} * {stride[d]}L + t{d} * {dil[d]}L - "
+                         f"{pads[d]}L;")
+            inside.append(f"h{d} >= 0 && h{d} < {xsz[d]}L")
+            at = f"({at}) * {xsz[d]}L + h{d}"
+        return [*lines, f"{to} = ({' && '.join(inside)}) ? p{xb}[{at}] : 0;"]
+
+    def _tiled_gemm(self, m: int, n: int, kk: int, nb: int, prelude: list[str],
+                    a_load: Callable[[str, str, str], list[str]],
+                    b_load: Callable[[str, str, str], list[str]],
+                    store: Callable[[str, str], list[str]]) -> tuple[str, Launch]:
+        """A GEMM template for GPUs, for ``nb`` independent m x n x kk products (the NDRange's
+        third axis; ``prelude`` decodes it): each TILE x TILE work-group stages a (TILE*R) x TILE
+        slice of a and a TILE x (TILE*R) slice of b per step in local memory, and each
+        work-item accumulates R x R outputs in registers (rows li + r*TILE, columns
+        lj + c*TILE, so neighbouring work-items read neighbouring local words). R is the largest
+        of 4, 2, 1 that still gives every compute unit a work-group and fits local memory.
+        ``a_load(row, k, target)`` and ``b_load(k, col, target)`` give the statements that set
+        ``target`` to a[row, k] and b[k, col] (indices known in range); ``store(row, col)``
+        those that store ``v_acc``, the accumulator of out[row, col]."""
+        ty = _REG[self.k.params[-1].dtype]
+        t = self.tile
         r = next(r for r in (4, 2, 1) if r == 1 or (
             -(-m // (t * r)) * -(-n // (t * r)) * nb >= self.units
-            and 2 * t * (t * r + 1) * po.dtype.itemsize <= self.local_bytes))
+            and 2 * t * (t * r + 1) * self.k.params[-1].dtype.itemsize <= self.local_bytes))
         bm = t * r  # rows (and columns) of the output block
         e = self.emit
         e(self.signature(f"__attribute__((reqd_work_group_size({t}, {t}, 1))) ") + " {", 0)
@@ -352,18 +512,23 @@ class KernelRenderer:
         e("const int lj = get_local_id(0), li = get_local_id(1);", 1)
         e(f"const int lid = li * {t} + lj;", 1)
         e(f"const long i0 = get_group_id(1) * {bm}L, j0 = get_group_id(0) * {bm}L;", 1)
-        e("long rest = get_global_id(2);", 1)
-        for d in reversed(range(len(batch))):
-            e(f"const long v_b{d} = rest % {batch[d]}L; rest /= {batch[d]}L;", 1)
+        for line in prelude:
+            e(line, 1)
         e(" ".join(f"{ty} acc{x}_{y} = 0;" for x in range(r) for y in range(r)), 1)
-        e(f"for (long t = 0; t < {kk}L; t += {t}) {{", 1)
+        e(f"for (long k0 = 0; k0 < {kk}L; k0 += {t}) {{", 1)
         e(f"for (int f = lid; f < {bm * t}; f += {t * t}) {{", 2)  # a: k fastest (coalesced)
-        e(f"const int row = f / {t}, q = f % {t}; const long v_i = i0 + row, v_k = t + q;", 3)
-        e(f"as[q][row] = (v_i < {m}L && v_k < {kk}L) ? p{a}[{a_at}] : ({ty})0;", 3)
+        e(f"const int row = f / {t}, q = f % {t};", 3)
+        e(f"if (i0 + row < {m}L && k0 + q < {kk}L) {{", 3)
+        for line in a_load("(i0 + row)", "(k0 + q)", "as[q][row]"):
+            e(line, 4)
+        e(f"}} else as[q][row] = ({ty})0;", 3)
         e("}", 2)
         e(f"for (int f = lid; f < {bm * t}; f += {t * t}) {{", 2)  # b: columns fastest
-        e(f"const int q = f / {bm}, col = f % {bm}; const long v_k = t + q, v_j = j0 + col;", 3)
-        e(f"bs[q][col] = (v_k < {kk}L && v_j < {n}L) ? p{b}[{b_at}] : ({ty})0;", 3)
+        e(f"const int q = f / {bm}, col = f % {bm};", 3)
+        e(f"if (k0 + q < {kk}L && j0 + col < {n}L) {{", 3)
+        for line in b_load("(k0 + q)", "(j0 + col)", "bs[q][col]"):
+            e(line, 4)
+        e(f"}} else bs[q][col] = ({ty})0;", 3)
         e("}", 2)
         e("barrier(CLK_LOCAL_MEM_FENCE);", 2)
         e(f"for (int q = 0; q < {t}; ++q) {{", 2)
@@ -375,9 +540,11 @@ class KernelRenderer:
         e("}", 1)
         for x in range(r):
             for y in range(r):
-                e(f"{{ const long v_i = i0 + li + {x * t}, v_j = j0 + lj + {y * t}; "
-                  f"if (v_i < {m}L && v_j < {n}L) {{ const {ty} v_acc = acc{x}_{y}; "
-                  f"p{out_buf}[{out_at}] = {value}; }} }}", 1)
+                e(f"if (i0 + li + {x * t} < {m}L && j0 + lj + {y * t} < {n}L) {{", 1)
+                e(f"{ty} v_acc = acc{x}_{y};", 2)
+                for line in store(f"(i0 + li + {x * t})", f"(j0 + lj + {y * t})"):
+                    e(line, 2)
+                e("}", 1)
         e("}", 0)
         size = (-(-n // bm) * t, -(-m // bm) * t, nb)
         return "\n".join(self.lines), Launch(self.k.name, size, (t, t, 1), self.fp64)

@@ -36,6 +36,10 @@ def _run(backend: str, build, arrays):  # type: ignore[no-untyped-def]
     exe = next(iter(sess._cache.values()))
     exe = getattr(exe, "exe", exe)
     assert out.op not in exe.fallback_ops, f"{out.op} ran on numpy"
+    if backend == "opencl-gpu-path":  # the implicit GEMMs stage slices in local memory
+        gemm = out.op == "conv_weight_grad" or (out.op == "conv_transpose" and
+                                                 out.inputs[1].shape[1] >= 16)
+        assert ("bs[q][col]" in exe.source) == gemm  # _tiled_gemm's slice of b
     return got, gn.Session(g, backend="reference").run(out, feeds)
 
 
@@ -91,7 +95,14 @@ def test_max_pool_grad_routes_to_the_first_maximum(backend: str, xs: tuple, kw: 
     ((1, 4, 7, 5), (4, 2, 2, 3), {"stride": (1, 3), "pads": (0, 1, 1, 0), "dilation": (2, 1),
                                   "groups": 2, "output_padding": (0, 2)}),
     ((2, 3, 6), (3, 2, 4), {"stride": (3,), "pads": (2, 1), "dilation": (1,), "groups": 1,
-                            "output_padding": (1,)})])
+                            "output_padding": (1,)}),
+    # 16 or more output channels per group: the implicit GEMM on GPUs
+    ((2, 8, 5, 6), (8, 16, 3, 3), {"stride": (2, 2), "pads": (1, 1, 1, 1), "dilation": (1, 1),
+                                   "groups": 1, "output_padding": (1, 0)}),
+    ((1, 4, 7, 5), (4, 17, 2, 3), {"stride": (1, 2), "pads": (0, 1, 1, 0), "dilation": (2, 1),
+                                   "groups": 2, "output_padding": (0, 1)}),
+    ((2, 6, 9), (6, 20, 4), {"stride": (3,), "pads": (2, 1), "dilation": (1,), "groups": 1,
+                             "output_padding": (2,)})])
 @pytest.mark.parametrize("bias", [False, True])
 def test_conv_transpose(backend: str, xs: tuple, ws: tuple, kw: dict, bias: bool) -> None:
     rng = np.random.default_rng(2)

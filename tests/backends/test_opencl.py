@@ -230,7 +230,13 @@ def test_collapsed_nests_and_single_work_item_kernels() -> None:
     ((1, 4, 9, 10), (8, 4, 3, 2), {"stride": (2, 3), "padding": (1, 2), "dilation": (2, 1)}),
     ((2, 16, 7, 7), (16, 2, 3, 3), {"padding": 1, "groups": 8}),
     ((2, 3, 17), (8, 3, 5), {"padding": 2, "stride": 2}),
-    ((1, 2, 5, 6, 7), (8, 2, 3, 3, 3), {"padding": 1})])
+    ((1, 2, 5, 6, 7), (8, 2, 3, 3, 3), {"padding": 1}),
+    # 16 or more output channels per group: the implicit GEMM on GPUs
+    ((2, 5, 9, 11), (20, 5, 3, 3), {"stride": 2, "padding": (1, 0), "dilation": (1, 2)}),
+    ((1, 6, 7, 8), (34, 3, 3, 2), {"padding": 1, "groups": 2}),
+    ((3, 4, 33), (17, 4, 5), {"padding": 2, "dilation": 2}),
+    ((1, 3, 4, 5, 6), (16, 3, 2, 3, 3), {"padding": (1, 0, 1)}),
+    ((1, 64, 12, 12), (128, 64, 3, 3), {})])
 def test_convolution_templates(xs: tuple, ws: tuple, kw: dict, kind: str,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     dev = shared_device()
@@ -247,6 +253,8 @@ def test_convolution_templates(xs: tuple, ws: tuple, kw: dict, kind: str,
                                rtol=1e-4, atol=1e-4)
     exe = next(iter(sess._cache.values())).exe
     assert not exe.fallback_ops and any(k.source[:1] == ("conv",) for k in exe.kernels)
+    if kind == "gpu":  # the implicit GEMM (local-memory slices) from 16 channels per group
+        assert ("bs[q][col]" in exe.source) == (ws[0] // kw.get("groups", 1) >= 16)
 
 
 ROW_OPS = {"sum", "mean", "max", "min", "prod", "softmax", "log_softmax", "logsumexp", "var",
