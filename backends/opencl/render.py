@@ -383,7 +383,7 @@ class KernelRenderer:
             lines = [f"const long o = grp * {og}L + {row};", f"const long v_no = n * {c_out}L + o;",
                      *self._spatial(col, osz, "v_y")]
             if int(bb) >= 0:
-                lines.append(f"v_acc += p{bb}[o];")
+                lines.append(f"{self.var('acc')} += p{bb}[o];")
             lines.append(f"p{out_buf}[v_no * {pixels}L + {col}] = {value};")
             return lines
 
@@ -427,7 +427,8 @@ class KernelRenderer:
         return self._tiled_gemm(
             og, k_len, dy.shape[0] * pixels, ng, ["const long grp = get_global_id(2);"],
             dy_load, cols, lambda row, col: [
-                f"p{len(self.k.params) - 1}[(grp * {og}L + {row}) * {k_len}L + {col}] = v_acc;"])
+                f"p{len(self.k.params) - 1}[(grp * {og}L + {row}) * {k_len}L + {col}] = "
+                f"{self.var('acc')};"])
 
     def _transpose_gemm(self) -> tuple[str, Launch]:
         """conv_transpose for GPUs as an implicit GEMM through ``_tiled_gemm``, per (image,
@@ -466,7 +467,7 @@ class KernelRenderer:
             lines = [f"const long o = grp * {cog}L + {row};",
                      f"const long v_no = n * {c_out}L + o;", *self._spatial(col, osz, "v_y")]
             if int(bb) >= 0:
-                lines.append(f"v_acc += p{bb}[o];")
+                lines.append(f"{self.var('acc')} += p{bb}[o];")
             return [*lines, f"p{out_buf}[v_no * {pixels}L + {col}] = {value};"]
 
         return self._tiled_gemm(
@@ -498,7 +499,7 @@ class KernelRenderer:
         of 4, 2, 1 that still gives every compute unit a work-group and fits local memory.
         ``a_load(row, k, target)`` and ``b_load(k, col, target)`` give the statements that set
         ``target`` to a[row, k] and b[k, col] (indices known in range); ``store(row, col)``
-        those that store ``v_acc``, the accumulator of out[row, col]."""
+        those that store the accumulator of out[row, col], named ``self.var("acc")``."""
         ty = _REG[self.k.params[-1].dtype]
         t = self.tile
         r = next(r for r in (4, 2, 1) if r == 1 or (
@@ -541,7 +542,7 @@ class KernelRenderer:
         for x in range(r):
             for y in range(r):
                 e(f"if (i0 + li + {x * t} < {m}L && j0 + lj + {y * t} < {n}L) {{", 1)
-                e(f"{ty} v_acc = acc{x}_{y};", 2)
+                e(f"{ty} {self.var('acc')} = acc{x}_{y};", 2)  # l_acc where the IR declares it
                 for line in store(f"(i0 + li + {x * t})", f"(j0 + lj + {y * t})"):
                     e(line, 2)
                 e("}", 1)
