@@ -769,7 +769,7 @@ class KernelRenderer:
         assert isinstance(outer, Loop)
         planes = [st for st in outer.body if isinstance(st, Loop) and st.var == "y0"]
         if len(planes) < 2:
-            return "v_acc"
+            return self.var("acc")
         store = _walk((planes[1],))[-1]
         assert isinstance(store, Store) and store.buf == out_buf
         return self._with_acc(store.value, out_buf)
