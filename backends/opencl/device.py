@@ -46,13 +46,15 @@ class DeviceInfo:
     max_clock_mhz: int
     fp64: bool
     version: str
+    vector_width: int = 1  # preferred float vector width: elements per elementwise work-item
 
     def line(self) -> str:
         return (f"[{self.index}] {self.name} ({self.kind}, {self.platform}): "
                 f"{self.compute_units} compute units, max work-group {self.max_work_group_size}, "
                 f"local memory {self.local_mem_bytes // 1024} KiB, global memory "
                 f"{self.global_mem_bytes / 2**30:.1f} GiB, {self.max_clock_mhz} MHz, "
-                f"fp64 {'yes' if self.fp64 else 'no'}, {self.version}")
+                f"fp64 {'yes' if self.fp64 else 'no'}, float vector width {self.vector_width}, "
+                f"{self.version}")
 
 
 def _kind(device: Any) -> str:
@@ -90,7 +92,8 @@ def info(device: Any, index: int) -> DeviceInfo:
     return DeviceInfo(index, device.platform.name.strip(), device.name.strip(), _kind(device),
                       device.max_compute_units, device.max_work_group_size,
                       device.local_mem_size, device.global_mem_size, device.max_clock_frequency,
-                      bool(device.double_fp_config), device.version.strip())
+                      bool(device.double_fp_config), device.version.strip(),
+                      max(int(device.preferred_vector_width_float), 1))
 
 
 def list_devices() -> list[DeviceInfo]:

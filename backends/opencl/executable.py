@@ -199,7 +199,7 @@ class OpenCLExecutable:
         info = device.info
         self.source, self.launches = render_program(
             self.kernels, group, info.kind == "cpu", widest, tile, info.compute_units,
-            info.local_mem_bytes) if self.kernels else ("", [])
+            info.local_mem_bytes, info.vector_width) if self.kernels else ("", [])
         self.program = device.build(self.source, f"graph {graph.name!r}") if self.kernels \
             else None
         self._cl_kernels = [_cl().Kernel(self.program, k.name) for k in self.kernels]

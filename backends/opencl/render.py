@@ -194,8 +194,9 @@ class KernelRenderer:
 
     def __init__(self, kernel: Kernel, work_group: int, cpu: bool = False,
                  work_group_max: int = 256, tile: int = TILE, units: int = 1,
-                 local_bytes: int = 32768) -> None:
+                 local_bytes: int = 32768, lanes: int = 1) -> None:
         self.k = kernel
+        self.lanes = lanes  # consecutive iterations per work-item in collapsed-loop kernels
         self.units = units  # the device's compute units: work-groups worth filling
         self.local_bytes = local_bytes  # the device's local memory per work-group
         self.tile = tile  # matmul tile edge on GPUs (tile_for: from the device's limits)
@@ -314,19 +315,32 @@ class KernelRenderer:
         if total == 0:  # an empty index space: never launched
             self.emit("}", 0)
             return "\n".join(self.lines), Launch(self.k.name, (0,), None, self.fp64)
-        self.emit("const long g = (long)get_global_id(0);", 1)
-        self.emit(f"if (g >= {total}L) return;", 1)
+        lanes = min(self.lanes, total)
+        depth = 1
+        if lanes == 1:
+            self.emit("const long g = (long)get_global_id(0);", 1)
+            self.emit(f"if (g >= {total}L) return;", 1)
+        else:  # the device's vector width of consecutive iterations per work-item: on PoCL
+            # that vectorises where one iteration each did not (13 -> 4 ms for 16M elements)
+            self.emit(f"const long g0 = (long)get_global_id(0) * {lanes}L;", 1)
+            self.emit(f"const long g1 = g0 + {lanes}L < {total}L ? g0 + {lanes}L : {total}L;", 1)
+            self.emit("for (long g = g0; g < g1; ++g) {", 1)
+            depth = 2
         inner = total
         for loop in nest:  # the multi-index of g, outermost loop first
             inner //= max(loop.extent, 1)
             q = f"g / {inner}L" if inner != 1 else "g"
             self.emit(f"const long {self.var(loop.var)} = ({q}) % {loop.extent}L;"
-                      if loop is not nest[0] else f"const long {self.var(loop.var)} = {q};", 1)
+                      if loop is not nest[0] else f"const long {self.var(loop.var)} = {q};",
+                      depth)
         for s in nest[-1].body:
-            self.stmt(s, 1)
+            self.stmt(s, depth)
+        if lanes > 1:
+            self.emit("}", 1)
         self.emit("}", 0)
         wg = self.work_group
-        size = -(-total // wg) * wg
+        items = -(-total // lanes)
+        size = -(-items // wg) * wg
         return "\n".join(self.lines), Launch(self.k.name, (size,), (wg,), self.fp64)
 
     def _matmul(self) -> tuple[str, Launch]:
@@ -946,7 +960,7 @@ def _substitute(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
 
 def render_program(kernels: list[Kernel], work_group: int = 64, cpu: bool = False,
                    work_group_max: int = 256, tile: int = TILE, units: int = 1,
-                   local_bytes: int = 32768) -> tuple[str, list[Launch]]:
+                   local_bytes: int = 32768, lanes: int = 1) -> tuple[str, list[Launch]]:
     """The OpenCL C source of ``kernels`` (one program) and how to launch each.
 
     ``work_group``: work-items per group for the collapsed-loop kernels (the device's limit
@@ -955,12 +969,13 @@ def render_program(kernels: list[Kernel], work_group: int = 64, cpu: bool = Fals
     inline approximations of ``approx.c_helpers``, and reductions stay one work-item per row;
     otherwise reductions use work-groups of up to ``work_group_max`` (a power
     of two) work-items per row. ``units`` (compute units) and ``local_bytes`` (local memory per
-    work-group, bytes) size the GPU matmul's register blocks.
+    work-group, bytes) size the GPU matmul's register blocks; ``lanes`` (the device's preferred
+    float vector width) is how many consecutive iterations a collapsed-loop work-item runs.
     """
     parts, launches = [], []
     for kernel in kernels:
         src, launch = KernelRenderer(kernel, work_group, cpu, work_group_max, tile, units,
-                                     local_bytes).render()
+                                     local_bytes, lanes).render()
         comment = f"/* {kernel.name}: {', '.join(kernel.source)} */"
         parts.append(comment + "\n" + src)
         launches.append(launch)

@@ -216,7 +216,10 @@ def test_a_failed_run_leaves_variables_unchanged() -> None:
 def test_collapsed_nests_and_single_work_item_kernels() -> None:
     g, xs, out, exe = compile_one(lambda x, y: gn.transpose(x, (1, 0, 2)) + y,
                                   (5, 7, 3), (7, 5, 3))
-    assert any(launch.global_size[0] >= 105 for launch in exe.launches)
+    # the three loops collapse into the work-item index: no loop is left in the kernel but the
+    # one over the device's vector width of consecutive iterations
+    lanes_loops = exe.source.count("__kernel void") * (shared_device().info.vector_width > 1)
+    assert exe.source.count("for (") == lanes_loops
     rng = np.random.default_rng(2)
     a, b = rng.random((5, 7, 3), np.float32), rng.random((7, 5, 3), np.float32)
     np.testing.assert_allclose(gn.Session(g, backend="opencl").run(out, {xs[0]: a, xs[1]: b}),
@@ -331,6 +334,27 @@ def test_gpu_matmul_register_blocks(a: tuple, b: tuple, units: int, block: int,
     source = next(iter(sess._cache.values())).exe.source
     last = f"acc{block - 1}_{block - 1} +="
     assert last in source and f"acc{block}_{block} +=" not in source
+
+
+@pytest.mark.parametrize("width", [1, 3, 16])
+@pytest.mark.parametrize("kind", ["cpu", "gpu"])
+def test_collapsed_kernels_run_the_device_vector_width_per_work_item(
+        width: int, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each work-item of a collapsed-loop kernel runs ``vector_width`` consecutive iterations
+    (the last one fewer); a width of 1 (NVIDIA's) keeps one iteration per work-item."""
+    dev = shared_device()
+    monkeypatch.setattr(dev, "info", dataclasses.replace(dev.info, kind=kind,
+                                                         vector_width=width))
+    with gn.Graph("k") as g:
+        x = gn.placeholder((7, 143), name="x")
+        outs = [gn.tanh(x * 2.0) + 1.0, gn.transpose(x, (1, 0)) * 3.0, gn.max(x, axis=1)]
+    xv = np.random.default_rng(8).standard_normal((7, 143)).astype(np.float32)
+    sess = gn.Session(g, backend="opencl", opt_level=2)
+    for got, want in zip(sess.run(outs, {x: xv}), gn.Session(g, "reference").run(outs, {x: xv})):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    exe = next(iter(sess._cache.values())).exe
+    assert ("for (long g = g0; g < g1; ++g)" in exe.source) == (width > 1)
+    assert exe.launches[0].global_size[0] >= -(-7 * 143 // width)
 
 
 def test_matmul_tile_fits_the_device_limits(monkeypatch: pytest.MonkeyPatch) -> None:
