@@ -78,6 +78,10 @@ def tile_for(max_work_group_size: int, local_mem_bytes: int, itemsize: int = 8) 
 # GFLOP/s against 75-100 for 8 x 8 and 8 x 16.
 MM_ROWS, MM_COLS = 6, 16
 CONV_CHANNELS, CONV_PIXELS = 8, 8  # convolution register block (CPU devices)
+# Collapsed-loop kernels of at least this many iterations run the device's vector width of them
+# per work-item: on PoCL that made a 16M-element kernel 3x faster but doubles its compile time,
+# which only large kernels repay (the OpenCL gradient tests, cold, took 275 s against 502)
+LANES_MIN = 1 << 16
 # GPUs: convolutions with at least this many output channels per group run as an implicit GEMM
 # (one tile of rows); depthwise and narrow groups compute one output per work-item
 CONV_GEMM_CHANNELS = 16
@@ -315,7 +319,7 @@ class KernelRenderer:
         if total == 0:  # an empty index space: never launched
             self.emit("}", 0)
             return "\n".join(self.lines), Launch(self.k.name, (0,), None, self.fp64)
-        lanes = min(self.lanes, total)
+        lanes = min(self.lanes, total) if total >= LANES_MIN else 1
         depth = 1
         if lanes == 1:
             self.emit("const long g = (long)get_global_id(0);", 1)
