@@ -148,6 +148,13 @@ class Kernel:
 # -- helpers for building index arithmetic ------------------------------------------------------
 
 
+def geometry(schedule: tuple[str | int, ...], nd: int) -> tuple[tuple[int, ...], ...]:
+    """(stride, dilation, pads_begin) from the tail of a convolution schedule (``conv``,
+    ``conv_transpose``, ``conv_weight_grad``), each ``nd`` long."""
+    rest = [int(v) for v in schedule[-3 * nd:]]
+    return tuple(rest[:nd]), tuple(rest[nd:2 * nd]), tuple(rest[2 * nd:])
+
+
 def const_i(v: int) -> Const:
     return Const(int(v), DType.int64)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from graphnn.backends.kernel.ir import Kernel, Loop
+from graphnn.backends.kernel.ir import Kernel, Loop, geometry
 from graphnn.backends.llvm.gemm import MIN_WORK, MR, NR_TILE, GemmEmitter, _lanes, _prod
 from llvmlite import ir
 
@@ -25,12 +25,6 @@ from graphnn.dtypes import DType
 
 if TYPE_CHECKING:
     from graphnn.backends.llvm.codegen import KernelEmitter
-
-
-def geometry(schedule: tuple[str | int, ...], nd: int) -> tuple[tuple[int, ...], ...]:
-    """(stride, dilation, pads_begin) from the tail of a convolution schedule."""
-    rest = [int(v) for v in schedule[-3 * nd:]]
-    return tuple(rest[:nd]), tuple(rest[nd:2 * nd]), tuple(rest[2 * nd:])
 
 
 def applies(kernel: Kernel, bits: int = 128) -> bool:

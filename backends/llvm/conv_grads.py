@@ -23,8 +23,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING
 
-from graphnn.backends.kernel.ir import Kernel, Loop, Var, const_i
-from graphnn.backends.llvm.conv_gemm import geometry
+from graphnn.backends.kernel.ir import Kernel, Loop, Var, const_i, geometry
 from graphnn.backends.llvm.gemm import MIN_WORK, MR, GemmEmitter, _lanes, _prod, _zero
 from llvmlite import ir
 

@@ -35,6 +35,7 @@ from graphnn.backends.kernel.ir import (
     Unary,
     Var,
     const_i,
+    geometry,
 )
 from graphnn.backends.kernel.lower import matmul_index
 
@@ -360,8 +361,8 @@ class KernelRenderer:
         a_at = self.expr(matmul_index(pa.shape, batch, i, k))
         b_at = self.expr(matmul_index(self.k.params[b].shape, batch, k, j))
         out_at = self.expr(matmul_index(po.shape, batch, i, j))
-        epilogue = self._epilogue(out_buf)  # matmul nests declare no locals: Var("acc") = v_acc
-        value = "v_acc" if epilogue is None else self._with_acc(epilogue, out_buf)
+        epilogue = self._epilogue(out_buf)
+        value = self.var("acc") if epilogue is None else self._with_acc(epilogue, out_buf)
         prelude = ["long rest = get_global_id(2);"]
         for d in reversed(range(len(batch))):
             prelude.append(f"const long v_b{d} = rest % {batch[d]}L; rest /= {batch[d]}L;")
@@ -378,16 +379,14 @@ class KernelRenderer:
         channel, taps) and p over output pixels; cols is never stored: each element of b's
         local-memory slice is gathered from x (zero outside the image). The fused epilogue is
         applied before each store."""
-        _, xb, wb, bb, groups, *rest = self.k.schedule
+        _, xb, wb, bb, groups = self.k.schedule[:5]
         x, w, out = self.k.params[int(xb)], self.k.params[int(wb)], self.k.params[-1]
         nd, ng = len(x.shape) - 2, int(groups)
-        stride, dil, pads = (tuple(int(v) for v in rest[i * nd:(i + 1) * nd]) for i in range(3))
+        stride, dil, pads = geometry(self.k.schedule, nd)
         n_out, c_out, c_in = out.shape[0], out.shape[1], x.shape[1]
         cg, taps, og = w.shape[1], w.shape[2:], c_out // ng
         osz, xsz = out.shape[2:], x.shape[2:]
         ntaps, pixels = math.prod(taps), math.prod(osz)
-        out_buf = len(self.k.params) - 1
-        value = self._conv_value(out_buf)
         prelude = [f"const long n = get_global_id(2) / {ng}L, grp = get_global_id(2) % {ng}L;"]
 
         def cols(q: str, col: str, to: str) -> list[str]:
@@ -397,18 +396,28 @@ class KernelRenderer:
             return lines + self._gather(xb, xsz, f"n * {c_in}L + grp * {cg}L + c", stride, dil,
                                         pads, to)
 
-        def store(row: str, col: str) -> list[str]:
-            lines = [f"const long o = grp * {og}L + {row};", f"const long v_no = n * {c_out}L + o;",
-                     *self._spatial(col, osz, "v_y")]
-            if int(bb) >= 0:
-                lines.append(f"{self.var('acc')} += p{bb}[o];")
-            lines.append(f"p{out_buf}[v_no * {pixels}L + {col}] = {value};")
-            return lines
-
         return self._tiled_gemm(
             og, pixels, cg * ntaps, n_out * ng, prelude,
             lambda row, q, to: [f"{to} = p{wb}[(grp * {og}L + {row}) * {cg * ntaps}L + {q}];"],
-            cols, store)
+            cols, self._plane_store(og, int(bb)))
+
+    def _plane_store(self, og: int, bias: int) -> Callable[[str, str], list[str]]:
+        """The store of a convolution-like implicit GEMM's output (row: output channel within
+        group ``grp``, column: output pixel of image ``n``): the bias (buffer ``bias``, or
+        none if negative), then the fused epilogue, with the IR's names ``v_no`` and ``v_y*``
+        bound for it."""
+        out = self.k.params[-1]
+        c_out, osz, out_buf = out.shape[1], out.shape[2:], len(self.k.params) - 1
+        pixels, value, acc = math.prod(osz), self._conv_value(out_buf), self.var("acc")
+
+        def store(row: str, col: str) -> list[str]:
+            lines = [f"const long o = grp * {og}L + {row};", f"const long v_no = n * {c_out}L + o;",
+                     *self._spatial(col, osz, "v_y")]
+            if bias >= 0:
+                lines.append(f"{acc} += p{bias}[o];")
+            return [*lines, f"p{out_buf}[v_no * {pixels}L + {col}] = {value};"]
+
+        return store
 
     def _spatial(self, flat: str, sizes: tuple[int, ...], name: str) -> list[str]:
         """C statements declaring ``name0``, ``name1``...: the row-major multi-index of the
@@ -423,10 +432,10 @@ class KernelRenderer:
         per group: dW[o, k] = sum over (image, output pixel) q of dy[o, q] * cols[q, k], k
         running over (input channel, taps); cols is gathered from x into local memory, never
         stored."""
-        _, xb, db, groups, *rest = self.k.schedule
+        _, xb, db, groups = self.k.schedule[:4]
         x, dy, dw = self.k.params[int(xb)], self.k.params[int(db)], self.k.params[-1]
         nd, ng = len(x.shape) - 2, int(groups)
-        stride, dil, pads = (tuple(int(v) for v in rest[i * nd:(i + 1) * nd]) for i in range(3))
+        stride, dil, pads = geometry(self.k.schedule, nd)
         c_out, cg, taps = dw.shape[0], dw.shape[1], dw.shape[2:]
         og, c_in, osz, xsz = c_out // ng, x.shape[1], dy.shape[2:], x.shape[2:]
         ntaps, pixels, k_len = math.prod(taps), math.prod(osz), cg * math.prod(taps)
@@ -454,16 +463,14 @@ class KernelRenderer:
         x[c, i] where i * stride = z + pad - t * dilation (ONNX ConvTranspose), gathered into
         local memory (zero where no i exists). The fused epilogue is applied before each
         store."""
-        _, xb, wb, bb, groups, *rest = self.k.schedule
+        _, xb, wb, bb, groups = self.k.schedule[:5]
         x, w, out = self.k.params[int(xb)], self.k.params[int(wb)], self.k.params[-1]
         nd, ng = len(x.shape) - 2, int(groups)
-        stride, dil, pads = (tuple(int(v) for v in rest[i * nd:(i + 1) * nd]) for i in range(3))
-        n_out, c_out, c_in = out.shape[0], out.shape[1], x.shape[1]
+        stride, dil, pads = geometry(self.k.schedule, nd)
+        n_out, c_in = out.shape[0], x.shape[1]
         cpg, cog, taps = c_in // ng, w.shape[1], w.shape[2:]
         osz, xsz = out.shape[2:], x.shape[2:]
         ntaps, pixels = math.prod(taps), math.prod(osz)
-        out_buf = len(self.k.params) - 1
-        value = self._conv_value(out_buf)
 
         def w_load(row: str, q: str, to: str) -> list[str]:
             return [f"const long c = {q} / {ntaps}L, t = {q} % {ntaps}L;",
@@ -481,17 +488,10 @@ class KernelRenderer:
                 at = f"({at}) * {xsz[d]}L + i{d}"
             return [*lines, f"{to} = ({' && '.join(inside)}) ? p{xb}[{at}] : 0;"]
 
-        def store(row: str, col: str) -> list[str]:
-            lines = [f"const long o = grp * {cog}L + {row};",
-                     f"const long v_no = n * {c_out}L + o;", *self._spatial(col, osz, "v_y")]
-            if int(bb) >= 0:
-                lines.append(f"{self.var('acc')} += p{bb}[o];")
-            return [*lines, f"p{out_buf}[v_no * {pixels}L + {col}] = {value};"]
-
         return self._tiled_gemm(
             cog, pixels, cpg * ntaps, n_out * ng,
             [f"const long n = get_global_id(2) / {ng}L, grp = get_global_id(2) % {ng}L;"],
-            w_load, x_load, store)
+            w_load, x_load, self._plane_store(cog, int(bb)))
 
     def _gather(self, xb: int | str, xsz: tuple[int, ...], plane: str, stride: tuple[int, ...],
                 dil: tuple[int, ...], pads: tuple[int, ...], to: str) -> list[str]:
@@ -584,10 +584,10 @@ class KernelRenderer:
         at the bias and sums w * x over input channels and taps inside the image; the fused
         epilogue is applied before the store. Work-items along the output row are neighbours,
         so their loads of x coalesce (and vectorise on CPU devices)."""
-        _, xb, wb, bb, groups, *rest = self.k.schedule
+        _, xb, wb, bb, groups = self.k.schedule[:5]
         x, w, out = self.k.params[int(xb)], self.k.params[int(wb)], self.k.params[-1]
         nd = len(x.shape) - 2
-        stride, dil, pads = (tuple(int(v) for v in rest[i * nd:(i + 1) * nd]) for i in range(3))
+        stride, dil, pads = geometry(self.k.schedule, nd)
         n_out, c_out, c_in = out.shape[0], out.shape[1], x.shape[1]
         cg, taps, og = w.shape[1], w.shape[2:], c_out // int(groups)
         out_buf = len(self.k.params) - 1
@@ -697,10 +697,10 @@ class KernelRenderer:
         channels x CONV_PIXELS consecutive outputs along the last spatial axis, so each input
         vector (gathered with the padding checks) feeds CONV_CHANNELS vector multiply-adds.
         Channels and pixels past the edges are computed from clamped indices and not stored."""
-        _, xb, wb, bb, groups, *rest = self.k.schedule
+        _, xb, wb, bb, groups = self.k.schedule[:5]
         x, w, out = self.k.params[int(xb)], self.k.params[int(wb)], self.k.params[-1]
         nd = len(x.shape) - 2
-        stride, dil, pads = (tuple(int(v) for v in rest[i * nd:(i + 1) * nd]) for i in range(3))
+        stride, dil, pads = geometry(self.k.schedule, nd)
         n_out, c_out, c_in = out.shape[0], out.shape[1], x.shape[1]
         cg, taps, og = w.shape[1], w.shape[2:], c_out // int(groups)
         osz, xsz = out.shape[2:], x.shape[2:]
