@@ -193,13 +193,13 @@ class OpenCLExecutable:
             self.steps.append(("kernel", n, len(self.kernels)))
             self.kernels.append(kernel)
         self._check_fp64(order)
-        group = min(64, device.info.max_work_group_size)
-        widest = 1 << (min(256, device.info.max_work_group_size).bit_length() - 1)
-        tile = tile_for(device.info.max_work_group_size, device.info.local_mem_bytes)
-        info = device.info
+        limits = device.info
+        group = min(64, limits.max_work_group_size)
+        widest = 1 << (min(256, limits.max_work_group_size).bit_length() - 1)
+        tile = tile_for(limits.max_work_group_size, limits.local_mem_bytes)
         self.source, self.launches = render_program(
-            self.kernels, group, info.kind == "cpu", widest, tile, info.compute_units,
-            info.local_mem_bytes, info.vector_width) if self.kernels else ("", [])
+            self.kernels, group, limits.kind == "cpu", widest, tile, limits.compute_units,
+            limits.local_mem_bytes, limits.vector_width) if self.kernels else ("", [])
         self.program = device.build(self.source, f"graph {graph.name!r}") if self.kernels \
             else None
         self._cl_kernels = [_cl().Kernel(self.program, k.name) for k in self.kernels]
