@@ -503,19 +503,18 @@ def window_reach(out_sizes: Sequence[int], tap_sizes: Sequence[int], stride: Seq
 
 def _window_index(x: Param, n: Expr, ch: Expr, out_pos: list[Expr], taps: list[Expr],
                   stride: Sequence[int], dilation: Sequence[int], pads_begin: Sequence[int],
-                  reach: Sequence[int] | None = None) -> tuple[Expr | None, Expr]:
+                  reach: Sequence[int]) -> tuple[Expr | None, Expr]:
     """(inside, index): whether x[n, ch, out*stride + tap*dilation - pad] lies inside the input
-    (None: always) and its flat index, clamped so that it is always a valid address. With
-    ``reach`` (``window_reach``), a bound no window position can cross is neither checked nor
-    clamped: a pooling window without padding is a plain load."""
+    (None: always) and its flat index, clamped so that it is always a valid address. A bound no
+    window position can cross (``reach``: ``window_reach``) is neither checked nor clamped: a
+    pooling window without padding is a plain load."""
     spatial = x.shape[2:]
     valid: Expr | None = None
     index: list[Expr] = [n, ch]
     for d, size in enumerate(spatial):
         pos = _i("sub", add_i(_i("mul", out_pos[d], const_i(stride[d])),
                               _i("mul", taps[d], const_i(dilation[d]))), const_i(pads_begin[d]))
-        low = reach is None or pads_begin[d] > 0
-        high = reach is None or reach[d] - pads_begin[d] >= size
+        low, high = pads_begin[d] > 0, reach[d] - pads_begin[d] >= size
         for needed, check in ((low, Binary("ge", pos, const_i(0), DType.bool)),
                               (high, Binary("lt", pos, const_i(size), DType.bool))):
             if needed:
@@ -528,7 +527,7 @@ def _window_index(x: Param, n: Expr, ch: Expr, out_pos: list[Expr], taps: list[E
 
 def _window_loads(x: Param, xbuf: int, n: Expr, ch: Expr, out_pos: list[Expr], taps: list[Expr],
                   stride: Sequence[int], dilation: Sequence[int], pads_begin: Sequence[int],
-                  fill: Const, reach: Sequence[int] | None = None) -> Expr:
+                  fill: Const, reach: Sequence[int]) -> Expr:
     """x[n, ch, out*stride + tap*dilation - pad], or ``fill`` outside the input (the load reads
     a clamped, always valid index; the select discards it)."""
     valid, index = _window_index(x, n, ch, out_pos, taps, stride, dilation, pads_begin, reach)
