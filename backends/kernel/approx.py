@@ -10,7 +10,7 @@ Sources: exp's and tanh's reductions and coefficients are Cephes' (S. L. Moshier
 Programs for Mathematical Functions*, 1989: expf.c, tanhf.c); erf's are least-squares fits made
 with numpy against scipy.special (relative error 3e-9 and 3e-8 in exact arithmetic). Measured
 maximum errors (float32): exp 0.95 ulp over [-80, 80], tanh 1.14 ulp, erf 2.4 ulp over [-8, 8]
-(tests/backends/test_llvm.py, tests/backends/test_opencl.py).
+(tests/backends/test_transcendentals.py, on both backends).
 """
 
 from __future__ import annotations
