@@ -2,7 +2,8 @@
 
 A ``Kernel`` has buffer parameters (dtype, static shape, contiguous row-major) and a body of
 statements: ``Loop`` (a counted loop, optionally marked parallel or vectorisable), ``Store``
-(buffer[index] = value), ``Declare``/``Assign`` (scalar locals, for reductions). Expressions are
+(buffer[index] = value, optionally only where a mask holds), ``Declare``/``Assign`` (scalar
+locals, for reductions). Expressions are
 scalar: constants, loop variables, local variables, ``Load`` (buffer[index]), ``Unary``/``Binary``
 math, ``Select``, ``Cast``. Index expressions are int64 arithmetic over loop variables (affine in
 everything lowered so far). The LLVM backend renders this IR with llvmlite's IRBuilder; the OpenCL
@@ -76,14 +77,20 @@ class Cast:
 
 Expr = Const | Var | Load | Unary | Binary | Select | Cast
 
+# the code a kernel stores in its status flag (``Param.status``)
+INDEX_OUT_OF_RANGE = 1
+
 # -- statements ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Store:
+    """``buf[index] = value``; with a ``mask``, only where the mask (a bool) holds."""
+
     buf: int
     index: Expr
     value: Expr
+    mask: Expr | None = None
 
 
 @dataclass(frozen=True)
@@ -113,10 +120,17 @@ Stmt = Store | Declare | Assign | Loop
 
 @dataclass(frozen=True)
 class Param:
+    """A buffer parameter. ``status`` marks a kernel's error flag (int32[1], the last parameter):
+    kernels that read indices from data (take, gather) store a nonzero code there, under a mask,
+    when an index is out of range, and clamp the index so no access leaves its buffer; the
+    executable reads the flag after the kernel and raises. Stores to it are the only stores that
+    need not depend on a parallel loop's variable (every iteration writes the same code)."""
+
     name: str
     dtype: DType
     shape: tuple[int, ...]
     output: bool = False
+    status: bool = False
 
     @property
     def size(self) -> int:
@@ -143,6 +157,11 @@ class Kernel:
     body: tuple[Stmt, ...]
     source: tuple[str, ...] = field(default=())
     schedule: tuple[str | int, ...] = field(default=())
+
+    @property
+    def checks(self) -> bool:
+        """The kernel takes an error flag (``Param.status``) after its output."""
+        return bool(self.params) and self.params[-1].status
 
 
 # -- helpers for building index arithmetic ------------------------------------------------------
@@ -226,7 +245,9 @@ def format_kernel(k: Kernel) -> str:
             for b in s.body:
                 stmt(b, depth + 1)
         elif isinstance(s, Store):
-            lines.append(f"{pad}{k.params[s.buf].name}[{expr(s.index)}] = {expr(s.value)}")
+            guard = "" if s.mask is None else f"if {expr(s.mask)}: "
+            lines.append(f"{pad}{guard}{k.params[s.buf].name}[{expr(s.index)}] = "
+                         f"{expr(s.value)}")
         elif isinstance(s, Declare):
             lines.append(f"{pad}{s.dtype.value} {s.name} = {expr(s.init)}")
         else:

@@ -1,7 +1,8 @@
 """Lowering graph nodes to kernel IR, once for every code-generating backend.
 
 ``lower(node) -> Kernel | None``: None means the op has no lowering yet and the executable runs
-its numpy reference instead (``UNLOWERED`` lists which ops, so the gap is visible).
+its numpy reference instead (the executables' ``fallback_ops`` list which ops, so the gap is
+visible; ``lowered_ops()`` lists the ops with a lowering).
 
 Elementwise math is written once, in ``SCALAR``: each op's formula in the kernel IR's primitive
 operations, with numpy's semantics (NaN propagates through max/min and relu, integer division
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from graphnn.backends.kernel.ir import (
+    INDEX_OUT_OF_RANGE,
     Assign,
     Binary,
     Cast,
@@ -872,8 +874,109 @@ def _lower_arg(node: Node, name: str) -> Kernel | None:
 
 
 # -- data movement: concat, stack, tile, pad, one_hot ---------------------------------------------
-# (take and gather read indices from data; they stay on the reference, which raises a clear
-# error for an out-of-range index, until native code checks its indices)
+# -- indexing by data: take, gather and their gradients ------------------------------------------
+
+
+def _status_param() -> Param:
+    return Param("status", DType.int32, (1,), status=True)
+
+
+def _checked_index(raw: Expr, n: int) -> tuple[Expr, Expr]:
+    """(index clamped into [0, n), out of range?) for an index read from data: negative indices
+    count from the end (numpy.take, ONNX Gather); the clamp keeps a bad index inside the buffer
+    until the executable sees the status flag and raises."""
+    i = raw if raw.dtype is DType.int64 else Cast(raw, DType.int64)
+    wrapped = Select(Binary("lt", i, const_i(0), DType.bool), add_i(i, const_i(n)), i,
+                     DType.int64)
+    bad = Binary("or", Binary("lt", wrapped, const_i(0), DType.bool),
+                 Binary("ge", wrapped, const_i(n), DType.bool), DType.bool)
+    return _min(_max(wrapped, const_i(0), DType.int64), const_i(max(n - 1, 0)), DType.int64), bad
+
+
+def _flag(bad: Expr, status: int) -> Store:
+    return Store(status, const_i(0), Const(INDEX_OUT_OF_RANGE, DType.int32), mask=bad)
+
+
+def _lower_take(node: Node, name: str) -> Kernel:
+    """out[a, i, b] = x[a, idx[i], b] (a: the axes before ``axis``, i: idx's, b: those after),
+    one output element per iteration, so GPUs read and write consecutive elements."""
+    x, idx = node.inputs
+    xs, ishape = _static(x), _static(idx)
+    axis, k = node.attrs["axis"] % x.ndim, idx.ndim
+    params = _inputs_params(node) + (_status_param(),)
+
+    def body(v: list[Expr]) -> list[Stmt]:
+        at, bad = _checked_index(Load(1, linear_index(v[axis:axis + k],
+                                                      row_major_strides(ishape)), idx.dtype),
+                                 xs[axis])
+        src = linear_index(v[:axis] + [at] + v[axis + k:], row_major_strides(xs))
+        value = Load(0, src, x.dtype) if xs[axis] else _c(0, x.dtype)
+        out = linear_index(v, row_major_strides(_static(node)))
+        return [_flag(bad, 3), Store(2, out, value)]
+
+    vars_: list[Expr] = [Var(f"i{d}") for d in range(node.ndim)]
+    return Kernel(name, params, _nest(_static(node), body(vars_)), (node.op,))
+
+
+def _lower_gather(node: Node, name: str) -> Kernel:
+    """out[..., j, ...] = x[..., idx[..., j, ...], ...] along ``axis`` (numpy.take_along_axis)."""
+    x, idx = node.inputs
+    xs = _static(x)
+    axis = node.attrs["axis"] % x.ndim
+    params = _inputs_params(node) + (_status_param(),)
+    vars_: list[Expr] = [Var(f"i{d}") for d in range(node.ndim)]
+    here = linear_index(vars_, row_major_strides(_static(node)))
+    at, bad = _checked_index(Load(1, here, idx.dtype), xs[axis])
+    src = linear_index(vars_[:axis] + [at] + vars_[axis + 1:], row_major_strides(xs))
+    value = Load(0, src, x.dtype) if xs[axis] else _c(0, x.dtype)
+    return Kernel(name, params, _nest(_static(node), [_flag(bad, 3), Store(2, here, value)]),
+                  (node.op,))
+
+
+def _scatter_add(node: Node, name: str, gather_like: bool, gpu: bool) -> Kernel:
+    """take_grad / gather_grad: dx = zeros like x, then dx[a, idx[..], b] += dy[a, t, b] for
+    each of the m dy elements t landing in column (a, b) (a: the axes before ``axis``, b: those
+    after). dy elements are added in order, as numpy's ``np.add.at`` (the reference) does, and
+    no two parallel iterations write one element:
+
+    - CPUs: one iteration per a; it zeroes its slab, then adds each dy row t into row idx[t]
+      with a unit-stride, vectorisable loop over b.
+    - GPUs (``gpu``): one work-item per column (a, b), so neighbouring work-items touch
+      neighbouring elements; it zeroes its column, then adds its m elements.
+    """
+    dy, idx, x = node.inputs
+    axis = node.attrs["axis"] % node.ndim
+    xs, ds = _static(x), _static(dy)
+    n, inner, outer = xs[axis], math.prod(xs[axis + 1:]), math.prod(xs[:axis])
+    m = ds[axis] if gather_like else math.prod(_static(idx))
+    params = _inputs_params(node) + (_status_param(),)
+    t = Var("t")
+
+    def add(a: Expr, b: Expr) -> tuple[Store, tuple[Store, ...]]:
+        """(the flag, the add) of dy[a, t, b] into dx[a, idx[..], b] (no add when n is 0)."""
+        at_dy = add_i(mul_i(add_i(mul_i(a, m), t), inner), b)
+        row, bad = _checked_index(Load(1, at_dy if gather_like else t, idx.dtype), n)
+        dx = add_i(mul_i(add_i(mul_i(a, n), row), inner), b)
+        acc = Store(3, dx, _add(Load(3, dx, node.dtype), Load(0, at_dy, dy.dtype), node.dtype))
+        return _flag(bad, 4), (acc,) if n else ()
+
+    if gpu:
+        c, j = Var("c"), Var("j")
+        a, b = _i("div", c, const_i(inner)), _mod(c, inner)
+        zero = Loop("j", n, (Store(3, add_i(mul_i(add_i(mul_i(a, n), j), inner), b),
+                                   _c(0, node.dtype)),))
+        flag, acc = add(a, b)
+        body = (zero, Loop("t", m, (flag, *acc)))
+        return Kernel(name, params, (Loop("c", outer * inner, body, parallel=True),),
+                      (node.op,))
+    a, b = Var("a"), Var("b")
+    zero = Loop("z", n * inner, (Store(3, add_i(mul_i(a, n * inner), Var("z")),
+                                       _c(0, node.dtype)),), vectorize=True)
+    flag, acc = add(a, b)
+    # take's index is one per row t: its check stays out of the vectorised loop
+    row = Loop("b", inner, (flag, *acc) if gather_like else acc, vectorize=True)
+    rows = Loop("t", m, (row,) if gather_like else (flag, row))
+    return Kernel(name, params, (Loop("a", outer, (zero, rows), parallel=True),), (node.op,))
 
 
 def _out_nest(node: Node, name: str, value: Callable[[list[Expr]], Expr]) -> Kernel:
@@ -1139,9 +1242,12 @@ def _scalar_ok(n: Node) -> bool:
     return n.op in SCALAR and not (n.op == "pow" and n.dtype.is_int)
 
 
-def lower(node: Node, name: str, skip: frozenset[str] = frozenset()) -> Kernel | None:
+def lower(node: Node, name: str, skip: frozenset[str] = frozenset(), gpu: bool = False
+          ) -> Kernel | None:
     """The kernel computing ``node``, or None when its op has no lowering yet (or is in ``skip``,
-    ops a backend prefers to leave to their reference implementation)."""
+    ops a backend prefers to leave to their reference implementation). ``gpu``: the kernel's
+    parallel iterations become work-items of a GPU, not threads of a CPU; the scatter kernels
+    (take_grad, gather_grad) then take a loop order that suits that."""
     if any(d is None for d in node.shape) or any(d is None for i in node.inputs for d in i.shape):
         return None
     if node.op in skip or (node.op == "fused" and skip & set(node.attrs["body"].ops)):
@@ -1165,7 +1271,10 @@ def lower(node: Node, name: str, skip: frozenset[str] = frozenset()) -> Kernel |
         "rms_norm": _lower_row_norm, "avg_pool": _lower_avg_pool,
         "group_norm": _lower_group_norm, "adaptive_avg_pool": _lower_adaptive,
         "adaptive_max_pool": _lower_adaptive, "conv_weight_grad": _lower_conv_weight_grad,
-        "max_pool_grad": _lower_max_pool_grad, "conv_transpose": _lower_conv_transpose}
+        "max_pool_grad": _lower_max_pool_grad, "conv_transpose": _lower_conv_transpose,
+        "take": _lower_take, "gather": _lower_gather}
+    if node.op in ("take_grad", "gather_grad"):
+        return _scatter_add(node, name, node.op == "gather_grad", gpu)
     if node.op in handlers:
         return handlers[node.op](node, name)
     if node.op == "fused" and node.attrs["kind"] == "elementwise":
@@ -1183,4 +1292,4 @@ def lowered_ops() -> set[str]:
         "log_softmax", "logsumexp", "var", "std", "argmax", "argmin", "concat", "stack", "tile",
         "pad", "one_hot", "batch_norm", "layer_norm", "rms_norm", "avg_pool", "group_norm",
         "adaptive_avg_pool", "adaptive_max_pool", "conv_weight_grad", "max_pool_grad",
-        "conv_transpose"}
+        "conv_transpose", "take", "gather", "take_grad", "gather_grad"}

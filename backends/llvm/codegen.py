@@ -199,12 +199,19 @@ class KernelEmitter:
                 self.vars[s.var] = i
                 for inner in s.body:
                     self.stmt(inner)
+        elif isinstance(s, Store) and s.mask is not None:
+            with self.b.if_then(self.expr(s.mask), likely=False):
+                self.stmt(Store(s.buf, s.index, s.value))
         elif isinstance(s, Store):
             p = self.kernel.params[s.buf]
             value = self.expr(s.value)
             if p.dtype is DType.bool:
                 value = self.b.zext(value, I8)
-            self.b.store(value, self._address(s.buf, s.index))
+            if p.status:  # threads may all flag one error: atomic, so race-free (an
+                # exchange: llvmlite's store_atomic still expects typed pointers)
+                self.b.atomic_rmw("xchg", self._address(s.buf, s.index), value, "monotonic")
+            else:
+                self.b.store(value, self._address(s.buf, s.index))
         elif isinstance(s, Declare):
             with self.b.goto_block(self.entry):  # allocas in the entry block: SROA promotes them
                 self.b.position_at_start(self.entry)

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from graphnn.backends.base import ReturnedArrays, RunResult
+from graphnn.backends.base import ReturnedArrays, RunResult, index_error
 from graphnn.backends.kernel.ir import Kernel, format_kernel
 from graphnn.backends.kernel.lower import lower
 from graphnn.backends.llvm.codegen import PTR, KernelEmitter, template_for
@@ -51,12 +51,16 @@ class LLVMExecutable:
         self.slot = {n: i for i, n in enumerate(order)}
         self.order = order
         self._segments = 0
-        self.steps: list[tuple[str, Any]] = []  # ("native", (segment, nodes)) | ("numpy", node)
+        # ("native", (segment, nodes, checks indices)) | ("numpy", node)
+        self.steps: list[tuple[str, Any]] = []
         self.kernels: list[Kernel] = []
         module = ir.Module(name=graph.name)
         emitter = KernelEmitter(module, vector_bits(target.features))
         segment: list[tuple[Kernel, Node]] = []
         self.fallback_ops: set[str] = set()
+        # nodes whose kernels check indices, in order; kernel k's flag is self._status[k]
+        self._checked: list[Node] = []
+        self._status = np.zeros(0, np.int32)
         for n in order:
             if n.op in SOURCES or get_op(n.op).no_value:
                 continue
@@ -72,6 +76,8 @@ class LLVMExecutable:
                 continue
             emitter.emit(kernel)
             self.kernels.append(kernel)
+            if kernel.checks:
+                self._checked.append(n)
             segment.append((kernel, n))
         self._close_segment(module, segment)
         # Intermediates are allocated once and reused by every run. Values that become variable
@@ -107,22 +113,27 @@ class LLVMExecutable:
         self._segments += 1
         fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), f"seg{k}")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
+        checks = False
         for kernel, node in segment:
-            args = []
-            for buf in [*node.inputs, node]:
-                at = b.gep(fn.args[0], [ir.Constant(ir.IntType(64), self.slot[buf])],
-                           source_etype=PTR)
-                args.append(b.load(at, typ=PTR))
+            slots = [self.slot[buf] for buf in [*node.inputs, node]]
+            if kernel.checks:  # its status flag's slot follows the nodes'
+                slots.append(len(self.order) + self._checked.index(node))
+                checks = True
+            args = [b.load(b.gep(fn.args[0], [ir.Constant(ir.IntType(64), s)], source_etype=PTR),
+                           typ=PTR) for s in slots]
             b.call(module.globals[kernel.name], args)
         b.ret_void()
-        self.steps.append(("native", (k, [n for _, n in segment])))
+        self.steps.append(("native", (k, [n for _, n in segment], checks)))
 
     def _plan_run(self) -> None:
         """What a run binds: constants and intermediates once (their pointers fixed in a ctypes
         array), the rest per run (feeds, variables, fetched values, new variable state)."""
         n_slots = len(self.order)
         self._static: list[np.ndarray | None] = [None] * n_slots
-        self._pointers = (ctypes.c_void_p * n_slots)()
+        self._status = np.zeros(len(self._checked), np.int32)
+        self._pointers = (ctypes.c_void_p * (n_slots + len(self._checked)))()
+        for k in range(len(self._checked)):
+            self._pointers[n_slots + k] = self._status.ctypes.data + 4 * k
         self._bind: list[tuple[int, Node, int]] = []  # (slot, node, FEED ... FRESH)
         for n in self.order:
             k = self.slot[n]
@@ -165,6 +176,8 @@ class LLVMExecutable:
         for step, what in self.steps:
             if step == "native":
                 self._entries[what[0]](self._pointer_arg)
+                if what[2] and self._status.any():
+                    self._raise_index_error(values)
             else:
                 args: list[Any] = [values[self.slot[i]] for i in what.inputs]
                 np.copyto(values[self.slot[what]], _evaluate(what, args, counter))  # type: ignore[arg-type]
@@ -177,6 +190,12 @@ class LLVMExecutable:
                 # itself; a node fetched twice gives two arrays
             outputs.append(value)
         return RunResult(outputs, updates)  # type: ignore[arg-type]
+
+    def _raise_index_error(self, values: list[np.ndarray | None]) -> None:
+        """A kernel flagged an index out of range: reset the flags, raise naming the first."""
+        node = self._checked[int(np.flatnonzero(self._status)[0])]
+        self._status[:] = 0
+        raise index_error(node, values[self.slot[node.inputs[1]]])  # type: ignore[arg-type]
 
     def _dump(self, folder: str, name: str) -> None:
         os.makedirs(folder, exist_ok=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from graphnn.backends.base import ReturnedArrays, RunResult
+from graphnn.backends.base import ReturnedArrays, RunResult, bad_index, index_error
 from graphnn.backends.kernel.ir import Kernel, format_kernel
 from graphnn.backends.kernel.lower import lower
 from graphnn.backends.opencl.device import OpenCLError, _cl, info, select_device
@@ -185,7 +185,8 @@ class OpenCLExecutable:
         for n in order:
             if n.op in SOURCES or get_op(n.op).no_value:
                 continue
-            kernel = lower(n, f"k{len(self.kernels)}_{n.op}", skip)
+            kernel = lower(n, f"k{len(self.kernels)}_{n.op}", skip,
+                           gpu=device.info.kind != "cpu")
             if kernel is None:
                 self.steps.append(("numpy", n, -1))
                 self.fallback_ops.add(n.op)
@@ -215,6 +216,14 @@ class OpenCLExecutable:
         # feeds' buffers, allocated once (a fresh 64 MB PoCL buffer cost 40 ms against the 7 ms
         # copy into it), and the arrays fetched values come back in
         self._feed_buffers = {p: device.alloc(_nbytes(p)) for p in self.placeholders}
+        # one status flag shared by the kernels that check indices (take, gather, ...): read
+        # back once per run; on an error the host finds which node's indices were bad
+        self._checked = [n for kind, n, k in self.steps if kind == "kernel"
+                         and self.kernels[k].checks]
+        self._status = device.alloc(4) if self._checked else None
+        self._status_host = np.zeros(1, np.int32)
+        if self._status is not None:
+            device.upload(self._status, self._status_host, None)
         self._returned = ReturnedArrays()
         self.transfers = Transfers()
         if dump_dir:
@@ -257,6 +266,8 @@ class OpenCLExecutable:
                     self._fallback(node, buffers, counter, stats)
             except _cl().Error as e:
                 raise ExecutionError(f"{describe(node)} failed on {dev.name}: {e}") from None
+        if self._status is not None:
+            self._check_indices(buffers, stats)
         for w in self.writers:
             target = w.inputs[get_op(w.op).writes_input or 0]  # writers name their input
             updates[target] = DeviceValue(dev, buffers[w], tuple(_shape(w)), w.dtype.np)
@@ -281,9 +292,26 @@ class OpenCLExecutable:
         if any(s == 0 for s in launch.global_size):
             return
         kernel = self._cl_kernels[k]
-        kernel.set_args(*[buffers[i] for i in node.inputs], buffers[node])
+        status = (self._status,) if self.kernels[k].checks else ()
+        kernel.set_args(*[buffers[i] for i in node.inputs], buffers[node], *status)
         _cl().enqueue_nd_range_kernel(self.device.queue, kernel, launch.global_size,
                                       launch.local_size)
+
+    def _check_indices(self, buffers: dict[Node, Any], stats: Transfers) -> None:
+        """Raise when a kernel flagged an index out of range, naming the first node whose
+        indices are bad (read back only then), and clear the flag for the next run."""
+        self.device.download(self._status, self._status_host, stats)
+        if not self._status_host[0]:
+            return
+        self._status_host[0] = 0
+        self.device.upload(self._status, self._status_host, None)
+        for node in self._checked:
+            idx = node.inputs[1]
+            host = np.empty(_shape(idx), idx.dtype.np)
+            self.device.download(buffers[idx], host, None)
+            if bad_index(node, host) is not None:
+                raise index_error(node, host)
+        raise index_error(self._checked[0], np.zeros(0, np.int64))  # pragma: no cover
 
     def _fallback(self, node: Node, buffers: dict[Node, Any], counter: int,
                   stats: Transfers) -> None:

@@ -29,6 +29,7 @@ from graphnn.backends.kernel.ir import (
     Kernel,
     Load,
     Loop,
+    Param,
     Select,
     Stmt,
     Store,
@@ -169,15 +170,17 @@ def _mentions(e: Expr, name: str) -> bool:
     return False
 
 
-def independent(loop: Loop) -> bool:
+def independent(loop: Loop, params: tuple[Param, ...]) -> bool:
     """Iterations of ``loop`` can run concurrently: it stores nothing it also reads, every store
-    depends on its variable (distinct iterations write distinct elements) and every scalar it
-    assigns is declared inside it (private to the iteration)."""
+    depends on its variable (distinct iterations write distinct elements; a status flag is the
+    exception: every iteration that writes it writes the same code) and every scalar it assigns
+    is declared inside it (private to the iteration)."""
     body = _walk(loop.body)
     stored = {s.buf for s in body if isinstance(s, Store)}
     declared = {s.name for s in body if isinstance(s, Declare)}
     return (not stored & _reads(loop.body)
-            and all(_mentions(s.index, loop.var) for s in body if isinstance(s, Store))
+            and all(_mentions(s.index, loop.var) for s in body
+                    if isinstance(s, Store) and not params[s.buf].status)
             and all(s.name in declared for s in body if isinstance(s, Assign)))
 
 
@@ -189,7 +192,7 @@ def parallel_nest(kernel: Kernel) -> list[Loop]:
         return []
     nest = [kernel.body[0]]
     while len(nest[-1].body) == 1 and isinstance(nest[-1].body[0], Loop) and \
-            independent(nest[-1].body[0]):
+            independent(nest[-1].body[0], kernel.params):
         nest.append(nest[-1].body[0])
     return nest
 
@@ -274,7 +277,8 @@ class KernelRenderer:
             value = self.expr(s.value)
             if self.k.params[s.buf].dtype is DType.bool:
                 value = f"(uchar)({value})"
-            self.emit(f"p{s.buf}[{self.expr(s.index)}] = {value};", depth)
+            guard = "" if s.mask is None else f"if ({self.expr(s.mask)}) "
+            self.emit(f"{guard}p{s.buf}[{self.expr(s.index)}] = {value};", depth)
         elif isinstance(s, Declare):
             self.emit(f"l_{s.name} = {self.expr(s.init)};", depth)
         else:
@@ -823,7 +827,8 @@ class KernelRenderer:
                             ops.setdefault(x.name, op) != op:
                         return None
                 reduced = True
-            elif not (all(isinstance(x, Store) for x in inner) and independent(chain[0])):
+            elif not (all(isinstance(x, Store) for x in inner)
+                      and independent(chain[0], self.k.params)):
                 return None
         return (nest, body) if reduced else None
 

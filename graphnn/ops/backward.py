@@ -42,10 +42,17 @@ def _slice_grad(dy: np.ndarray, x: np.ndarray, *, starts: tuple, stops: tuple,
     return out
 
 
+def _rows(idx: np.ndarray, n: int) -> np.ndarray:
+    """idx with negative entries counted from the end; IndexError for one out of [-n, n), as the
+    forward op (numpy.take) raises."""
+    return np.take(np.arange(n), idx)
+
+
 def _take_grad(dy: np.ndarray, idx: np.ndarray, x: np.ndarray, *, axis: int) -> np.ndarray:
+    axis %= x.ndim
     out = np.zeros(x.shape, dy.dtype)
     moved = np.moveaxis(out, axis, 0)  # a view: scatter along axis 0 of it
-    np.add.at(moved, idx.reshape(-1) % x.shape[axis],
+    np.add.at(moved, _rows(idx.reshape(-1), x.shape[axis]),
               np.moveaxis(dy.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 1:]), axis, 0))
     return out
 
@@ -53,7 +60,7 @@ def _take_grad(dy: np.ndarray, idx: np.ndarray, x: np.ndarray, *, axis: int) -> 
 def _gather_grad(dy: np.ndarray, idx: np.ndarray, x: np.ndarray, *, axis: int) -> np.ndarray:
     out = np.zeros(x.shape, dy.dtype)
     grid: list[Any] = list(np.indices(idx.shape, sparse=True))
-    grid[axis] = idx % x.shape[axis]
+    grid[axis] = _rows(idx, x.shape[axis])
     np.add.at(out, tuple(grid), dy)
     return out
 

@@ -202,7 +202,7 @@ def test_a_failed_run_leaves_variables_unchanged() -> None:
         x = gn.placeholder((3,), name="x")
         w = gn.variable(np.ones(3, np.float32), name="w")
         step = gn.assign(w, w + x)
-        bad = gn.take(w + 0.0, gn.cast(x, "int64"), axis=0)  # runs the checked reference
+        bad = gn.take(w + 0.0, gn.cast(x, "int64"), axis=0)  # the kernel checks its indices
     sess = gn.Session(g, backend="opencl")
     sess.run(step, {x: np.full(3, 2.0)})
     np.testing.assert_array_equal(sess.run(w), [3, 3, 3])
