@@ -697,51 +697,246 @@ def _lower_conv_transpose(node: Node, name: str) -> Kernel | None:
 
 def _lower_max_pool_grad(node: Node, name: str) -> Kernel | None:
     """dx[n, c, i...] = sum over the windows whose first maximum (PyTorch's rule, NaN counting as
-    the maximum) sits at i of dy[n, c, window]. One outer iteration per (sample, channel) plane:
-    zero the plane, then each window finds its first maximum and adds its dy there (a window
-    whose first tap wins from the padding adds nothing, as the padded reference)."""
+    the maximum) sits at i of dy[n, c, window] (``_plane_scatter``; a window whose first tap
+    wins from the padding adds nothing, as the padded reference)."""
     dy, x = node.inputs
     dys, xs, dt, a = _static(dy), _static(x), node.dtype, node.attrs
     nd, kernel = len(xs) - 2, tuple(a["kernel_size"])
     stride, dil, pads = a["stride"], a["dilation"], a["pads"][:nd]
-    params = (Param("in0", dy.dtype, dys), Param("in1", x.dtype, xs), Param("out", dt, xs, True))
+    px = Param("x", x.dtype, xs)
+
+    def body(n: Expr, ch: Expr, window: list[Expr]) -> tuple[Stmt, ...]:
+        best, where = Var("best", x.dtype), Var("where", DType.int64)
+        stmts: list[Stmt] = []
+        for k, taps in enumerate(np.ndindex(*kernel)):
+            valid, at = _window_index(px, n, ch, window, [const_i(t) for t in taps], stride,
+                                      dil, pads, window_reach(dys[2:], [t + 1 for t in taps],
+                                                              stride, dil))
+            v: Expr = Load(1, at, x.dtype)
+            if valid is not None:
+                v = Select(valid, v, _c(-np.inf, x.dtype), x.dtype)
+                at = Select(valid, at, const_i(-1), DType.int64)
+            if k == 0:  # the first tap starts the search, as argmax's index 0
+                stmts += [Declare("best", x.dtype, v), Declare("where", DType.int64, at)]
+                continue
+            stmts += [Assign("where", Select(_beats(v, best), at, where, DType.int64)),
+                      Assign("best", Select(_beats(v, best), v, best, x.dtype))]
+        grad = Load(0, linear_index([n, ch, *window], row_major_strides(dys)), dt)
+        stmts.append(_add_at(node, where, grad, Binary("ge", where, const_i(0), DType.bool)))
+        return tuple(stmts)
+
+    return _plane_scatter(node, name, dys[2:], body)
+
+
+def _beats(v: Expr, best: Expr) -> Expr:
+    """v replaces the running maximum: greater, or the first NaN (NaN counts as the maximum)."""
+    return Binary("or", Binary("gt", v, best, DType.bool),
+                  Binary("and", Binary("ne", v, v, DType.bool),
+                         Binary("eq", best, best, DType.bool), DType.bool), DType.bool)
+
+
+def _plane_scatter(node: Node, name: str, windows: tuple[int, ...],
+                   body: Callable[[Expr, Expr, list[Expr]], tuple[Stmt, ...]]) -> Kernel:
+    """dx for a pooling op: one parallel iteration per (sample, channel) plane zeroes its plane
+    of dx, then runs ``body(n, ch, window)`` for every window position, which adds that window's
+    gradient into the plane. Windows overlap, but never across planes: no two iterations write
+    one element, and the adds come in window order, like the reference's."""
+    dy, x = node.inputs
+    xs, dt = _static(x), node.dtype
+    nd = len(xs) - 2
     no = Var("no")
     n = _i("div", no, const_i(xs[1]))
     ch = _i("sub", no, _i("mul", n, const_i(xs[1])))
     zero = _nest(xs[2:], [Store(2, linear_index([n, ch, *[Var(f"z{d}") for d in range(nd)]],
                                                 row_major_strides(xs)), _c(0, dt))], "z")
     window: list[Expr] = [Var(f"y{d}") for d in range(nd)]
-    best, where = Var("best", x.dtype), Var("where", DType.int64)
-    stmts: list[Stmt] = []
-    for k, taps in enumerate(np.ndindex(*kernel)):
-        valid, at = _window_index(params[1], n, ch, window, [const_i(t) for t in taps], stride,
-                                  dil, pads, window_reach(dys[2:], [t + 1 for t in taps],
-                                                          stride, dil))
-        v: Expr = Load(1, at, x.dtype)
-        if valid is not None:
-            v = Select(valid, v, _c(-np.inf, x.dtype), x.dtype)
-            at = Select(valid, at, const_i(-1), DType.int64)
-        if k == 0:  # the first tap starts the search, as argmax's index 0
-            stmts += [Declare("best", x.dtype, v), Declare("where", DType.int64, at)]
-            continue
-        beats = Binary("or", Binary("gt", v, best, DType.bool),
-                       Binary("and", Binary("ne", v, v, DType.bool),
-                              Binary("eq", best, best, DType.bool), DType.bool), DType.bool)
-        stmts += [Assign("where", Select(beats, at, where, DType.int64)),
-                  Assign("best", Select(beats, v, best, x.dtype))]
-    found = Binary("ge", where, const_i(0), DType.bool)
-    # the plane's first element stands in for "nowhere" (it adds 0 there): a valid address
-    # inside the plane this iteration owns, so no other thread touches it
-    target = Select(found, where, linear_index([n, ch, *[const_i(0)] * nd],
-                                               row_major_strides(xs)), DType.int64)
-    grad = Load(0, linear_index([n, ch, *window], row_major_strides(dys)), dt)
-    stmts.append(Store(2, target, _add(Load(2, target, dt),
-                                       Select(found, grad, _c(0, dt), dt), dt)))
-    scatter: tuple[Stmt, ...] = tuple(stmts)
+    scatter = body(n, ch, window)
     for d in reversed(range(nd)):  # windows may overlap: no loop here is vectorisable
-        scatter = (Loop(f"y{d}", dys[2 + d], scatter),)
+        scatter = (Loop(f"y{d}", windows[d], scatter),)
+    params = (Param("in0", dy.dtype, _static(dy)), Param("in1", x.dtype, xs),
+              Param("out", dt, xs, True))
     return Kernel(name, params, (Loop("no", xs[0] * xs[1], (*zero, *scatter), parallel=True),),
-                  ("max_pool_grad",))
+                  (node.op,))
+
+
+def _add_at(node: Node, at: Expr, value: Expr, mask: Expr | None) -> Store:
+    """dx[at] += value (where ``mask`` holds: only then is ``at`` read or written)."""
+    return Store(2, at, _add(Load(2, at, node.dtype), value, node.dtype), mask=mask)
+
+
+def _taps(kernel: Sequence[int], body: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
+    for d in reversed(range(len(kernel))):
+        body = (Loop(f"k{d}", kernel[d], body),)
+    return body
+
+
+def _lower_avg_pool_grad(node: Node, name: str) -> Kernel:
+    """dx: each window's dy divided by its divisor, added to the window's taps inside the input.
+    The divisor counts the window's taps on the input, and on the padding when
+    count_include_pad, never on the ceil-mode overhang (PyTorch's rule, as the reference)."""
+    dy, x = node.inputs
+    dys, xs, dt, a = _static(dy), _static(x), node.dtype, node.attrs
+    nd = len(xs) - 2
+    stride, dil, pads = a["stride"], a["dilation"], a["pads"]
+    taps: list[Expr] = [Var(f"k{d}") for d in range(nd)]
+
+    def body(n: Expr, ch: Expr, window: list[Expr]) -> tuple[Stmt, ...]:
+        counted: Expr | None = None
+        for d in range(nd):  # the tap lies where the divisor counts it
+            pos = _i("sub", add_i(mul_i(window[d], stride[d]), mul_i(taps[d], dil[d])),
+                     const_i(pads[d]))
+            lo, hi = (-pads[d], xs[2 + d] + pads[d + nd]) if a["count_include_pad"] \
+                else (0, xs[2 + d])
+            ok = Binary("and", Binary("ge", pos, const_i(lo), DType.bool),
+                        Binary("lt", pos, const_i(hi), DType.bool), DType.bool)
+            counted = ok if counted is None else Binary("and", counted, ok, DType.bool)
+        assert counted is not None
+        count = Assign("count", _add(Var("count", dt), Select(counted, _c(1, dt), _c(0, dt), dt),
+                                     dt))
+        valid, at = _window_index(Param("x", x.dtype, xs), n, ch, window, taps, stride, dil,
+                                  pads[:nd], window_reach(dys[2:], a["kernel_size"], stride, dil))
+        grad = Load(0, linear_index([n, ch, *window], row_major_strides(dys)), dt)
+        share = Binary("div", grad, Var("count", dt), dt)
+        return (Declare("count", dt, _c(0, dt)), *_taps(a["kernel_size"], (count,)),
+                *_taps(a["kernel_size"], (_add_at(node, at, share, valid),)))
+
+    return _plane_scatter(node, name, dys[2:], body)
+
+
+def _lower_adaptive_pool_grad(node: Node, name: str) -> Kernel:
+    """Adjoint of adaptive pooling: window i of a dim spans [floor(i L / o), ceil((i + 1) L / o)).
+    avg: dy / the window's size to each element; max: dy to the window's first maximum (NaN
+    counting as the maximum, as numpy's argmax in the reference)."""
+    dy, x = node.inputs
+    xs, dt = _static(x), node.dtype
+    out, is_max = tuple(node.attrs["output_size"]), node.attrs["mode"] == "max"
+    nd = len(out)
+    taps: list[Expr] = [Var(f"k{d}") for d in range(nd)]
+    widest = [max(-(-((i + 1) * xs[2 + d]) // o) - (i * xs[2 + d]) // o for i in range(o))
+              for d, o in enumerate(out)]
+
+    def body(n: Expr, ch: Expr, window: list[Expr]) -> tuple[Stmt, ...]:
+        index: list[Expr] = [n, ch]
+        first: list[Expr] = [n, ch]
+        valid: Expr | None = None
+        count: Expr = const_i(1)
+        for d in range(nd):
+            size, o = xs[2 + d], out[d]
+            start = _i("div", mul_i(window[d], size), const_i(o))
+            end = _i("div", add_i(mul_i(add_i(window[d], const_i(1)), size), const_i(o - 1)),
+                     const_i(o))
+            pos = add_i(start, taps[d])
+            ok = Binary("lt", pos, end, DType.bool)
+            valid = ok if valid is None else Binary("and", valid, ok, DType.bool)
+            index.append(_min(pos, const_i(size - 1), DType.int64))
+            first.append(start)
+            count = Binary("mul", count, _i("sub", end, start), DType.int64)
+        at = linear_index(index, row_major_strides(xs))
+        grad = Load(0, linear_index([n, ch, *window], row_major_strides(_static(dy))), dt)
+        if not is_max:
+            share = Binary("div", grad, Cast(count, dt), dt)
+            return _taps(widest, (_add_at(node, at, share, valid),))
+        v = Select(valid, Load(1, at, x.dtype), _c(-np.inf, x.dtype), x.dtype)
+        best, where = Var("best", x.dtype), Var("where", DType.int64)
+        beats = _beats(v, best)
+        start_at = linear_index(first, row_major_strides(xs))
+        search = (Assign("where", Select(beats, at, where, DType.int64)),
+                  Assign("best", Select(beats, v, best, x.dtype)))
+        return (Declare("best", x.dtype, Load(1, start_at, x.dtype)),
+                Declare("where", DType.int64, start_at), *_taps(widest, search),
+                _add_at(node, where, grad, None))
+
+    return _plane_scatter(node, name, out, body)
+
+
+# -- slice and pad gradients ---------------------------------------------------------------------
+
+
+def _lower_slice_grad(node: Node, name: str) -> Kernel:
+    """dx[i] = dy[(i - start) / step] where i lies on the slice's lattice, else 0."""
+    dy, x = node.inputs
+    xs, ds, dt = _static(x), _static(dy), node.dtype
+
+    def value(v: list[Expr]) -> Expr:
+        src: list[Expr] = []
+        valid: Expr | None = None
+        for d, (a, b, s) in enumerate(zip(node.attrs["starts"], node.attrs["stops"],
+                                          node.attrs["steps"])):
+            start, _, step = slice(a, b, s).indices(xs[d])
+            diff = add_i(v[d], const_i(-start))
+            q = _i("div", diff, const_i(step))  # truncates: exact on the lattice
+            ok = Binary("and", Binary("eq", diff, mul_i(q, step), DType.bool),
+                        Binary("and", Binary("ge", q, const_i(0), DType.bool),
+                               Binary("lt", q, const_i(ds[d]), DType.bool), DType.bool),
+                        DType.bool)
+            valid = ok if valid is None else Binary("and", valid, ok, DType.bool)
+            src.append(_min(_max(q, const_i(0), DType.int64), const_i(max(ds[d] - 1, 0)),
+                            DType.int64))
+        if math.prod(ds) == 0:
+            return _c(0, dt)
+        load = Load(0, linear_index(src, row_major_strides(ds)), dt)
+        return load if valid is None else Select(valid, load, _c(0, dt), dt)
+
+    return _out_nest(node, name, value)
+
+
+def _pad_sources(i: Expr, k: Var, size: int, begin: int, end: int, mode: str
+                 ) -> tuple[int, Expr, Expr | None]:
+    """The padded positions whose value is x[i] along one axis, as candidate k of a loop:
+    (the loop's extent, the position, whether candidate k is one). Constant: i + begin; edge:
+    every position that clamps to i; reflect: i, and its mirrors -i and 2(size - 1) - i where
+    they fall inside the padding (pads are smaller than the axis, so nothing reflects twice)."""
+    if mode == "constant" or begin == end == 0:
+        return 1, add_i(i, const_i(begin)), None
+    if mode == "edge":  # candidates i .. i + begin + end
+        p = add_i(i, k)
+        clamped = _min(_max(add_i(p, const_i(-begin)), const_i(0), DType.int64),
+                       const_i(size - 1), DType.int64)
+        return begin + end + 1, p, Binary("eq", clamped, i, DType.bool)
+    mirror_low = Unary("neg", i, DType.int64)
+    mirror_high = _i("sub", const_i(2 * (size - 1)), i)
+    q = Select(Binary("eq", k, const_i(0), DType.bool), i,
+               Select(Binary("eq", k, const_i(1), DType.bool), mirror_low, mirror_high,
+                      DType.int64), DType.int64)
+    low_ok = Binary("and", Binary("gt", i, const_i(0), DType.bool),
+                    Binary("le", i, const_i(begin), DType.bool), DType.bool)
+    high_ok = Binary("and", Binary("lt", i, const_i(size - 1), DType.bool),
+                     Binary("le", _i("sub", const_i(size - 1), i), const_i(end), DType.bool),
+                     DType.bool)
+    ok = Select(Binary("eq", k, const_i(0), DType.bool), Const(True, DType.bool),
+                Select(Binary("eq", k, const_i(1), DType.bool), low_ok, high_ok, DType.bool),
+                DType.bool)
+    return 3, add_i(q, const_i(begin)), ok
+
+
+def _lower_pad_grad(node: Node, name: str) -> Kernel:
+    """dx[i] = the sum of dy over the padded positions that copy x[i] (``_pad_sources``)."""
+    dy, x = node.inputs
+    xs, ds, dt, nd = _static(x), _static(dy), node.dtype, node.ndim
+    pads, mode = node.attrs["pads"], node.attrs["mode"]
+    vars_: list[Expr] = [Var(f"i{d}") for d in range(nd)]
+    pos: list[Expr] = []
+    valid: Expr | None = None
+    extents = []
+    for d in range(nd):
+        extent, p, ok = _pad_sources(vars_[d], Var(f"k{d}"), xs[d], pads[d], pads[d + nd], mode)
+        extents.append(extent)
+        pos.append(p)
+        if ok is not None:
+            valid = ok if valid is None else Binary("and", valid, ok, DType.bool)
+    load: Expr = Load(0, linear_index(pos, row_major_strides(ds)), dt)
+    if valid is not None:  # an invalid candidate's position may lie outside dy: clamp it
+        safe = [_min(_max(p, const_i(0), DType.int64), const_i(s - 1), DType.int64)
+                for p, s in zip(pos, ds)]
+        load = Select(valid, Load(0, linear_index(safe, row_major_strides(ds)), dt), _c(0, dt),
+                      dt)
+    inner: tuple[Stmt, ...] = (Assign("acc", _add(Var("acc", dt), load, dt)),)
+    for d in reversed(range(nd)):
+        if extents[d] > 1:
+            inner = (Loop(f"k{d}", extents[d], inner),)
+    at = linear_index(vars_, row_major_strides(xs))
+    body = [Declare("acc", dt, _c(0, dt)), *inner, Store(2, at, Var("acc", dt))]
+    return Kernel(name, _inputs_params(node), _nest(xs, body), (node.op,))
 
 
 def _lower_max_pool(node: Node, name: str) -> Kernel | None:
@@ -1272,7 +1467,9 @@ def lower(node: Node, name: str, skip: frozenset[str] = frozenset(), gpu: bool =
         "group_norm": _lower_group_norm, "adaptive_avg_pool": _lower_adaptive,
         "adaptive_max_pool": _lower_adaptive, "conv_weight_grad": _lower_conv_weight_grad,
         "max_pool_grad": _lower_max_pool_grad, "conv_transpose": _lower_conv_transpose,
-        "take": _lower_take, "gather": _lower_gather}
+        "take": _lower_take, "gather": _lower_gather, "avg_pool_grad": _lower_avg_pool_grad,
+        "adaptive_pool_grad": _lower_adaptive_pool_grad, "slice_grad": _lower_slice_grad,
+        "pad_grad": _lower_pad_grad}
     if node.op in ("take_grad", "gather_grad"):
         return _scatter_add(node, name, node.op == "gather_grad", gpu)
     if node.op in handlers:
@@ -1292,4 +1489,5 @@ def lowered_ops() -> set[str]:
         "log_softmax", "logsumexp", "var", "std", "argmax", "argmin", "concat", "stack", "tile",
         "pad", "one_hot", "batch_norm", "layer_norm", "rms_norm", "avg_pool", "group_norm",
         "adaptive_avg_pool", "adaptive_max_pool", "conv_weight_grad", "max_pool_grad",
-        "conv_transpose", "take", "gather", "take_grad", "gather_grad"}
+        "conv_transpose", "take", "gather", "take_grad", "gather_grad", "avg_pool_grad",
+        "adaptive_pool_grad", "slice_grad", "pad_grad"}

@@ -1,6 +1,7 @@
-"""Native backward kernels (conv_weight_grad, max_pool_grad) on every code-generating backend,
-against the reference implementation: strides, padding, dilation, groups, ceil_mode, and ties
-and NaNs in max-pool windows (the first maximum takes the gradient, as PyTorch)."""
+"""Native backward kernels (convolution, pooling, slice and pad gradients) on every
+code-generating backend, against the reference implementation: strides, padding, dilation,
+groups, ceil_mode, and ties and NaNs in max-pool windows (the first maximum takes the gradient,
+as PyTorch)."""
 
 from __future__ import annotations
 
@@ -112,6 +113,79 @@ def test_conv_transpose(backend: str, xs: tuple, ws: tuple, kw: dict, bias: bool
         arrays.append(rng.standard_normal(ws[1] * kw["groups"]).astype(np.float32))
     got, want = _run(backend, lambda *n: make_node("conv_transpose", list(n), kw), arrays)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _forward_shape(op: str, xs: tuple, kw: dict) -> tuple:
+    with gn.Graph():
+        return tuple(make_node(op, [gn.placeholder(xs, name="x")], kw).shape)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("xs", "kw"), [
+    ((2, 3, 8, 8), {"kernel_size": (2, 2), "stride": (2, 2), "pads": (0, 0, 0, 0),
+                    "dilation": (1, 1), "ceil_mode": False, "count_include_pad": True}),
+    ((1, 2, 9, 7), {"kernel_size": (3, 3), "stride": (2, 1), "pads": (1, 1, 1, 1),
+                    "dilation": (1, 2), "ceil_mode": True, "count_include_pad": False}),
+    ((1, 2, 9, 7), {"kernel_size": (3, 2), "stride": (2, 2), "pads": (1, 0, 1, 1),
+                    "dilation": (1, 1), "ceil_mode": True, "count_include_pad": True}),
+    ((2, 2, 10), {"kernel_size": (3,), "stride": (3,), "pads": (1, 1), "dilation": (1,),
+                  "ceil_mode": True, "count_include_pad": False})])
+def test_avg_pool_grad(backend: str, xs: tuple, kw: dict) -> None:
+    """Overlapping windows, padding counted or not, the ceil-mode overhang never counted."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(xs).astype(np.float32)
+    dy = rng.standard_normal(_forward_shape("avg_pool", xs, kw)).astype(np.float32)
+    got, want = _run(backend, lambda d, xn: make_node("avg_pool_grad", [d, xn], kw), [dy, x])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize(("xs", "out"), [((2, 3, 7, 9), (3, 4)), ((1, 2, 5), (5,)),
+                                         ((1, 2, 3, 4), (5, 2)), ((2, 2, 6, 6), (1, 1))])
+def test_adaptive_pool_grad(backend: str, mode: str, xs: tuple, out: tuple) -> None:
+    """Windows of unequal sizes that overlap where sizes do not divide (or the output is larger
+    than the input); max: the first maximum of each window, ties and NaN included."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 3, xs).astype(np.float32)  # ties
+    x.flat[::11] = np.nan
+    dy = rng.standard_normal(xs[:2] + out).astype(np.float32)
+    kw = {"output_size": out, "mode": mode}
+    got, want = _run(backend, lambda d, xn: make_node("adaptive_pool_grad", [d, xn], kw), [dy, x])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("xs", "starts", "stops", "steps"), [
+    ((6, 7), (1, None), (5, None), (2, 1)),
+    ((6, 7), (None, -2), (None, 0), (1, -3)),  # negative step, from the end
+    ((4, 5, 3), (3, 1, 0), (None, 100, 3), (1, 2, 2)),
+    ((5,), (4,), (4,), (1,)),  # an empty slice: dx is zeros
+])
+def test_slice_grad(backend: str, xs: tuple, starts: tuple, stops: tuple, steps: tuple) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(xs).astype(np.float32)
+    kw = {"starts": starts, "stops": stops, "steps": steps}
+    dy = rng.standard_normal(x[tuple(slice(*a) for a in zip(starts, stops, steps))].shape
+                             ).astype(np.float32)
+    got, want = _run(backend, lambda d, xn: make_node("slice_grad", [d, xn], kw), [dy, x])
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["constant", "edge", "reflect"])
+@pytest.mark.parametrize(("xs", "pads"), [((5, 6), (2, 0, 1, 3)), ((1, 4), (0, 3, 0, 2)),
+                                          ((2, 3, 4), (0, 1, 2, 1, 2, 3)), ((7,), (0, 0))])
+def test_pad_grad(backend: str, mode: str, xs: tuple, pads: tuple) -> None:
+    """Each padded position's gradient goes to the element it copies (edge: the border element
+    collects the whole border; reflect: mirrors add to the element they mirror)."""
+    nd = len(xs)  # every pad is smaller than its axis, as reflect requires
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(xs).astype(np.float64)
+    dy = rng.standard_normal([xs[d] + pads[d] + pads[d + nd] for d in range(nd)])
+    kw = {"pads": pads, "mode": mode, "value": 0.0}
+    got, want = _run(backend, lambda d, xn: make_node("pad_grad", [d, xn], kw), [dy, x])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 # -- the LLVM backend's GEMM templates for the convolution gradients (conv_grads.py) -------------
