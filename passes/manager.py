@@ -1,7 +1,8 @@
 """The pass registry, the optimisation levels, and ``PassManager``, which runs pipelines.
 
 Levels:  O0 nothing; O1 clean-up (fold_constants, simplify, cse, dce); O2 O1 then
-         decompose_attention and fusion (fold_batch_norm, fuse_epilogue, fuse_elementwise, dce);
+         decompose_attention, decompose_contractions and fusion (fold_batch_norm,
+         fuse_epilogue, fuse_elementwise, dce);
          O3 O2 then plan_memory.
 Each pass is a function ``Graph -> Graph`` taking keyword options. The manager verifies the graph
 after every pass when asked (``verify=True``, or ``GRAPHNN_VERIFY=1``; always in the tests), keeps
@@ -22,7 +23,7 @@ from typing import Any
 from graphnn.passes.bn_fold import fold_batch_norm
 from graphnn.passes.cse import eliminate_common_subexpressions
 from graphnn.passes.dce import eliminate_dead_code
-from graphnn.passes.decompose import decompose_attention
+from graphnn.passes.decompose import decompose_attention, decompose_contractions
 from graphnn.passes.fold import fold_constants
 from graphnn.passes.fuse import fuse_elementwise, fuse_epilogue
 from graphnn.passes.memory import SOURCES, plan_memory
@@ -51,12 +52,13 @@ for _name, _fn in {"fold_constants": fold_constants, "simplify": simplify,
                    "fold_batch_norm": fold_batch_norm, "fuse_epilogue": fuse_epilogue,
                    "fuse_elementwise": fuse_elementwise, "plan_memory": plan_memory,
                    "specialize": specialize, "freeze_variables": freeze_variables,
-                   "decompose_attention": decompose_attention}.items():
+                   "decompose_attention": decompose_attention,
+                   "decompose_contractions": decompose_contractions}.items():
     register_pass(_name, _fn)
 
 _O1 = ["fold_constants", "simplify", "cse", "dce"]
-_O2 = _O1 + ["decompose_attention", "fold_batch_norm", "fuse_epilogue", "fuse_elementwise",
-             "dce"]
+_O2 = _O1 + ["decompose_attention", "decompose_contractions", "fold_batch_norm",
+             "fuse_epilogue", "fuse_elementwise", "dce"]
 PIPELINES: dict[int, list[str]] = {0: [], 1: _O1, 2: _O2, 3: _O2 + ["plan_memory"]}
 
 

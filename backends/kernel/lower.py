@@ -43,6 +43,7 @@ from graphnn.backends.kernel.ir import (
 
 from graphnn.dtypes import DType
 from graphnn.ir import Attrs, Node
+from graphnn.ops.linalg import parse_einsum
 
 ScalarFn = Callable[[list[Expr], Attrs, DType], Expr]
 
@@ -480,6 +481,86 @@ def _lower_fused_epilogue(node: Node, name: str) -> Kernel | None:
         return conv_transpose_kernel(name, params, places.index(a), places.index(b), bias,
                                      anchor.attrs, epilogue, ops)
     return matmul_kernel(name, params, places.index(a), places.index(b), epilogue, ops)
+
+
+# -- einsum and gemm: generic contractions -------------------------------------------------------
+
+
+def _contraction(node: Node, name: str, terms: Sequence[str], rhs: str,
+                 finish: Callable[[Expr, list[Expr]], Expr] | None = None) -> Kernel:
+    """out[rhs] = sum over the letters not in rhs of the product of the operands (a repeated
+    letter in one term reads a diagonal, as numpy.einsum), then ``finish(sum, out index)``.
+
+    Two loop orders, so that the innermost loop reads the last operand with unit stride:
+    - its last axis summed ("ij,kj->ik"): a dot product per output element, summed letters
+      innermost;
+    - else i-k-j, as the matmul kernel: the outer loops run over the output letters of the first
+      operand (the first one parallel: iterations own distinct output elements), each zeroes its
+      block of the output (the other output letters), then for every summed index adds the
+      product into that block in an inner loop along the last operand's rows."""
+    dt = node.dtype
+    sizes: dict[str, int] = {}
+    for t, x in zip(terms, node.inputs):
+        sizes.update(zip(t, _static(x)))
+    letters = "".join(terms)
+    summed = sorted({c for c in letters} - set(rhs), key=letters.index)
+    outer = [c for c in rhs if c in terms[0]]
+    block = [c for c in rhs if c not in terms[0]]
+    var = {c: Var(f"{c}_") for c in letters}
+    product: Expr | None = None
+    for k, (t, x) in enumerate(zip(terms, node.inputs)):
+        load = Load(k, linear_index([var[c] for c in t], row_major_strides(_static(x))), dt)
+        product = load if product is None else _mul(product, load, dt)
+    assert product is not None
+    out_vars: list[Expr] = [var[c] for c in rhs]
+    at = linear_index(out_vars, row_major_strides(_static(node)))
+    params = _inputs_params(node)
+    o = len(params) - 1
+
+    def loops(over: Sequence[str], body: tuple[Stmt, ...], parallel: bool = False,
+              vectorize: bool = False) -> tuple[Stmt, ...]:
+        for k in reversed(range(len(over))):
+            body = (Loop(var[over[k]].name, sizes[over[k]], body, parallel=parallel and k == 0,
+                         vectorize=vectorize and k == len(over) - 1),)
+        return body
+
+    if terms[-1] and terms[-1][-1] in summed:  # the last operand's rows are contiguous along
+        # a summed letter: a dot product per output element reads every operand unit-stride
+        acc = Var("acc", dt)
+        total = loops(summed, (Assign("acc", _add(acc, product, dt)),))
+        value = finish(acc, out_vars) if finish is not None else acc
+        dot = (Declare("acc", dt, _c(0, dt)), *total, Store(o, at, value))
+        return Kernel(name, params, loops(list(rhs), dot, parallel=True), (node.op,))
+    body = loops(block, (Store(o, at, _c(0, dt)),), vectorize=True) + loops(
+        summed, loops(block, (Store(o, at, _add(Load(o, at, dt), product, dt)),),
+                      vectorize=True))
+    if finish is not None:
+        body += loops(block, (Store(o, at, finish(Load(o, at, dt), out_vars)),), vectorize=True)
+    return Kernel(name, params, loops(outer, body, parallel=True), (node.op,))
+
+
+def _lower_einsum(node: Node, name: str) -> Kernel:
+    """Any einsum (numpy.einsum's rules, ``parse_einsum``) as one loop nest; at O2 the pass
+    ``decompose_contractions`` turns two-operand einsums into a matmul (the GEMM template)."""
+    terms, rhs = parse_einsum(node.attrs["equation"], [i.ndim for i in node.inputs])
+    return _contraction(node, name, terms, rhs)
+
+
+def _lower_gemm(node: Node, name: str) -> Kernel:
+    """ONNX Gemm: alpha * op(a) @ op(b) + beta * c (c broadcast to (M, N))."""
+    a, dt = node.attrs, node.dtype
+    terms = ["ki" if a["trans_a"] else "ik", "jk" if a["trans_b"] else "kj"]
+
+    def finish(acc: Expr, ij: list[Expr]) -> Expr:
+        out = _mul(_c(a["alpha"], dt), acc, dt)
+        if len(node.inputs) < 3:
+            return out
+        c = node.inputs[2]
+        strides = _broadcast_strides(_static(c), _static(node))
+        load = Load(2, linear_index(ij, strides), dt)
+        return _add(out, _mul(_c(a["beta"], dt), load, dt), dt)
+
+    return _contraction(node, name, terms, "ij", finish)
 
 
 # -- direct convolution and max pooling ---------------------------------------------------------
@@ -1469,7 +1550,7 @@ def lower(node: Node, name: str, skip: frozenset[str] = frozenset(), gpu: bool =
         "max_pool_grad": _lower_max_pool_grad, "conv_transpose": _lower_conv_transpose,
         "take": _lower_take, "gather": _lower_gather, "avg_pool_grad": _lower_avg_pool_grad,
         "adaptive_pool_grad": _lower_adaptive_pool_grad, "slice_grad": _lower_slice_grad,
-        "pad_grad": _lower_pad_grad}
+        "pad_grad": _lower_pad_grad, "einsum": _lower_einsum, "gemm": _lower_gemm}
     if node.op in ("take_grad", "gather_grad"):
         return _scatter_add(node, name, node.op == "gather_grad", gpu)
     if node.op in handlers:
@@ -1490,4 +1571,4 @@ def lowered_ops() -> set[str]:
         "pad", "one_hot", "batch_norm", "layer_norm", "rms_norm", "avg_pool", "group_norm",
         "adaptive_avg_pool", "adaptive_max_pool", "conv_weight_grad", "max_pool_grad",
         "conv_transpose", "take", "gather", "take_grad", "gather_grad", "avg_pool_grad",
-        "adaptive_pool_grad", "slice_grad", "pad_grad"}
+        "adaptive_pool_grad", "slice_grad", "pad_grad", "einsum", "gemm"}

@@ -73,7 +73,14 @@ register(OpDef("gemm", _gemm_infer, _gemm, arity=(2, 3),
                doc="alpha * op(a) @ op(b) + beta * c. Ref: ONNX Gemm"))
 
 
-def _parse_einsum(equation: str, ndims: Sequence[int]) -> tuple[list[str], str]:
+def parse_einsum(equation: str, ndims: Sequence[int]) -> tuple[list[str], str]:
+    """(one letter string per operand, the output's letters) of an einsum ``equation`` over
+    operands of ranks ``ndims``; without ``->`` the output is the letters used once, sorted
+    (numpy.einsum's rule).
+
+    Raises:  AttrError for '...', a wrong operand count or a bad output term; ShapeError when a
+             term's length differs from its operand's rank.
+    """
     eq = equation.replace(" ", "")
     if "." in eq:
         raise AttrError("einsum with '...' is not supported; name every axis with a letter")
@@ -95,7 +102,7 @@ def _parse_einsum(equation: str, ndims: Sequence[int]) -> tuple[list[str], str]:
 def _einsum_infer(inputs: Sequence[Node], attrs: Attrs) -> tuple[Shape, DType]:
     dtype = require_same_dtype(inputs)
     require_dtype(inputs[0], dt.NUMERIC)
-    terms, rhs = _parse_einsum(attrs["equation"], [i.ndim for i in inputs])
+    terms, rhs = parse_einsum(attrs["equation"], [i.ndim for i in inputs])
     sizes: dict[str, Dim] = {}
     for t, node in zip(terms, inputs):
         for c, d in zip(t, node.shape):
@@ -224,7 +231,7 @@ def _g_gemm(n: Node, dy: Node) -> list[Node | None]:
 @def_gradient("einsum")
 def _g_einsum(n: Node, dy: Node) -> list[Node | None]:
     """d operand_i = einsum(other operands and dy -> the letters of operand i), re-expanded."""
-    terms, out = _parse_einsum(n.attrs["equation"], [i.ndim for i in n.inputs])
+    terms, out = parse_einsum(n.attrs["equation"], [i.ndim for i in n.inputs])
     grads: list[Node | None] = []
     for i, (term, x) in enumerate(zip(terms, n.inputs)):
         others = [t for j, t in enumerate(terms) if j != i] + [out]

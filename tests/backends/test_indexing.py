@@ -9,45 +9,23 @@ returns GRAPHNN_ERR_INDEX instead.
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
-from collections.abc import Callable
 
 import numpy as np
 import pytest
 from graphnn.backends.aot.api import STATUS
 from graphnn.backends.llvm import LLVMBackend
 from graphnn.backends.opencl import OpenCLBackend
-from graphnn.backends.opencl.executable import shared_device
 
 import graphnn as gn
 from graphnn.ops.registry import make_node
-
-BACKENDS = ["llvm", "opencl", "opencl-gpu-path"]  # opencl-gpu-path: the GPU forms, on PoCL
+from tests.backends.test_backward_kernels import BACKENDS
+from tests.backends.test_backward_kernels import _run as _native_run
 
 
 def _session(backend: str, g: gn.Graph) -> gn.Session:
     impl = LLVMBackend(cache=False) if backend == "llvm" else OpenCLBackend()
     return gn.Session(g, backend=impl)
-
-
-def _native_run(backend: str, build: Callable[..., gn.Node], arrays: list[np.ndarray]
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(backend's result, reference's result), asserting every node ran as a kernel."""
-    with gn.Graph("g") as g:
-        nodes = [gn.placeholder(a.shape, a.dtype, name=f"x{i}") for i, a in enumerate(arrays)]
-        out = build(*nodes)
-    feeds = dict(zip(nodes, arrays))
-    sess = _session(backend, g)
-    with pytest.MonkeyPatch.context() as mp:
-        if backend == "opencl-gpu-path":
-            dev = shared_device()
-            mp.setattr(dev, "info", dataclasses.replace(dev.info, kind="gpu"))
-        got = sess.run(out, feeds)
-    exe = next(iter(sess._cache.values()))
-    exe = getattr(exe, "exe", exe)
-    assert not exe.fallback_ops, f"{exe.fallback_ops} ran on numpy"
-    return got, gn.Session(g, backend="reference").run(out, feeds)
 
 
 TAKES = [  # x shape, index shape, axis, index range

@@ -41,7 +41,13 @@ def test_elementwise_and_reduction_kernels_are_vectorised() -> None:
 
 
 def test_native_and_fallback_ops_are_reported() -> None:
-    assert {"relu", "gelu", "where", "sum", "transpose", "slice", "cast"} <= lowered_ops()
+    assert {"relu", "gelu", "where", "sum", "transpose", "slice", "cast", "einsum", "gemm",
+            "take", "gather", "take_grad", "slice_grad", "avg_pool_grad"} <= lowered_ops()
+    for build in (lambda x: gn.einsum("ij,kj->ik", x, x),  # dot-product loop order
+                  lambda x: gn.einsum("ij,jk->ik", x, gn.transpose(x)),  # i-k-j order
+                  lambda x: gn.gemm(x, x, trans_b=True, alpha=2.0)):
+        exe = compile_one(build, (6, 5))
+        assert not exe.fallback_ops
     def build(x: gn.Node) -> gn.Node:
         i = gn.cast(x, "int32")
         return gn.relu(x) + gn.cast(gn.pow(i, i), "float32")

@@ -46,8 +46,8 @@ def test_dumps_every_stage(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPat
     graph, _ = models.inference_graph("digits-cnn", batch=2)
     PassManager(opt_level=2, dump_dir=str(tmp_path)).run(graph)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names[:2] == ["00_input.dot", "00_input.txt"] and "07_fuse_epilogue.txt" in names
-    text = (tmp_path / "07_fuse_epilogue.txt").read_text()
+    assert names[:2] == ["00_input.dot", "00_input.txt"] and "08_fuse_epilogue.txt" in names
+    text = (tmp_path / "08_fuse_epilogue.txt").read_text()
     assert text.startswith("# graph digits_cnn, after fuse_epilogue") and "fused" in text
     monkeypatch.setenv("GRAPHNN_DUMP", str(tmp_path / "env"))
     PassManager(opt_level=1).run(graph)
@@ -124,3 +124,54 @@ def test_decompose_attention_matches_the_op_and_keeps_unknown_causal_lengths() -
         g.outputs = (gn.scaled_dot_product_attention(*ps, is_causal=True),)
     kept = PASSES["decompose_attention"](g)
     assert "scaled_dot_product_attention" in {n.op for n in kept.nodes}
+
+
+@pytest.mark.parametrize(("equation", "shapes"), [
+    ("ij,jk->ik", [(3, 4), (4, 5)]),
+    ("bij,bkj->bik", [(2, 3, 4), (2, 5, 4)]),
+    ("bhqd,bhkd->bhqk", [(1, 2, 3, 4), (1, 2, 5, 4)]),
+    ("ik,kj->ji", [(3, 4), (4, 2)]),  # output transposed
+    ("i,j->ij", [(3,), (4,)]),  # outer product: nothing summed
+    ("i,i->", [(5,), (5,)]),  # full contraction
+    ("abc,cd->d", [(2, 3, 4), (4, 5)]),  # a and b only in the first operand: summed out first
+    ("ij,kj", [(2, 3), (4, 3)]),  # implicit output
+])
+def test_decompose_contractions_matches_einsum(equation: str, shapes: list) -> None:
+    import numpy as np
+    from graphnn.passes import PASSES
+
+    import graphnn as gn
+
+    rng = np.random.default_rng(1)
+    arrays = [rng.standard_normal(s) for s in shapes]
+    with gn.Graph() as g:
+        ps = [gn.placeholder(s, gn.float64, name=f"x{k}") for k, s in enumerate(shapes)]
+        g.outputs = (gn.einsum(equation, *ps),)
+    new = PASSES["decompose_contractions"](g)
+    assert "einsum" not in {n.op for n in new.nodes}
+    assert "matmul" in {n.op for n in new.nodes}
+    feeds = {f"x{k}": a for k, a in enumerate(arrays)}
+    got = gn.Session(new, backend="reference").run(new.outputs[0], feeds)
+    np.testing.assert_allclose(got, np.einsum(equation, *arrays), rtol=1e-12, atol=1e-12)
+
+
+def test_decompose_contractions_rewrites_gemm_and_keeps_diagonals() -> None:
+    import numpy as np
+    from graphnn.passes import PASSES
+
+    import graphnn as gn
+
+    rng = np.random.default_rng(2)
+    a, b, c = rng.standard_normal((4, 3)), rng.standard_normal((5, 4)), rng.standard_normal(5)
+    with gn.Graph() as g:
+        pa, pb, pc = (gn.placeholder(x.shape, gn.float64, name=n) for n, x in
+                      zip("abc", (a, b, c)))
+        g.outputs = (gn.gemm(pa, pb, pc, alpha=0.5, beta=2.0, trans_a=True, trans_b=True),
+                     gn.einsum("ii,ij->j", gn.matmul(pa, gn.transpose(pa)), pa))
+    new = PASSES["decompose_contractions"](g)
+    ops = [n.op for n in new.nodes]
+    assert "gemm" not in ops and ops.count("einsum") == 1  # the diagonal keeps its loop nest
+    feeds = {"a": a, "b": b, "c": c}
+    got = gn.Session(new, backend="reference").run(list(new.outputs), feeds)
+    np.testing.assert_allclose(got[0], 0.5 * a.T @ b.T + 2.0 * c, rtol=1e-12)
+    np.testing.assert_allclose(got[1], np.einsum("ii,ij->j", a @ a.T, a), rtol=1e-12)
