@@ -258,15 +258,20 @@ class OpenCLExecutable:
                 updates[v] = DeviceValue(dev, buffers[v], tuple(host.shape), host.dtype)
         for w in self.writers:
             buffers[w] = dev.alloc(_nbytes(w))
+        flagged = False  # a kernel that checks indices ran since the flag was last read
         for kind, node, k in self.steps:
             try:
                 if kind == "kernel":
                     self._launch(k, node, buffers)
+                    flagged = flagged or self.kernels[k].checks
                 else:
+                    if flagged:  # an index error comes first, and leaves no stale flag
+                        self._check_indices(buffers, stats)
+                        flagged = False
                     self._fallback(node, buffers, counter, stats)
             except _cl().Error as e:
                 raise ExecutionError(f"{describe(node)} failed on {dev.name}: {e}") from None
-        if self._status is not None:
+        if flagged:
             self._check_indices(buffers, stats)
         for w in self.writers:
             target = w.inputs[get_op(w.op).writes_input or 0]  # writers name their input

@@ -112,3 +112,21 @@ def test_a_compiled_library_returns_an_index_status(tmp_path: pathlib.Path) -> N
     np.testing.assert_array_equal(model(np.array([1, 1, 1, 1])), table[[1, 1, 1, 1]] * 2)
     header = (tmp_path / "emb.h").read_text()
     assert f"GRAPHNN_ERR_INDEX = {STATUS['GRAPHNN_ERR_INDEX']}" in header
+
+
+@pytest.mark.parametrize("backend", ["llvm", "opencl"])
+def test_an_index_error_comes_before_a_later_numpy_step(backend: str) -> None:
+    """A numpy fallback step (integer pow) after the bad take: the index error is raised, and the
+    flag does not outlive the run."""
+    with gn.Graph() as g:
+        x = gn.placeholder((4,), gn.int32, name="x")
+        idx = gn.placeholder((3,), gn.int64, name="idx")
+        picked = gn.take(x, idx)
+        out = gn.pow(picked, picked)
+    sess = _session(backend, g)
+    feeds = {x: np.array([1, 2, 3, 4], np.int32)}
+    with pytest.raises(gn.ExecutionError, match="take .*index 4 is out of bounds"):
+        sess.run(out, {**feeds, idx: np.array([0, 4, 1])})
+    np.testing.assert_array_equal(sess.run(out, {**feeds, idx: np.array([3, 1, 0])}), [256, 4, 1])
+    exe = next(iter(sess._cache.values()))
+    assert getattr(exe, "exe", exe).fallback_ops == {"pow"}
