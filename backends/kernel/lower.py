@@ -1149,7 +1149,6 @@ def _lower_arg(node: Node, name: str) -> Kernel | None:
     return Kernel(name, params, _around(xs, kept, body), (node.op,))
 
 
-# -- data movement: concat, stack, tile, pad, one_hot ---------------------------------------------
 # -- indexing by data: take, gather and their gradients ------------------------------------------
 
 
@@ -1169,8 +1168,9 @@ def _checked_index(raw: Expr, n: int) -> tuple[Expr, Expr]:
     return _min(_max(wrapped, const_i(0), DType.int64), const_i(max(n - 1, 0)), DType.int64), bad
 
 
-def _flag(bad: Expr, status: int) -> Store:
-    return Store(status, const_i(0), Const(INDEX_OUT_OF_RANGE, DType.int32), mask=bad)
+def _flag(bad: Expr, params: tuple[Param, ...]) -> Store:
+    """Set the kernel's status flag (its last parameter) where ``bad`` holds."""
+    return Store(len(params) - 1, const_i(0), Const(INDEX_OUT_OF_RANGE, DType.int32), mask=bad)
 
 
 def _lower_take(node: Node, name: str) -> Kernel:
@@ -1188,7 +1188,7 @@ def _lower_take(node: Node, name: str) -> Kernel:
         src = linear_index(v[:axis] + [at] + v[axis + k:], row_major_strides(xs))
         value = Load(0, src, x.dtype) if xs[axis] else _c(0, x.dtype)
         out = linear_index(v, row_major_strides(_static(node)))
-        return [_flag(bad, 3), Store(2, out, value)]
+        return [_flag(bad, params), Store(2, out, value)]
 
     vars_: list[Expr] = [Var(f"i{d}") for d in range(node.ndim)]
     return Kernel(name, params, _nest(_static(node), body(vars_)), (node.op,))
@@ -1205,7 +1205,7 @@ def _lower_gather(node: Node, name: str) -> Kernel:
     at, bad = _checked_index(Load(1, here, idx.dtype), xs[axis])
     src = linear_index(vars_[:axis] + [at] + vars_[axis + 1:], row_major_strides(xs))
     value = Load(0, src, x.dtype) if xs[axis] else _c(0, x.dtype)
-    return Kernel(name, params, _nest(_static(node), [_flag(bad, 3), Store(2, here, value)]),
+    return Kernel(name, params, _nest(_static(node), [_flag(bad, params), Store(2, here, value)]),
                   (node.op,))
 
 
@@ -1234,7 +1234,7 @@ def _scatter_add(node: Node, name: str, gather_like: bool, gpu: bool) -> Kernel:
         row, bad = _checked_index(Load(1, at_dy if gather_like else t, idx.dtype), n)
         dx = add_i(mul_i(add_i(mul_i(a, n), row), inner), b)
         acc = Store(3, dx, _add(Load(3, dx, node.dtype), Load(0, at_dy, dy.dtype), node.dtype))
-        return _flag(bad, 4), (acc,) if n else ()
+        return _flag(bad, params), (acc,) if n else ()
 
     if gpu:
         c, j = Var("c"), Var("j")
@@ -1253,6 +1253,9 @@ def _scatter_add(node: Node, name: str, gather_like: bool, gpu: bool) -> Kernel:
     row = Loop("b", inner, (flag, *acc) if gather_like else acc, vectorize=True)
     rows = Loop("t", m, (row,) if gather_like else (flag, row))
     return Kernel(name, params, (Loop("a", outer, (zero, rows), parallel=True),), (node.op,))
+
+
+# -- data movement: concat, stack, tile, pad, one_hot ---------------------------------------------
 
 
 def _out_nest(node: Node, name: str, value: Callable[[list[Expr]], Expr]) -> Kernel:
@@ -1550,9 +1553,9 @@ def lower(node: Node, name: str, skip: frozenset[str] = frozenset(), gpu: bool =
         "max_pool_grad": _lower_max_pool_grad, "conv_transpose": _lower_conv_transpose,
         "take": _lower_take, "gather": _lower_gather, "avg_pool_grad": _lower_avg_pool_grad,
         "adaptive_pool_grad": _lower_adaptive_pool_grad, "slice_grad": _lower_slice_grad,
-        "pad_grad": _lower_pad_grad, "einsum": _lower_einsum, "gemm": _lower_gemm}
-    if node.op in ("take_grad", "gather_grad"):
-        return _scatter_add(node, name, node.op == "gather_grad", gpu)
+        "pad_grad": _lower_pad_grad, "einsum": _lower_einsum, "gemm": _lower_gemm,
+        "take_grad": lambda n, nm: _scatter_add(n, nm, gather_like=False, gpu=gpu),
+        "gather_grad": lambda n, nm: _scatter_add(n, nm, gather_like=True, gpu=gpu)}
     if node.op in handlers:
         return handlers[node.op](node, name)
     if node.op == "fused" and node.attrs["kind"] == "elementwise":

@@ -58,9 +58,8 @@ class LLVMExecutable:
         emitter = KernelEmitter(module, vector_bits(target.features))
         segment: list[tuple[Kernel, Node]] = []
         self.fallback_ops: set[str] = set()
-        # nodes whose kernels check indices, in order; kernel k's flag is self._status[k]
+        # nodes whose kernels check indices, in order; the k-th one's flag is self._status[k]
         self._checked: list[Node] = []
-        self._status = np.zeros(0, np.int32)
         for n in order:
             if n.op in SOURCES or get_op(n.op).no_value:
                 continue
@@ -116,7 +115,7 @@ class LLVMExecutable:
         checks = False
         for kernel, node in segment:
             slots = [self.slot[buf] for buf in [*node.inputs, node]]
-            if kernel.checks:  # its status flag's slot follows the nodes'
+            if kernel.checks:  # the status flags' slots follow the nodes'
                 slots.append(len(self.order) + self._checked.index(node))
                 checks = True
             args = [b.load(b.gep(fn.args[0], [ir.Constant(ir.IntType(64), s)], source_etype=PTR),
