@@ -15,9 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from graphnn.errors import ExecutionError
 from graphnn.ir import Graph, Node
-from graphnn.ops.registry import describe
 
 
 @dataclass
@@ -65,30 +63,3 @@ class ReturnedArrays:
             old = np.empty(shape, dtype)
             self._arrays[node] = old
         return old
-
-
-def _indexed_size(node: Node) -> int:
-    """The size of the axis ``node`` (take, gather or their gradient) indexes."""
-    indexed = node.inputs[0] if node.op in ("take", "gather") else node
-    return int(indexed.shape[int(node.attrs["axis"])] or 0)
-
-
-def bad_index(node: Node, indices: np.ndarray) -> int | None:
-    """The first entry of ``indices`` (the index input of ``node``: take, gather or their
-    gradient) outside [-size, size) of the indexed axis, or None."""
-    size = _indexed_size(node)
-    flat = np.asarray(indices).reshape(-1).astype(np.int64)
-    bad = flat[(flat < -size) | (flat >= size)]
-    return int(bad[0]) if bad.size else None
-
-
-def index_error(node: Node, indices: np.ndarray) -> ExecutionError:
-    """The error a native take, gather or their gradient raises after its kernel flagged an
-    index out of range (``Param.status``): the message names the node and the first bad index,
-    as the numpy reference's does. ``indices`` is the node's index input, read back."""
-    bad = bad_index(node, indices)
-    scope = f" in {node.scope}" if node.scope else ""
-    what = "an index was out of range" if bad is None else (
-        f"index {bad} is out of bounds for axis {node.attrs['axis']} with size "
-        f"{_indexed_size(node)}")
-    return ExecutionError(f"{node.op} (node {describe(node)}{scope}) failed: IndexError: {what}")

@@ -80,6 +80,27 @@ def _evaluate(node: Node, args: list[np.ndarray], counter: int) -> np.ndarray:
     return out
 
 
+def reference_error(node: Node, args: list[np.ndarray]) -> ExecutionError | None:
+    """The error the numpy reference raises for ``node`` on ``args`` (its inputs), or None.
+
+    A native kernel that meets data with no result (an index out of range, an integer's
+    negative power) sets its status flag (``backends/kernel/ir.py``); the executable then reads
+    the node's inputs back and raises this, so every backend's message is the reference's."""
+    try:
+        with np.errstate(all="ignore"):
+            _evaluate(node, args, 0)
+    except ExecutionError as e:
+        return e
+    return None
+
+
+def flagged_error(node: Node, args: list[np.ndarray]) -> ExecutionError:
+    """``reference_error``, for a node whose kernel set its status flag."""
+    return reference_error(node, args) or ExecutionError(
+        f"{describe(node)}: its kernel flagged bad data that the numpy reference accepts "
+        "(a bug in graphnn)")
+
+
 class ReferenceBackend:
     """``backend="reference"``: numpy, one op at a time."""
 

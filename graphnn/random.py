@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-_M1 = np.uint32(0x7FEB352D)
-_M2 = np.uint32(0x846CA68B)
+LOWBIAS32 = (0x7FEB352D, 0x846CA68B)  # the hash's two multipliers (the code generators use them)
+_M1, _M2 = (np.uint32(m) for m in LOWBIAS32)
 
 
 def lowbias32(x: np.ndarray) -> np.ndarray:

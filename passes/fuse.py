@@ -43,8 +43,9 @@ def fuse_epilogue(graph: Graph) -> Graph:
     groups: list[tuple[str, list[Node]]] = []
     taken: set[Node] = set()
     for n in graph.nodes:
-        if n.op not in ANCHORS or n in taken:
-            continue
+        if n.op not in ANCHORS or n in taken or min(i.ndim for i in n.inputs[:2]) < 2:
+            continue  # (a vector matmul runs the GEMM as a one-row or one-column matrix, and
+            # its epilogue as an elementwise kernel of its own)
         members, root = [n], n
         while root not in outputs and len(users[root]) == 1:
             nxt = users[root][0]

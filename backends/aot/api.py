@@ -19,12 +19,17 @@ from __future__ import annotations
 import numpy as np
 
 STATUS = {"GRAPHNN_OK": 0, "GRAPHNN_ERR_ARGUMENT": 1, "GRAPHNN_ERR_MEMORY": 2,
-          "GRAPHNN_ERR_CPU": 3, "GRAPHNN_ERR_WEIGHTS": 4, "GRAPHNN_ERR_INDEX": 5}
+          "GRAPHNN_ERR_CPU": 3, "GRAPHNN_ERR_WEIGHTS": 4, "GRAPHNN_ERR_INDEX": 5,
+          "GRAPHNN_ERR_NEGATIVE_POWER": 6}
+# a kernel's status flag (backends/kernel/ir.py: INDEX_OUT_OF_RANGE = 1, NEGATIVE_POWER = 2)
+# becomes the run's status plus this
+FLAG_TO_STATUS = 4
 MESSAGES = ["ok", "a required pointer argument is NULL",
             "out of memory", "this CPU lacks an instruction-set feature the library was compiled "
             "for (see <name>_missing_cpu_feature)",
             "the weights file is missing, unreadable, truncated or belongs to another model",
-            "an index input (take, gather, embedding) is out of range; the outputs are not valid"]
+            "an index input (take, gather, embedding) is out of range; the outputs are not valid",
+            "an integer was raised to a negative power (pow); the outputs are not valid"]
 WEIGHTS_MAGIC = 0x31305754484E4E47  # b"GNNWHT01" little-endian: the weights file's first 8 bytes
 
 # feature -> (cpuid leaf, subleaf, register index eax=0 ebx=1 ecx=2 edx=3, bit); Intel SDM vol. 2A

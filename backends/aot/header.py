@@ -94,9 +94,10 @@ typedef struct {name}_context {name}_context;
 int {name}_create({name}_context **ctx, const char *weights_path);
 
 /* Run the model: inputs are read, outputs written (caller-owned, contiguous).
- * Returns GRAPHNN_OK, GRAPHNN_ERR_ARGUMENT when a pointer is NULL, or GRAPHNN_ERR_INDEX when
- * an index input (take, gather, an embedding lookup) is out of range: then the outputs are not
- * valid (a bad index reads the nearest valid row; memory outside the buffers is never touched). */
+ * Returns GRAPHNN_OK, GRAPHNN_ERR_ARGUMENT when a pointer is NULL, GRAPHNN_ERR_INDEX when an
+ * index input (take, gather, an embedding lookup) is out of range, or GRAPHNN_ERR_NEGATIVE_POWER
+ * when an integer pow meets a negative exponent: then the outputs are not valid (a bad index
+ * reads the nearest valid row; memory outside the buffers is never touched). */
 int {name}_run({name}_context *ctx, {', '.join(params)});
 
 /* Free a context and what it owns; NULL is ignored. */

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from graphnn.backends.aot.api import STATUS
+from graphnn.backends.aot.api import FLAG_TO_STATUS
 from graphnn.backends.kernel.ir import Kernel
 from graphnn.backends.kernel.lower import lower
 from graphnn.backends.llvm.codegen import I32, I64, PTR, KernelEmitter
@@ -137,7 +137,7 @@ def build_program(graph: Graph, name: str, input_names: list[str], output_names:
     b.ret(ir.Constant(I32, 1))
     b.position_at_end(body)
     arena = b.load(b.gep(ctx, [ir.Constant(I64, 0)], source_etype=PTR), typ=PTR, name="arena")
-    status = b.alloca(I32, name="status")  # set by kernels that find an index out of range
+    status = b.alloca(I32, name="status")  # set by kernels that find bad data (Param.status)
     b.store(ir.Constant(I32, 0), status)
     blob = b.load(b.gep(ctx, [ir.Constant(I64, 1)], source_etype=PTR), typ=PTR, name="weights")
 
@@ -177,8 +177,9 @@ def build_program(graph: Graph, name: str, input_names: list[str], output_names:
             nbytes = _static(o.shape)[0] * o.dtype.itemsize
             b.call(memcpy, [out_args[k], where[o], ir.Constant(I64, nbytes),
                             ir.Constant(ir.IntType(1), 0)])
-    failed = b.icmp_unsigned("!=", b.load(status, typ=I32), ir.Constant(I32, 0))
-    b.ret(b.select(failed, ir.Constant(I32, STATUS["GRAPHNN_ERR_INDEX"]), ir.Constant(I32, 0)))
+    flag = b.load(status, typ=I32)
+    failed = b.icmp_unsigned("!=", flag, ir.Constant(I32, 0))
+    b.ret(b.select(failed, b.add(flag, ir.Constant(I32, FLAG_TO_STATUS)), ir.Constant(I32, 0)))
     specs_in = [TensorSpec(nm, p.dtype, _static(p.shape)[1])
                 for nm, p in zip(input_names, placeholders)]
     specs_out = [TensorSpec(nm, o.dtype, _static(o.shape)[1])

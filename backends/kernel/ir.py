@@ -3,11 +3,17 @@
 A ``Kernel`` has buffer parameters (dtype, static shape, contiguous row-major) and a body of
 statements: ``Loop`` (a counted loop, optionally marked parallel or vectorisable), ``Store``
 (buffer[index] = value, optionally only where a mask holds), ``Declare``/``Assign`` (scalar
-locals, for reductions). Expressions are
-scalar: constants, loop variables, local variables, ``Load`` (buffer[index]), ``Unary``/``Binary``
-math, ``Select``, ``Cast``. Index expressions are int64 arithmetic over loop variables (affine in
-everything lowered so far). The LLVM backend renders this IR with llvmlite's IRBuilder; the OpenCL
-backend will render the same IR as OpenCL C (tinygrad's UOps and TVM's TIR play this role).
+locals, for reductions). Expressions are scalar: constants, loop variables, local variables,
+``Load`` (buffer[index]), ``Unary``/``Binary`` math, ``Select``, ``Cast``. Index expressions are
+int64 arithmetic over loop variables (affine in everything lowered so far).
+
+Two operations are not plain arithmetic: ``pow`` on integers is numpy's (repeated squaring,
+wrapping), with no defined value for a negative exponent, so kernels flag that
+(``NEGATIVE_POWER``); ``hash32`` is ``graphnn.random.lowbias32`` of an int64's low 32 bits, as
+an int64 in [0, 2**32) (dropout's counter-based random numbers).
+
+The LLVM backend renders this IR with llvmlite's IRBuilder; the OpenCL backend renders the same
+IR as OpenCL C (tinygrad's UOps and TVM's TIR play this role).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from graphnn.dtypes import DType
 # -- expressions -------------------------------------------------------------------------------
 
 UNARY_OPS = frozenset({"neg", "abs", "exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tanh",
-                       "erf", "floor", "ceil", "round", "not"})
+                       "erf", "floor", "ceil", "round", "not", "hash32"})
 BINARY_OPS = frozenset({"add", "sub", "mul", "div", "pow", "max", "min", "lt", "le", "gt", "ge",
                         "eq", "ne", "and", "or", "xor"})
 COMPARISONS = frozenset({"lt", "le", "gt", "ge", "eq", "ne"})
@@ -77,8 +83,9 @@ class Cast:
 
 Expr = Const | Var | Load | Unary | Binary | Select | Cast
 
-# the code a kernel stores in its status flag (``Param.status``)
-INDEX_OUT_OF_RANGE = 1
+# the codes a kernel stores in its status flag (``Param.status``)
+INDEX_OUT_OF_RANGE = 1  # take, gather and their gradients: an index outside [-n, n)
+NEGATIVE_POWER = 2  # integer pow: a negative exponent (numpy and PyTorch raise)
 
 # -- statements ---------------------------------------------------------------------------------
 
@@ -124,13 +131,16 @@ class Param:
     kernels that read indices from data (take, gather) store a nonzero code there, under a mask,
     when an index is out of range, and clamp the index so no access leaves its buffer; the
     executable reads the flag after the kernel and raises. Stores to it are the only stores that
-    need not depend on a parallel loop's variable (every iteration writes the same code)."""
+    need not depend on a parallel loop's variable (every iteration writes the same code).
+    ``counter`` marks the session's run counter (int64[1], the last parameter) that random
+    kernels (dropout) key their numbers on; the executable writes it before each run."""
 
     name: str
     dtype: DType
     shape: tuple[int, ...]
     output: bool = False
     status: bool = False
+    counter: bool = False
 
     @property
     def size(self) -> int:
@@ -162,6 +172,11 @@ class Kernel:
     def checks(self) -> bool:
         """The kernel takes an error flag (``Param.status``) after its output."""
         return bool(self.params) and self.params[-1].status
+
+    @property
+    def random(self) -> bool:
+        """The kernel takes the run counter (``Param.counter``) after its output."""
+        return bool(self.params) and self.params[-1].counter
 
 
 # -- helpers for building index arithmetic ------------------------------------------------------

@@ -1,8 +1,10 @@
 """Lowering graph nodes to kernel IR, once for every code-generating backend.
 
-``lower(node) -> Kernel | None``: None means the op has no lowering yet and the executable runs
-its numpy reference instead (the executables' ``fallback_ops`` list which ops, so the gap is
-visible; ``lowered_ops()`` lists the ops with a lowering).
+``lower(node) -> Kernel | None``: None means the lowering declines this node (unknown sizes,
+data the reference rejects such as attention over no keys, a fused group mixing in an op a
+template cannot take) and the executable runs its numpy reference instead (the executables'
+``fallback_ops`` list which ops, so it is visible). ``lowered_ops()`` lists the ops with a
+lowering: every op of the registry that computes something.
 
 Elementwise math is written once, in ``SCALAR``: each op's formula in the kernel IR's primitive
 operations, with numpy's semantics (NaN propagates through max/min and relu, integer division
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 from graphnn.backends.kernel.ir import (
     INDEX_OUT_OF_RANGE,
+    NEGATIVE_POWER,
     Assign,
     Binary,
     Cast,
@@ -41,6 +44,7 @@ from graphnn.backends.kernel.ir import (
     row_major_strides,
 )
 
+from graphnn import random as grandom
 from graphnn.dtypes import DType
 from graphnn.ir import Attrs, Node
 from graphnn.ops.linalg import parse_einsum
@@ -200,7 +204,9 @@ def _nest(shape: Sequence[int], body: list[Stmt], prefix: str = "i") -> tuple[St
 def elementwise_kernel(name: str, inputs: Sequence[tuple[DType, tuple[int, ...]]],
                        out: tuple[DType, tuple[int, ...]],
                        build: Callable[[list[Expr]], Expr], source: tuple[str, ...]) -> Kernel:
-    """out[i] = build(loads of each input at i, broadcast) over the output's index space."""
+    """out[i] = build(loads of each input at i, broadcast) over the output's index space.
+    A value with no defined result somewhere (an integer pow's negative exponent) makes the
+    kernel take a status flag and set it there."""
     out_dt, out_shape = out
     params = tuple(Param(f"in{k}", dt, s) for k, (dt, s) in enumerate(inputs)) + (
         Param("out", out_dt, out_shape, output=True),)
@@ -211,14 +217,34 @@ def elementwise_kernel(name: str, inputs: Sequence[tuple[DType, tuple[int, ...]]
         i = Var("i0")
         loads: list[Expr] = [Load(k, i if math.prod(s) == size else const_i(0), dt)
                              for k, (dt, s) in enumerate(inputs)]
-        body = _nest((size,), [Store(len(inputs), i, build(loads))])
+        index: Expr = i
+        shape: tuple[int, ...] = (size,)
     else:
         vars_: list[Expr] = [Var(f"i{d}") for d in range(len(out_shape))]
         loads = [Load(k, linear_index(vars_, _broadcast_strides(s, out_shape)), dt)
                  for k, (dt, s) in enumerate(inputs)]
         index = linear_index(vars_, row_major_strides(out_shape))
-        body = _nest(out_shape, [Store(len(inputs), index, build(loads))])
-    return Kernel(name, params, body, source)
+        shape = out_shape
+    value = build(loads)
+    negative = _negative_powers(value)
+    if negative:
+        params += (_status_param(),)
+    flags = [_flag(bad, params, NEGATIVE_POWER) for bad in negative]
+    return Kernel(name, params, _nest(shape, [*flags, Store(len(inputs), index, value)]), source)
+
+
+def _negative_powers(e: Expr) -> list[Expr]:
+    """``b < 0`` for each integer pow(a, b) in ``e``: where it has no value."""
+    if isinstance(e, Binary) and e.op == "pow" and e.dtype.is_int:
+        return [*_negative_powers(e.a), *_negative_powers(e.b),
+                Binary("lt", e.b, _c(0, e.b.dtype), DType.bool)]
+    if isinstance(e, (Unary, Cast)):
+        return _negative_powers(e.a)
+    if isinstance(e, Binary):
+        return _negative_powers(e.a) + _negative_powers(e.b)
+    if isinstance(e, Select):
+        return _negative_powers(e.cond) + _negative_powers(e.a) + _negative_powers(e.b)
+    return []
 
 
 def _static(node: Node) -> tuple[int, ...]:
@@ -252,7 +278,7 @@ def _scalar_body(body: Any, known: dict[Node, Expr], target: Node) -> Expr:
 
 def _lower_fused_elementwise(node: Node, name: str) -> Kernel | None:
     body = node.attrs["body"].graph
-    if any(not _scalar_ok(n) and n.op not in ("placeholder", "constant") for n in body.nodes):
+    if any(n.op not in SCALAR and n.op not in ("placeholder", "constant") for n in body.nodes):
         return None
     ins = [(i.dtype, _static(i)) for i in node.inputs]
 
@@ -437,12 +463,15 @@ def matmul_kernel(name: str, params: tuple[Param, ...], a: int, b: int,
     return Kernel(name, params, stmts, source, ("matmul", a, b))
 
 
-def _lower_matmul(node: Node, name: str) -> Kernel | None:
+def _lower_matmul(node: Node, name: str) -> Kernel:
+    """A vector operand is a one-row (a) or one-column (b) matrix, as numpy.matmul reads it; the
+    output is then viewed with that axis kept (same elements, same layout)."""
     a, b = node.inputs
-    if a.ndim < 2 or b.ndim < 2 or node.dtype.is_bool:
-        return None
-    params = (Param("a", a.dtype, _static(a)), Param("b", b.dtype, _static(b)),
-              Param("out", node.dtype, _static(node), True))
+    a2 = (1, *_static(a)) if a.ndim == 1 else _static(a)
+    b2 = (*_static(b), 1) if b.ndim == 1 else _static(b)
+    out = (*np.broadcast_shapes(a2[:-2], b2[:-2]), a2[-2], b2[-1])
+    params = (Param("a", a.dtype, a2), Param("b", b.dtype, b2),
+              Param("out", node.dtype, out, True))
     return matmul_kernel(name, params, 0, 1, None, ("matmul",))
 
 
@@ -1124,12 +1153,15 @@ def _lower_multipass(node: Node, name: str) -> Kernel | None:
 
 
 def _lower_arg(node: Node, name: str) -> Kernel | None:
-    """argmax / argmin: the first index of the extreme value; NaN counts as the extreme (numpy)."""
+    """argmax / argmin: the first index of the extreme value; NaN counts as the extreme (numpy).
+    With no axis, x is read as one row of all its elements (numpy's flattened index)."""
     x = node.inputs[0]
-    if node.attrs["axis"] is None:
-        return None  # the flattened form: not lowered yet
-    xs, dt = _static(x), x.dtype
-    axis = node.attrs["axis"] % x.ndim
+    xs, dt, axis = _static(x), x.dtype, node.attrs["axis"]
+    if axis is None:
+        xs, axis = (math.prod(xs),), 0
+        if not xs[0]:
+            return None  # numpy raises on an empty array: the reference says so
+    axis %= len(xs)
     vars_, kept = _split(xs, [axis])
     v = Load(0, linear_index(vars_, row_major_strides(xs)), dt)
     best, where = Var("best", dt), Var("where", DType.int64)
@@ -1168,9 +1200,9 @@ def _checked_index(raw: Expr, n: int) -> tuple[Expr, Expr]:
     return _min(_max(wrapped, const_i(0), DType.int64), const_i(max(n - 1, 0)), DType.int64), bad
 
 
-def _flag(bad: Expr, params: tuple[Param, ...]) -> Store:
-    """Set the kernel's status flag (its last parameter) where ``bad`` holds."""
-    return Store(len(params) - 1, const_i(0), Const(INDEX_OUT_OF_RANGE, DType.int32), mask=bad)
+def _flag(bad: Expr, params: tuple[Param, ...], code: int = INDEX_OUT_OF_RANGE) -> Store:
+    """Set the kernel's status flag (its last parameter) to ``code`` where ``bad`` holds."""
+    return Store(len(params) - 1, const_i(0), Const(code, DType.int32), mask=bad)
 
 
 def _lower_take(node: Node, name: str) -> Kernel:
@@ -1255,6 +1287,33 @@ def _scatter_add(node: Node, name: str, gather_like: bool, gpu: bool) -> Kernel:
     return Kernel(name, params, (Loop("a", outer, (zero, rows), parallel=True),), (node.op,))
 
 
+# -- random numbers: dropout ---------------------------------------------------------------------
+
+
+def _lower_dropout(node: Node, name: str) -> Kernel:
+    """Inverted dropout with graphnn.random's counter-based numbers, bit for bit the reference's:
+    element i is kept where lowbias32(lowbias32(i ^ key) + key) >> 8 >= p * 2**24, with
+    key = lowbias32(lowbias32(seed) ^ counter) and counter the session's run counter (a
+    parameter, so one compiled kernel serves every run); kept values are x / (1 - p)."""
+    x, dt, p = node.inputs[0], node.dtype, node.attrs["p"]
+    size = math.prod(_static(x))
+    i = Var("i0")
+    if p in (0.0, 1.0):  # no random numbers: a copy, or zeros
+        value: Expr = Load(0, i, dt) if p == 0.0 else _c(0, dt)
+        return Kernel(name, _inputs_params(node), _nest((size,), [Store(1, i, value)]),
+                      (node.op,))
+    params = _inputs_params(node) + (Param("counter", DType.int64, (1,), counter=True),)
+    seed_bits = int(grandom.lowbias32(np.array([node.attrs["seed"] & 0xFFFFFFFF], np.uint32))[0])
+    key = Unary("hash32", Binary("xor", const_i(seed_bits), Load(2, const_i(0), DType.int64),
+                                 DType.int64), DType.int64)
+    bits = Unary("hash32", add_i(Unary("hash32", Binary("xor", i, key, DType.int64),
+                                       DType.int64), key), DType.int64)
+    # u = (bits >> 8) * 2**-24 >= p  <=>  bits >= ceil(p * 2**24) * 2**8 (exact: integers)
+    keep = Binary("ge", bits, const_i(math.ceil(p * 2.0**24) << 8), DType.bool)
+    value = Binary("div", _mul(Load(0, i, dt), Cast(keep, dt), dt), _c(1.0 - p, dt), dt)
+    return Kernel(name, params, _nest((size,), [Store(1, i, value)]), (node.op,))
+
+
 # -- data movement: concat, stack, tile, pad, one_hot ---------------------------------------------
 
 
@@ -1265,6 +1324,13 @@ def _out_nest(node: Node, name: str, value: Callable[[list[Expr]], Expr]) -> Ker
     params = _inputs_params(node)
     return Kernel(name, params, _nest(_static(node), [Store(len(params) - 1, at, value(vars_))]),
                   (node.op,))
+
+
+def _lower_size(node: Node, name: str) -> Kernel:
+    """The element count of the static axes, stored as a constant (x is not read)."""
+    xs = _static(node.inputs[0])
+    count = math.prod(xs[a] for a in node.attrs["axes"])
+    return _out_nest(node, name, lambda v: _c(count, node.dtype))
 
 
 def _inputs_params(node: Node) -> tuple[Param, ...]:
@@ -1512,12 +1578,92 @@ def _lower_adaptive(node: Node, name: str) -> Kernel | None:
     return Kernel(name, params, (Loop("n", xs[0], stmts, parallel=True),), (node.op,))
 
 
+# -- attention -----------------------------------------------------------------------------------
+
+
+def _unflatten(r: Expr, shape: Sequence[int]) -> list[Expr]:
+    """The multi-index of flat row-major position ``r`` in ``shape``."""
+    out: list[Expr] = []
+    stride = 1
+    for d in reversed(range(len(shape))):
+        at = _i("div", r, const_i(stride)) if stride != 1 else r
+        out.append(at if d == 0 else _mod(at, shape[d]))
+        stride *= shape[d]
+    return out[::-1]
+
+
+def _lower_attention(node: Node, name: str) -> Kernel | None:
+    """scaled_dot_product_attention (torch's semantics: broadcast batch axes, a bool or additive
+    mask, is_causal, scale), one query row per parallel iteration, in the reference's three
+    steps: the row's largest score, the sum of exp(score - largest), then
+    out += exp(score - largest) / sum * v[j], vectorised along v's last axis. Each step
+    recomputes the scores (3 L S E multiply-adds against the GEMMs' L S E), so the kernel needs
+    no scratch buffer; at O2, decompose_attention makes the op two GEMMs and a softmax instead."""
+    q, k, v = node.inputs[:3]
+    mask = node.inputs[3] if len(node.inputs) == 4 else None
+    dt, out = node.dtype, _static(node)
+    batch, length, ev = out[:-2], out[-2], out[-1]
+    keys, e_dim = _static(k)[-2], _static(q)[-1]
+    if not keys:
+        return None  # softmax over no keys: the reference raises
+    scale = node.attrs["scale"] if node.attrs["scale"] is not None else 1 / math.sqrt(e_dim)
+    r = Var("r")
+    *bvars, i = _unflatten(r, (*batch, length))
+
+    def at(x: Node, shape: tuple[int, ...], vars_: list[Expr]) -> Expr:
+        return linear_index(vars_, _broadcast_strides(_static(x), shape))
+
+    def score(tag: str) -> tuple[list[Stmt], Expr]:
+        """(statements, the score of key j<tag>) for this row."""
+        j, d, acc = Var(f"j{tag}"), Var(f"d{tag}"), Var(f"acc{tag}", dt)
+        prod = _mul(Load(0, at(q, (*batch, length, e_dim), [*bvars, i, d]), dt),
+                    Load(1, at(k, (*batch, keys, e_dim), [*bvars, j, d]), dt), dt)
+        stmts: list[Stmt] = [Declare(acc.name, dt, _c(0, dt)),
+                             Loop(d.name, e_dim, (Assign(acc.name, _add(acc, prod, dt)),))]
+        s: Expr = _mul(acc, _c(scale, dt), dt)
+        if node.attrs["is_causal"]:
+            s = Select(Binary("le", j, i, DType.bool), s, _c(-np.inf, dt), dt)
+        elif mask is not None:
+            m = Load(3, at(mask, (*batch, length, keys), [*bvars, i, j]), mask.dtype)
+            s = Select(m, s, _c(-np.inf, dt), dt) if mask.dtype.is_bool else _add(s, m, dt)
+        return stmts, s
+
+    top, total, new, corr, w = (Var(n, dt) for n in ("top", "total", "new", "corr", "w"))
+    o = len(node.inputs)  # the output's parameter
+    row = _i("mul", r, const_i(ev))
+    e0, e1, e2 = Var("e0"), Var("e1"), Var("e2")
+    stmts, s = score("")
+    ninf = _c(-np.inf, dt)
+    vj = Load(2, at(v, (*batch, keys, ev), [*bvars, Var("j"), e1]), dt)
+    step = (*stmts, Declare("s", dt, s),
+            Declare("new", dt, _max(top, Var("s", dt), dt)),
+            # rescale what came before; both -inf (nothing kept yet) leaves it as it is
+            Declare("corr", dt, Select(Binary("eq", top, new, DType.bool), _c(1, dt),
+                                       Unary("exp", Binary("sub", top, new, dt), dt), dt)),
+            Declare("w", dt, Select(Binary("eq", Var("s", dt), ninf, DType.bool), _c(0, dt),
+                                    Unary("exp", Binary("sub", Var("s", dt), new, dt), dt), dt)),
+            Assign("total", _add(_mul(total, corr, dt), w, dt)),
+            Loop("e1", ev, (Store(o, add_i(row, e1), _add(
+                _mul(Load(o, add_i(row, e1), dt), corr, dt), _mul(w, vj, dt), dt)),),
+                 vectorize=True),
+            Assign("top", new))
+    body = (Declare("top", dt, ninf), Declare("total", dt, _c(0, dt)),
+            Loop("e0", ev, (Store(o, add_i(row, e0), _c(0, dt)),), vectorize=True),
+            Loop("j", keys, step),
+            Loop("e2", ev, (Store(o, add_i(row, e2), Binary(
+                "div", Load(o, add_i(row, e2), dt), total, dt)),), vectorize=True))
+    rows = math.prod(batch) * length
+    return Kernel(name, _inputs_params(node), (Loop("r", rows, body, parallel=True),),
+                  (node.op,))
+
+
 COPIES = frozenset({"reshape", "flatten", "squeeze", "unsqueeze", "reshape_like"})
 REDUCTIONS = frozenset(_COMBINE)
 
 
 def _scalar_ok(n: Node) -> bool:
-    """An op SCALAR can express for these dtypes (integer pow has no primitive yet)."""
+    """An op SCALAR expresses that needs no status flag: integer pow checks its exponent, which
+    elementwise kernels do and the reduction and epilogue templates do not."""
     return n.op in SCALAR and not (n.op == "pow" and n.dtype.is_int)
 
 
@@ -1532,8 +1678,6 @@ def lower(node: Node, name: str, skip: frozenset[str] = frozenset(), gpu: bool =
     if node.op in skip or (node.op == "fused" and skip & set(node.attrs["body"].ops)):
         return None
     if node.op in SCALAR:
-        if not _scalar_ok(node):
-            return None
         return _lower_elementwise(node, name)
     if node.op in COPIES:
         return _lower_copy(node, name)
@@ -1554,6 +1698,8 @@ def lower(node: Node, name: str, skip: frozenset[str] = frozenset(), gpu: bool =
         "take": _lower_take, "gather": _lower_gather, "avg_pool_grad": _lower_avg_pool_grad,
         "adaptive_pool_grad": _lower_adaptive_pool_grad, "slice_grad": _lower_slice_grad,
         "pad_grad": _lower_pad_grad, "einsum": _lower_einsum, "gemm": _lower_gemm,
+        "size": _lower_size, "dropout": _lower_dropout,
+        "scaled_dot_product_attention": _lower_attention,
         "take_grad": lambda n, nm: _scatter_add(n, nm, gather_like=False, gpu=gpu),
         "gather_grad": lambda n, nm: _scatter_add(n, nm, gather_like=True, gpu=gpu)}
     if node.op in handlers:
@@ -1574,4 +1720,5 @@ def lowered_ops() -> set[str]:
         "pad", "one_hot", "batch_norm", "layer_norm", "rms_norm", "avg_pool", "group_norm",
         "adaptive_avg_pool", "adaptive_max_pool", "conv_weight_grad", "max_pool_grad",
         "conv_transpose", "take", "gather", "take_grad", "gather_grad", "avg_pool_grad",
-        "adaptive_pool_grad", "slice_grad", "pad_grad", "einsum", "gemm"}
+        "adaptive_pool_grad", "slice_grad", "pad_grad", "einsum", "gemm", "size", "dropout",
+        "scaled_dot_product_attention"}

@@ -33,6 +33,7 @@ from graphnn.backends.llvm import conv_gemm, conv_grads, gemm
 from llvmlite import ir
 
 from graphnn.dtypes import DType
+from graphnn.random import LOWBIAS32
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -281,7 +282,47 @@ class KernelEmitter:
             return self.b.xor(a, ir.Constant(I1, 1))
         if op == "abs" and not dt.is_float:
             return self.b.select(self.b.icmp_signed("<", a, ir.Constant(ty, 0)), self.b.neg(a), a)
+        if op == "hash32":
+            return self._hash32(a)
         return self._math(op, ty, a)
+
+    def _hash32(self, a: ir.Value) -> ir.Value:
+        """graphnn.random.lowbias32 of a's low 32 bits, zero-extended to i64."""
+        x = self.b.trunc(a, I32)
+        for shift, mul in ((16, LOWBIAS32[0]), (15, LOWBIAS32[1]), (16, None)):
+            x = self.b.xor(x, self.b.lshr(x, ir.Constant(I32, shift)))
+            if mul is not None:  # as a signed i32, which LLVM's parser takes
+                x = self.b.mul(x, ir.Constant(I32, mul - (1 << 32) if mul >> 31 else mul))
+        return self.b.zext(x, I64)
+
+    def _ipow(self, a: ir.Value, b: ir.Value, ty: ir.IntType) -> ir.Value:
+        """a ** b on integers (numpy's: repeated squaring, wrapping), through one helper per
+        width; 1 for b <= 0 (kernels flag b < 0 before using it)."""
+        name = f"gn_ipow_i{ty.width}"
+        fn = self.module.globals.get(name)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(ty, [ty, ty]), name)
+            fn.linkage = "internal"
+            base, exponent = fn.args
+            fb = ir.IRBuilder(fn.append_basic_block("entry"))
+            entry, head = fb.block, fb.append_basic_block("head")
+            body, done = fb.append_basic_block("body"), fb.append_basic_block("done")
+            fb.branch(head)
+            fb.position_at_end(head)
+            r, x, e = (fb.phi(ty) for _ in range(3))
+            fb.cbranch(fb.icmp_signed(">", e, ir.Constant(ty, 0)), body, done)
+            fb.position_at_end(body)
+            odd = fb.trunc(e, I1)
+            r.add_incoming(ir.Constant(ty, 1), entry)
+            r.add_incoming(fb.select(odd, fb.mul(r, x), r), body)
+            x.add_incoming(base, entry)
+            x.add_incoming(fb.mul(x, x), body)
+            e.add_incoming(exponent, entry)
+            e.add_incoming(fb.ashr(e, ir.Constant(ty, 1)), body)
+            fb.branch(head)
+            fb.position_at_end(done)
+            fb.ret(r)
+        return self.b.call(fn, [a, b])
 
     def binary(self, op: str, a: ir.Value, b: ir.Value, dt: DType) -> ir.Value:
         f = dt.is_float
@@ -298,7 +339,7 @@ class KernelEmitter:
         if op in ("and", "or", "xor"):
             return getattr(self.b, op + "_")(a, b) if op != "xor" else self.b.xor(a, b)
         if op == "pow":
-            return self._math("pow", _REG[dt], a, b)
+            return self._math("pow", _REG[dt], a, b) if f else self._ipow(a, b, _REG[dt])
         table = {"add": ("fadd", "add"), "sub": ("fsub", "sub"), "mul": ("fmul", "mul"),
                  "div": ("fdiv", "sdiv")}
         return getattr(self.b, table[op][0 if f else 1])(a, b)

@@ -15,13 +15,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from graphnn.backends.base import ReturnedArrays, RunResult, index_error
+from graphnn.backends.base import ReturnedArrays, RunResult
 from graphnn.backends.kernel.ir import Kernel, format_kernel
 from graphnn.backends.kernel.lower import lower
 from graphnn.backends.llvm.codegen import PTR, KernelEmitter, template_for
 from graphnn.backends.llvm.gemm import vector_bits
 from graphnn.backends.llvm.jit import Compiled, Target, default_threads
-from graphnn.backends.reference import _evaluate
+from graphnn.backends.reference import _evaluate, flagged_error
 from llvmlite import ir
 
 from graphnn.errors import GraphError
@@ -29,8 +29,12 @@ from graphnn.ir import Graph, Node
 from graphnn.ops.registry import describe, get_op
 
 SOURCES = ("placeholder", "variable", "constant")
-# ops whose loop nests (not their templates) measured slower than numpy
-SLOWER_THAN_NUMPY = frozenset({"conv_weight_grad", "conv_transpose"})
+# ops whose loop nests (not their templates) measured slower than numpy: the convolution
+# gradients (one reduction per weight, a gather per element), and attention, whose row kernel
+# recomputes no GEMM (8x4x128x64: 7.2 ms against numpy's 4.7; at O2 decompose_attention makes it
+# GEMMs, 1.5 ms)
+CONV_GRADS = frozenset({"conv_weight_grad", "conv_transpose"})
+SLOWER_THAN_NUMPY = CONV_GRADS | {"scaled_dot_product_attention"}
 # what a run binds to a slot: a feed, a variable's value, a fetched value's array, a fresh array
 FEED, VARIABLE, OUTPUT, FRESH = range(4)
 
@@ -51,14 +55,15 @@ class LLVMExecutable:
         self.slot = {n: i for i, n in enumerate(order)}
         self.order = order
         self._segments = 0
-        # ("native", (segment, nodes, checks indices)) | ("numpy", node)
+        # ("native", (segment, nodes, checks its data)) | ("numpy", node)
         self.steps: list[tuple[str, Any]] = []
         self.kernels: list[Kernel] = []
         module = ir.Module(name=graph.name)
         emitter = KernelEmitter(module, vector_bits(target.features))
         segment: list[tuple[Kernel, Node]] = []
         self.fallback_ops: set[str] = set()
-        # nodes whose kernels check indices, in order; the k-th one's flag is self._status[k]
+        # nodes whose kernels check their data, in order; the k-th one's flag is
+        # self._status[k]. Slots past the nodes' hold the run counter, then those flags.
         self._checked: list[Node] = []
         for n in order:
             if n.op in SOURCES or get_op(n.op).no_value:
@@ -115,8 +120,10 @@ class LLVMExecutable:
         checks = False
         for kernel, node in segment:
             slots = [self.slot[buf] for buf in [*node.inputs, node]]
-            if kernel.checks:  # the status flags' slots follow the nodes'
-                slots.append(len(self.order) + self._checked.index(node))
+            if kernel.random:
+                slots.append(len(self.order))
+            if kernel.checks:
+                slots.append(len(self.order) + 1 + self._checked.index(node))
                 checks = True
             args = [b.load(b.gep(fn.args[0], [ir.Constant(ir.IntType(64), s)], source_etype=PTR),
                            typ=PTR) for s in slots]
@@ -129,10 +136,12 @@ class LLVMExecutable:
         array), the rest per run (feeds, variables, fetched values, new variable state)."""
         n_slots = len(self.order)
         self._static: list[np.ndarray | None] = [None] * n_slots
+        self._counter = np.zeros(1, np.int64)  # random kernels read the run counter here
         self._status = np.zeros(len(self._checked), np.int32)
-        self._pointers = (ctypes.c_void_p * (n_slots + len(self._checked)))()
+        self._pointers = (ctypes.c_void_p * (n_slots + 1 + len(self._checked)))()
+        self._pointers[n_slots] = self._counter.ctypes.data
         for k in range(len(self._checked)):
-            self._pointers[n_slots + k] = self._status.ctypes.data + 4 * k
+            self._pointers[n_slots + 1 + k] = self._status.ctypes.data + 4 * k
         self._bind: list[tuple[int, Node, int]] = []  # (slot, node, FEED ... FRESH)
         for n in self.order:
             k = self.slot[n]
@@ -161,6 +170,7 @@ class LLVMExecutable:
             counter: int) -> RunResult:
         values = list(self._static)
         pointers = self._pointers
+        self._counter[0] = counter
         for k, n, kind in self._bind:
             if kind == FEED:
                 v = np.require(feeds[n], requirements="C")  # keeps 0-d
@@ -176,7 +186,7 @@ class LLVMExecutable:
             if step == "native":
                 self._entries[what[0]](self._pointer_arg)
                 if what[2] and self._status.any():
-                    self._raise_index_error(values)
+                    self._raise_flagged(values)
             else:
                 args: list[Any] = [values[self.slot[i]] for i in what.inputs]
                 np.copyto(values[self.slot[what]], _evaluate(what, args, counter))  # type: ignore[arg-type]
@@ -190,11 +200,12 @@ class LLVMExecutable:
             outputs.append(value)
         return RunResult(outputs, updates)  # type: ignore[arg-type]
 
-    def _raise_index_error(self, values: list[np.ndarray | None]) -> None:
-        """A kernel flagged an index out of range: reset the flags, raise naming the first."""
+    def _raise_flagged(self, values: list[np.ndarray | None]) -> None:
+        """A kernel flagged bad data: reset the flags, raise the reference's error for the
+        first flagged node."""
         node = self._checked[int(np.flatnonzero(self._status)[0])]
         self._status[:] = 0
-        raise index_error(node, values[self.slot[node.inputs[1]]])  # type: ignore[arg-type]
+        raise flagged_error(node, [values[self.slot[i]] for i in node.inputs])  # type: ignore[misc]
 
     def _dump(self, folder: str, name: str) -> None:
         os.makedirs(folder, exist_ok=True)
@@ -211,19 +222,34 @@ class LLVMExecutable:
 
 
 class LLVMBackend:
-    """``backend="llvm"``: native code through LLVM (see the package docstring for its state)."""
+    """``backend="llvm"``: native code through LLVM (see the package docstring for its state).
+
+    Args:
+        cpu, features: the target CPU and its ``+feature`` list (default: this host's).
+        dump_dir: write each graph's kernel IR, LLVM IR and assembly there (also ``GRAPHNN_DUMP``).
+        threads: native threads per kernel (default ``GRAPHNN_NUM_THREADS``, else the cores
+            available to the process).
+        cache: use the on-disk compile cache.
+        native_conv_grads: run the convolution gradients' loop nests where no GEMM template
+            takes them (by default numpy runs them: the loop nests measured slower).
+        skip: ops left to their numpy reference although they have a kernel (None:
+            ``SLOWER_THAN_NUMPY``, less the convolution gradients with ``native_conv_grads``);
+            a template that takes the node wins over ``skip``.
+    """
 
     name = "llvm"
     static_shapes = True
 
     def __init__(self, cpu: str | None = None, features: str | None = None,
                  dump_dir: str | None = None, threads: int | None = None,
-                 cache: bool = True, native_conv_grads: bool = False) -> None:
+                 cache: bool = True, native_conv_grads: bool = False,
+                 skip: frozenset[str] | None = None) -> None:
         self.target = Target.host(cpu, features)
-        # Convolution gradients that their GEMM templates (conv_grads.py) do not take run
-        # numpy's reference unless native_conv_grads: their loop nests (one reduction per
-        # weight, a gather per element) measured slower than numpy.
-        self.skip = frozenset() if native_conv_grads else SLOWER_THAN_NUMPY
+        # SLOWER_THAN_NUMPY's ops run numpy's reference where no template (conv_grads.py) takes
+        # them, unless native_conv_grads; ``skip`` names the ops to leave to numpy instead.
+        if skip is None:
+            skip = SLOWER_THAN_NUMPY - (CONV_GRADS if native_conv_grads else frozenset())
+        self.skip = skip
         self.cache = cache  # the on-disk compile cache (off: always optimise)
         self.threads = threads if threads is not None else default_threads()
         self.dump_dir = dump_dir if dump_dir is not None else os.environ.get("GRAPHNN_DUMP")

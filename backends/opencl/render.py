@@ -41,6 +41,7 @@ from graphnn.backends.kernel.ir import (
 from graphnn.backends.kernel.lower import matmul_index
 
 from graphnn.dtypes import DType
+from graphnn.random import LOWBIAS32
 
 CTYPE = {DType.float32: "float", DType.float64: "double", DType.int32: "int",
          DType.int64: "long", DType.bool: "uchar"}
@@ -59,7 +60,22 @@ inline float gn_max_float(float a, float b) { return (a > b || a != a) ? a : b; 
 inline float gn_min_float(float a, float b) { return (a < b || a != a) ? a : b; }
 inline int gn_abs_int(int a) { return a < 0 ? -a : a; }
 inline long gn_abs_long(long a) { return a < 0 ? -a : a; }
-"""
+inline int gn_ipow_int(int a, int b) {  /* numpy's integer pow; 1 for b <= 0 (flagged) */
+    uint r = 1, x = (uint)a;
+    while (b > 0) { if (b & 1) r *= x; x *= x; b >>= 1; }
+    return (int)r;
+}
+inline long gn_ipow_long(long a, long b) {
+    ulong r = 1, x = (ulong)a;
+    while (b > 0) { if (b & 1) r *= x; x *= x; b >>= 1; }
+    return (long)r;
+}
+inline long gn_hash32(long v) {  /* graphnn.random.lowbias32 of v's low 32 bits */
+    uint x = (uint)v;
+    x ^= x >> 16; x *= GN_M1; x ^= x >> 15; x *= GN_M2; x ^= x >> 16;
+    return (long)x;
+}
+""".replace("GN_M1", f"{LOWBIAS32[0]:#x}U").replace("GN_M2", f"{LOWBIAS32[1]:#x}U")
 _HELPERS_FP64 = """
 inline double gn_max_double(double a, double b) { return (a > b || a != a) ? a : b; }
 inline double gn_min_double(double a, double b) { return (a < b || a != a) ? a : b; }
@@ -251,6 +267,8 @@ class KernelRenderer:
             return f"(!{a})"
         if op == "abs" and not dt.is_float:
             return f"gn_abs_{_REG[dt]}({a})"
+        if op == "hash32":
+            return f"gn_hash32({a})"
         if self.cpu and dt is DType.float32 and op in ("exp", "tanh", "erf"):
             return f"gn_{op}_f32({a})"  # inline arithmetic: PoCL's builtins do not vectorise
         return f"{_MATH[op]}({a})"
@@ -259,7 +277,7 @@ class KernelRenderer:
         if op in ("max", "min"):
             return f"gn_{op}_{_REG[dt]}({a}, {b})" if dt.is_float else f"{op}({a}, {b})"
         if op == "pow":
-            return f"pow({a}, {b})"
+            return f"pow({a}, {b})" if dt.is_float else f"gn_ipow_{_REG[dt]}({a}, {b})"
         return f"({a} {_INFIX[op]} {b})"
 
     # -- statements ----------------------------------------------------------------------------

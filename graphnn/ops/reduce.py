@@ -103,6 +103,8 @@ def _arg_infer(inputs: Sequence[Node], attrs: Attrs) -> tuple[Shape, DType]:
     require_dtype(x, _N)
     axis = attrs["axis"]
     if axis is None:
+        if 0 in x.shape:
+            raise ShapeError(f"cannot take {x.type_str}'s argmax/argmin: it has no elements")
         return ((1,) * x.ndim if attrs["keepdims"] else ()), DType.int64
     axis = normalize_axis(axis, x.ndim)
     if x.shape[axis] == 0:

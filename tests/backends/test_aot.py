@@ -186,11 +186,15 @@ def test_clear_errors(tmp_path: pathlib.Path) -> None:
     with gn.Graph("t") as g:
         x = gn.placeholder((None, 4), name="x")
         i = gn.placeholder((2,), gn.int64, name="i")
-        g.outputs = (gn.take(x, i, axis=1), gn.pow(i, i))  # integer pow: no kernel yet
-    with pytest.raises(gn.GraphError, match="pow .* has no native kernel"):
-        gn.compile(g, [(3, 4), (2,)], output=str(tmp_path / "t"))
+        g.outputs = (gn.take(x, i, axis=1), gn.pow(i, i))
     with pytest.raises(gn.ShapeError, match="2 inputs .* 1 example inputs"):
         gn.compile(g, [(3, 4)], output=str(tmp_path / "t"))
+    with gn.Graph("t") as g:  # attention over no keys: the reference raises, no kernel
+        q = gn.placeholder((2, 4), name="q")
+        none = gn.constant(np.zeros((0, 4), np.float32))
+        g.outputs = (gn.scaled_dot_product_attention(q, none, none),)
+    with pytest.raises(gn.GraphError, match="scaled_dot_product_attention .* has no native"):
+        gn.compile(g, [(2, 4)], output=str(tmp_path / "t"), opt_level=1)
     with gn.Graph("r") as g:
         x = gn.placeholder((4,), name="x")
         g.outputs = (gn.dropout(x, 0.5, training=True),)

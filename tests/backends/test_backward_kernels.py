@@ -5,43 +5,13 @@ as PyTorch)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 from graphnn.backends.llvm import LLVMBackend
-from graphnn.backends.opencl import OpenCLBackend
-from graphnn.backends.opencl.executable import shared_device
 
 import graphnn as gn
 from graphnn.ops.registry import make_node
-
-# opencl-gpu-path: the kernels a GPU gets (work-group tree reductions), forced on this device;
-# on PoCL, plain "opencl" renders the CPU forms
-BACKENDS = ["llvm", "opencl", "opencl-gpu-path"]
-
-
-def _run(backend: str, build, arrays):  # type: ignore[no-untyped-def]
-    with gn.Graph("g") as g:
-        nodes = [gn.placeholder(a.shape, a.dtype, name=f"x{i}") for i, a in enumerate(arrays)]
-        out = build(*nodes)
-    feeds = dict(zip(nodes, arrays))
-    impl = LLVMBackend(cache=False, native_conv_grads=True) if backend == "llvm" \
-        else OpenCLBackend(skip=frozenset())  # every kernel, even those skipped for speed
-    sess = gn.Session(g, backend=impl)
-    with pytest.MonkeyPatch.context() as mp:
-        if backend == "opencl-gpu-path":
-            dev = shared_device()
-            mp.setattr(dev, "info", dataclasses.replace(dev.info, kind="gpu"))
-        got = sess.run(out, feeds)
-    exe = next(iter(sess._cache.values()))
-    exe = getattr(exe, "exe", exe)
-    assert out.op not in exe.fallback_ops, f"{out.op} ran on numpy"
-    if backend == "opencl-gpu-path":  # the implicit GEMMs stage slices in local memory
-        gemm = out.op == "conv_weight_grad" or (out.op == "conv_transpose" and
-                                                 out.inputs[1].shape[1] >= 16)
-        assert ("bs[q][col]" in exe.source) == gemm  # _tiled_gemm's slice of b
-    return got, gn.Session(g, backend="reference").run(out, feeds)
+from tests.backends.native import BACKENDS, run_native
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -63,7 +33,7 @@ def test_conv_weight_grad(backend: str, xs: tuple, ks: tuple, kw: dict, dtype: t
     def build(xn, dyn):  # type: ignore[no-untyped-def]
         return make_node("conv_weight_grad", [xn, dyn], {**kw, "kernel_size": ks[2:]})
 
-    got, want = _run(backend, build, [x, dy])
+    got, want = run_native(backend, build, [x, dy])
     assert got.shape == ks
     tol = 1e-4 if dtype == np.float32 else 1e-11
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
@@ -84,7 +54,7 @@ def test_max_pool_grad_routes_to_the_first_maximum(backend: str, xs: tuple, kw: 
     with gn.Graph():
         out_shape = make_node("max_pool", [gn.placeholder(xs, name="x")], kw).shape
     dy = rng.standard_normal(out_shape).astype(np.float32)
-    got, want = _run(backend, lambda d, xn: make_node("max_pool_grad", [d, xn], kw), [dy, x])
+    got, want = run_native(backend, lambda d, xn: make_node("max_pool_grad", [d, xn], kw), [dy, x])
     assert np.isfinite(want).all() and np.count_nonzero(want) > 0
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
@@ -111,7 +81,7 @@ def test_conv_transpose(backend: str, xs: tuple, ws: tuple, kw: dict, bias: bool
         np.float32)]
     if bias:
         arrays.append(rng.standard_normal(ws[1] * kw["groups"]).astype(np.float32))
-    got, want = _run(backend, lambda *n: make_node("conv_transpose", list(n), kw), arrays)
+    got, want = run_native(backend, lambda *n: make_node("conv_transpose", list(n), kw), arrays)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -135,7 +105,7 @@ def test_avg_pool_grad(backend: str, xs: tuple, kw: dict) -> None:
     rng = np.random.default_rng(3)
     x = rng.standard_normal(xs).astype(np.float32)
     dy = rng.standard_normal(_forward_shape("avg_pool", xs, kw)).astype(np.float32)
-    got, want = _run(backend, lambda d, xn: make_node("avg_pool_grad", [d, xn], kw), [dy, x])
+    got, want = run_native(backend, lambda d, xn: make_node("avg_pool_grad", [d, xn], kw), [dy, x])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -151,7 +121,8 @@ def test_adaptive_pool_grad(backend: str, mode: str, xs: tuple, out: tuple) -> N
     x.flat[::11] = np.nan
     dy = rng.standard_normal(xs[:2] + out).astype(np.float32)
     kw = {"output_size": out, "mode": mode}
-    got, want = _run(backend, lambda d, xn: make_node("adaptive_pool_grad", [d, xn], kw), [dy, x])
+    got, want = run_native(backend, lambda d, xn: make_node("adaptive_pool_grad", [d, xn], kw),
+                           [dy, x])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -168,7 +139,7 @@ def test_slice_grad(backend: str, xs: tuple, starts: tuple, stops: tuple, steps:
     kw = {"starts": starts, "stops": stops, "steps": steps}
     dy = rng.standard_normal(x[tuple(slice(*a) for a in zip(starts, stops, steps))].shape
                              ).astype(np.float32)
-    got, want = _run(backend, lambda d, xn: make_node("slice_grad", [d, xn], kw), [dy, x])
+    got, want = run_native(backend, lambda d, xn: make_node("slice_grad", [d, xn], kw), [dy, x])
     np.testing.assert_array_equal(got, want)
 
 
@@ -184,7 +155,7 @@ def test_pad_grad(backend: str, mode: str, xs: tuple, pads: tuple) -> None:
     x = rng.standard_normal(xs).astype(np.float64)
     dy = rng.standard_normal([xs[d] + pads[d] + pads[d + nd] for d in range(nd)])
     kw = {"pads": pads, "mode": mode, "value": 0.0}
-    got, want = _run(backend, lambda d, xn: make_node("pad_grad", [d, xn], kw), [dy, x])
+    got, want = run_native(backend, lambda d, xn: make_node("pad_grad", [d, xn], kw), [dy, x])
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 

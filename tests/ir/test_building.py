@@ -134,6 +134,7 @@ def test_errors_name_the_users_scope() -> None:
     (lambda x: gn.where(x, x, x), gn.DTypeError, "condition has dtype float32"),
     (lambda x: gn.einsum("ij,jk->ik", x, x), gn.ShapeError, "does not match an operand of rank 3"),
     (lambda x: gn.broadcast_to(x, (3, 4)), gn.ShapeError, "cannot broadcast f32[2,3,4] to [3,4]"),
+    (lambda x: gn.argmax(x[:, :0]), gn.ShapeError, "argmax/argmin: it has no elements"),
 ])
 def test_build_errors(build, error, text) -> None:  # type: ignore[no-untyped-def]
     with gn.Graph():

@@ -29,7 +29,8 @@ COVERED_ELSEWHERE = {
     "assign": "tests/test_session.py (run semantics, atomicity)",
     "assign_add": "tests/test_session.py",
     "group": "tests/test_session.py",
-    "dropout": "tests/ops/test_dropout.py (statistics, determinism)",
+    "dropout": "tests/ops/test_dropout.py (statistics, determinism); "
+               "tests/backends/test_native_ops.py (every backend, bit for bit the reference's)",
     "fused": "tests/passes/test_equivalence.py (every fused graph against its unfused form)",
     **{op: "backward kernel: checked by finite differences of its forward op "
            "(tests/test_autodiff.py)"
