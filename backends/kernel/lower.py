@@ -452,6 +452,9 @@ def matmul_kernel(name: str, params: tuple[Param, ...], a: int, b: int,
     update = Store(len(params) - 1, out_at, _add(
         Load(len(params) - 1, out_at, dt),
         _mul(Load(a, index(pa.shape, i, k), dt), Load(b, index(pb.shape, k, j), dt), dt), dt))
+    cols = _column_block(m, n) if not batch else 0
+    if cols:  # few rows (a GEMV): threads split the columns instead, in blocks of ``cols``
+        return _matmul_by_columns(name, params, a, b, epilogue, source, cols)
     body: list[Stmt] = [zero, Loop("k", k_ext, (Loop("j", n, (update,), vectorize=True),))]
     if epilogue is not None:
         body.append(Loop("j", n, (Store(len(params) - 1, out_at,
@@ -461,6 +464,51 @@ def matmul_kernel(name: str, params: tuple[Param, ...], a: int, b: int,
     for d in reversed(range(len(batch))):
         stmts = (Loop(f"b{d}", batch[d], stmts, parallel=d == 0),)
     return Kernel(name, params, stmts, source, ("matmul", a, b))
+
+
+# below this many output rows, a matmul's generic form splits its columns between threads (the
+# LLVM GEMM template, which takes the row-split form only, blocks six rows at a time)
+FEW_ROWS = 6
+
+
+def _column_block(m: int, n: int) -> int:
+    """The columns per parallel iteration of a few-row matmul: the widest of 128, 64, 32, 16
+    that divides n at least twice, or 0 (then the rows are split)."""
+    if m >= FEW_ROWS:
+        return 0
+    return next((c for c in (128, 64, 32, 16) if n % c == 0 and n // c >= 2), 0)
+
+
+def _matmul_by_columns(name: str, params: tuple[Param, ...], a: int, b: int,
+                       epilogue: Callable[[Expr, list[Expr]], Expr] | None,
+                       source: tuple[str, ...], cols: int) -> Kernel:
+    """out = a @ b (2-D) with one parallel iteration per block of ``cols`` columns: for each
+    row, the block of out is zeroed, then accumulated over k with a unit-stride, vectorised
+    loop over the block (a GEMV's rows are too few to split; its columns are not)."""
+    pa, po = params[a], params[-1]
+    m, n = po.shape
+    dt, o = po.dtype, len(params) - 1
+    i, k, jb = Var("i"), Var("k"), Var("jb")
+
+    def at(jj: str) -> tuple[Expr, Expr]:
+        """(the column, its flat index in out) of position ``jj`` of block jb in row i."""
+        col = add_i(mul_i(jb, cols), Var(jj))
+        return col, add_i(mul_i(i, n), col)
+
+    col, dst = at("j")
+    update = Store(o, dst, _add(Load(o, dst, dt), _mul(
+        Load(a, add_i(mul_i(i, pa.shape[-1]), k), dt), Load(b, add_i(mul_i(k, n), col), dt),
+        dt), dt))
+    _, zero_at = at("z")
+    body: list[Stmt] = [Loop("z", cols, (Store(o, zero_at, _c(0, dt)),), vectorize=True),
+                        Loop("k", pa.shape[-1], (Loop("j", cols, (update,), vectorize=True),))]
+    if epilogue is not None:
+        ecol, e_at = at("e")
+        body.append(Loop("e", cols, (Store(o, e_at, epilogue(Load(o, e_at, dt), [i, ecol])),),
+                         vectorize=True))
+    rows = (Loop("i", m, tuple(body)),)
+    return Kernel(name, params, (Loop("jb", n // cols, rows, parallel=True),), source,
+                  ("matmul", a, b))
 
 
 def _lower_matmul(node: Node, name: str) -> Kernel:

@@ -68,8 +68,9 @@ def applies(kernel: Kernel, bits: int = 128) -> bool:
     batches form one row-major matrix), or of a, b and out with the same batch dims (attention's
     q k^T and p v: one GEMM per batch index), big enough to pay: at least MR rows, NR columns
     (else the edge tiles do all the work) and MIN_WORK multiply-adds per matrix."""
-    if kernel.schedule[:1] != ("matmul",):
-        return False
+    first = kernel.body[0]
+    if kernel.schedule[:1] != ("matmul",) or isinstance(first, Loop) and first.var == "jb":
+        return False  # (the column-split form of a few-row matmul: its loop nest runs)
     _, a, b = kernel.schedule
     out, pa, pb = kernel.params[-1], kernel.params[int(a)], kernel.params[int(b)]
     if len(pa.shape) != len(out.shape) or pa.shape[:-2] != out.shape[:-2]:

@@ -934,6 +934,11 @@ class KernelRenderer:
             return None
         store = last.body[0]
         assert isinstance(store, Store) and store.buf == out_buf
+        first = self.k.body[0]
+        if isinstance(first, Loop) and first.var == "jb":
+            # the column-split form (few rows): its column is jb * cols + e; here it is j
+            swap = {Var("jb"): const_i(0), Var(last.var): Var("j")}
+            return _substitute(store.value, lambda x: swap.get(x) if isinstance(x, Var) else None)
         return store.value
 
 

@@ -17,7 +17,7 @@ import graphnn as gn
 BACKENDS = ["llvm", "opencl", "opencl-gpu-path"]
 
 
-def run_native(backend: str, build, arrays):  # type: ignore[no-untyped-def]
+def run_native(backend: str, build, arrays, opt_level: int = 0):  # type: ignore[no-untyped-def]
     """(``build``'s output on ``backend``, the reference's) for placeholders fed ``arrays``; the
     op ``build`` makes must have run its kernel, not numpy."""
     with gn.Graph("g") as g:
@@ -26,7 +26,7 @@ def run_native(backend: str, build, arrays):  # type: ignore[no-untyped-def]
     feeds = dict(zip(nodes, arrays))
     every = frozenset()  # every kernel, even those left to numpy for speed
     impl = LLVMBackend(cache=False, skip=every) if backend == "llvm" else OpenCLBackend(skip=every)
-    sess = gn.Session(g, backend=impl)
+    sess = gn.Session(g, backend=impl, opt_level=opt_level)
     with pytest.MonkeyPatch.context() as mp:
         if backend == "opencl-gpu-path":
             dev = shared_device()

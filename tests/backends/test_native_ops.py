@@ -144,6 +144,23 @@ def test_flattened_argmax_argmin_and_size(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("m", "n"), [(1, 512), (3, 96), (5, 48), (1, 40), (6, 64)])
+def test_few_row_matmul_splits_columns_with_its_epilogue(backend: str, m: int, n: int) -> None:
+    """Fewer than six rows and n a multiple of 16 (twice or more): one parallel iteration per
+    block of columns (the GEMM template's register block takes six rows); at O2 a bias, a
+    ReLU and a scale join it as its epilogue."""
+    rng = np.random.default_rng(6)
+    w, bias = rng.standard_normal((37, n)).astype(np.float32), rng.standard_normal(n)
+    got, want = run_native(backend, lambda x: gn.relu(gn.matmul(x, gn.constant(w)) + bias.astype(
+        np.float32)) * 2.0, [rng.standard_normal((m, 37)).astype(np.float32)], opt_level=2)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with gn.Graph():
+        node = gn.matmul(gn.placeholder((m, 37), name="x"), gn.constant(w))
+    split = LLVMBackend(cache=False).compile(node.graph, [node]).kernels[0].body[0]
+    assert split.var == ("jb" if m < 6 and n % 16 == 0 else "i")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("a", "b"), [((5,), (3, 5, 4)), ((2, 6, 5), (5,)), ((7,), (7,)),
                                       ((4,), (4, 3))])
 def test_matmul_of_vectors(backend: str, a: tuple, b: tuple) -> None:
