@@ -31,7 +31,7 @@ from graphnn.ops.registry import describe, get_op
 SOURCES = ("placeholder", "variable", "constant")
 # ops whose loop nests (not their templates) measured slower than numpy: the convolution
 # gradients (one reduction per weight, a gather per element), and attention, whose row kernel
-# recomputes no GEMM (8x4x128x64: 7.2 ms against numpy's 4.7; at O2 decompose_attention makes it
+# has no GEMM in it (8x4x128x64: 7.2 ms against numpy's 4.7; at O2 decompose_attention makes it
 # GEMMs, 1.5 ms)
 CONV_GRADS = frozenset({"conv_weight_grad", "conv_transpose"})
 SLOWER_THAN_NUMPY = CONV_GRADS | {"scaled_dot_product_attention"}

@@ -37,7 +37,8 @@ log = logging.getLogger("graphnn.opencl")
 # Ops whose generic kernel is slower than the host round trip on PoCL (W6 per step: 0.38 s with
 # these on numpy; 5.4 s with conv_weight_grad's one-reduction-per-weight kernel, 2.0 s with the
 # per-element gathers of conv_transpose and max_pool_grad); they need an im2col + GEMM form.
-# Attention's row kernel (no GEMM): 20 ms for 8x4x128x64 against numpy's 4.7 ms (O2: 4.7 ms).
+# Attention's row kernel (no GEMM): 20 ms for 8x4x128x64 against numpy's 4.7 ms (at O2, as
+# GEMMs and a softmax on PoCL, 4.7 ms too).
 SKIP = frozenset({"conv_weight_grad", "conv_transpose", "max_pool_grad",
                   "scaled_dot_product_attention"})
 
