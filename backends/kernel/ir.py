@@ -128,10 +128,11 @@ Stmt = Store | Declare | Assign | Loop
 @dataclass(frozen=True)
 class Param:
     """A buffer parameter. ``status`` marks a kernel's error flag (int32[1], the last parameter):
-    kernels that read indices from data (take, gather) store a nonzero code there, under a mask,
-    when an index is out of range, and clamp the index so no access leaves its buffer; the
-    executable reads the flag after the kernel and raises. Stores to it are the only stores that
-    need not depend on a parallel loop's variable (every iteration writes the same code).
+    kernels that check their data store a nonzero code there under a mask (take and gather
+    when an index is out of range, clamping it so no access leaves its buffer; integer pow on a
+    negative exponent); the executable reads the flag after the kernel and raises. Stores to it
+    are the only stores that need not depend on a parallel loop's variable (every iteration
+    writes the same code).
     ``counter`` marks the session's run counter (int64[1], the last parameter) that random
     kernels (dropout) key their numbers on; the executable writes it before each run."""
 

@@ -479,6 +479,13 @@ def _column_block(m: int, n: int) -> int:
     return next((c for c in (128, 64, 32, 16) if n % c == 0 and n // c >= 2), 0)
 
 
+def splits_columns(kernel: Kernel) -> bool:
+    """The kernel is a few-row matmul in its column-split form (``_matmul_by_columns``): its
+    epilogue's column is ``jb * cols + e``; templates that take the row-split form decline it."""
+    first = kernel.body[0] if kernel.body else None
+    return kernel.schedule[:1] == ("matmul",) and isinstance(first, Loop) and first.var == "jb"
+
+
 def _matmul_by_columns(name: str, params: tuple[Param, ...], a: int, b: int,
                        epilogue: Callable[[Expr, list[Expr]], Expr] | None,
                        source: tuple[str, ...], cols: int) -> Kernel:
@@ -1642,11 +1649,12 @@ def _unflatten(r: Expr, shape: Sequence[int]) -> list[Expr]:
 
 def _lower_attention(node: Node, name: str) -> Kernel | None:
     """scaled_dot_product_attention (torch's semantics: broadcast batch axes, a bool or additive
-    mask, is_causal, scale), one query row per parallel iteration, in the reference's three
-    steps: the row's largest score, the sum of exp(score - largest), then
-    out += exp(score - largest) / sum * v[j], vectorised along v's last axis. Each step
-    recomputes the scores (3 L S E multiply-adds against the GEMMs' L S E), so the kernel needs
-    no scratch buffer; at O2, decompose_attention makes the op two GEMMs and a softmax instead."""
+    mask, is_causal, scale), one query row per parallel iteration, with an online softmax
+    (Milakov & Gimelshein 2018, as FlashAttention): one pass over the keys keeps the largest
+    score so far, rescales the row's running sum and output row when it grows, and adds
+    exp(score - largest) * v[j], vectorised along v's last axis; then the row is divided by the
+    sum. No scratch buffer and one pass, but no GEMM either: at O2, decompose_attention makes
+    the op two GEMMs and a softmax instead."""
     q, k, v = node.inputs[:3]
     mask = node.inputs[3] if len(node.inputs) == 4 else None
     dt, out = node.dtype, _static(node)
@@ -1661,9 +1669,9 @@ def _lower_attention(node: Node, name: str) -> Kernel | None:
     def at(x: Node, shape: tuple[int, ...], vars_: list[Expr]) -> Expr:
         return linear_index(vars_, _broadcast_strides(_static(x), shape))
 
-    def score(tag: str) -> tuple[list[Stmt], Expr]:
-        """(statements, the score of key j<tag>) for this row."""
-        j, d, acc = Var(f"j{tag}"), Var(f"d{tag}"), Var(f"acc{tag}", dt)
+    def score() -> tuple[list[Stmt], Expr]:
+        """(statements, the score of key j) for this row."""
+        j, d, acc = Var("j"), Var("d"), Var("acc", dt)
         prod = _mul(Load(0, at(q, (*batch, length, e_dim), [*bvars, i, d]), dt),
                     Load(1, at(k, (*batch, keys, e_dim), [*bvars, j, d]), dt), dt)
         stmts: list[Stmt] = [Declare(acc.name, dt, _c(0, dt)),
@@ -1676,20 +1684,20 @@ def _lower_attention(node: Node, name: str) -> Kernel | None:
             s = Select(m, s, _c(-np.inf, dt), dt) if mask.dtype.is_bool else _add(s, m, dt)
         return stmts, s
 
-    top, total, new, corr, w = (Var(n, dt) for n in ("top", "total", "new", "corr", "w"))
+    top, total, new, corr, w, s = (Var(n, dt) for n in ("top", "total", "new", "corr", "w", "s"))
     o = len(node.inputs)  # the output's parameter
     row = _i("mul", r, const_i(ev))
     e0, e1, e2 = Var("e0"), Var("e1"), Var("e2")
-    stmts, s = score("")
+    stmts, score_j = score()
     ninf = _c(-np.inf, dt)
     vj = Load(2, at(v, (*batch, keys, ev), [*bvars, Var("j"), e1]), dt)
-    step = (*stmts, Declare("s", dt, s),
-            Declare("new", dt, _max(top, Var("s", dt), dt)),
+    step = (*stmts, Declare("s", dt, score_j),
+            Declare("new", dt, _max(top, s, dt)),
             # rescale what came before; both -inf (nothing kept yet) leaves it as it is
             Declare("corr", dt, Select(Binary("eq", top, new, DType.bool), _c(1, dt),
                                        Unary("exp", Binary("sub", top, new, dt), dt), dt)),
-            Declare("w", dt, Select(Binary("eq", Var("s", dt), ninf, DType.bool), _c(0, dt),
-                                    Unary("exp", Binary("sub", Var("s", dt), new, dt), dt), dt)),
+            Declare("w", dt, Select(Binary("eq", s, ninf, DType.bool), _c(0, dt),
+                                    Unary("exp", Binary("sub", s, new, dt), dt), dt)),
             Assign("total", _add(_mul(total, corr, dt), w, dt)),
             Loop("e1", ev, (Store(o, add_i(row, e1), _add(
                 _mul(Load(o, add_i(row, e1), dt), corr, dt), _mul(w, vj, dt), dt)),),
@@ -1715,23 +1723,10 @@ def _scalar_ok(n: Node) -> bool:
     return n.op in SCALAR and not (n.op == "pow" and n.dtype.is_int)
 
 
-def lower(node: Node, name: str, skip: frozenset[str] = frozenset(), gpu: bool = False
-          ) -> Kernel | None:
-    """The kernel computing ``node``, or None when its op has no lowering yet (or is in ``skip``,
-    ops a backend prefers to leave to their reference implementation). ``gpu``: the kernel's
-    parallel iterations become work-items of a GPU, not threads of a CPU; the scatter kernels
-    (take_grad, gather_grad) then take a loop order that suits that."""
-    if any(d is None for d in node.shape) or any(d is None for i in node.inputs for d in i.shape):
-        return None
-    if node.op in skip or (node.op == "fused" and skip & set(node.attrs["body"].ops)):
-        return None
-    if node.op in SCALAR:
-        return _lower_elementwise(node, name)
-    if node.op in COPIES:
-        return _lower_copy(node, name)
-    if node.op in REDUCTIONS:
-        return _lower_plain_reduce(node, name)
-    handlers: dict[str, Callable[[Node, str], Kernel | None]] = {
+def _handlers(gpu: bool) -> dict[str, Callable[[Node, str], Kernel | None]]:
+    """The lowering of each op outside SCALAR, COPIES and REDUCTIONS; ``gpu`` picks the scatter
+    kernels' loop order (``lower``)."""
+    return {
         "transpose": _lower_transpose, "slice": _lower_slice, "full_like": _lower_full_like,
         "matmul": _lower_matmul, "conv": _lower_conv, "max_pool": _lower_max_pool,
         "softmax": _lower_rowwise, "log_softmax": _lower_rowwise, "logsumexp": _lower_multipass,
@@ -1750,6 +1745,26 @@ def lower(node: Node, name: str, skip: frozenset[str] = frozenset(), gpu: bool =
         "scaled_dot_product_attention": _lower_attention,
         "take_grad": lambda n, nm: _scatter_add(n, nm, gather_like=False, gpu=gpu),
         "gather_grad": lambda n, nm: _scatter_add(n, nm, gather_like=True, gpu=gpu)}
+
+
+def lower(node: Node, name: str, skip: frozenset[str] = frozenset(), gpu: bool = False
+          ) -> Kernel | None:
+    """The kernel computing ``node``, or None when the lowering declines it (see the module
+    docstring) or its op is in ``skip`` (ops a backend prefers to leave to their reference
+    implementation). ``gpu``: the kernel's
+    parallel iterations become work-items of a GPU, not threads of a CPU; the scatter kernels
+    (take_grad, gather_grad) then take a loop order that suits that."""
+    if any(d is None for d in node.shape) or any(d is None for i in node.inputs for d in i.shape):
+        return None
+    if node.op in skip or (node.op == "fused" and skip & set(node.attrs["body"].ops)):
+        return None
+    if node.op in SCALAR:
+        return _lower_elementwise(node, name)
+    if node.op in COPIES:
+        return _lower_copy(node, name)
+    if node.op in REDUCTIONS:
+        return _lower_plain_reduce(node, name)
+    handlers = _handlers(gpu)
     if node.op in handlers:
         return handlers[node.op](node, name)
     if node.op == "fused" and node.attrs["kind"] == "elementwise":
@@ -1762,11 +1777,4 @@ def lower(node: Node, name: str, skip: frozenset[str] = frozenset(), gpu: bool =
 
 
 def lowered_ops() -> set[str]:
-    return set(SCALAR) | COPIES | REDUCTIONS | {
-        "transpose", "slice", "full_like", "matmul", "conv", "max_pool", "softmax",
-        "log_softmax", "logsumexp", "var", "std", "argmax", "argmin", "concat", "stack", "tile",
-        "pad", "one_hot", "batch_norm", "layer_norm", "rms_norm", "avg_pool", "group_norm",
-        "adaptive_avg_pool", "adaptive_max_pool", "conv_weight_grad", "max_pool_grad",
-        "conv_transpose", "take", "gather", "take_grad", "gather_grad", "avg_pool_grad",
-        "adaptive_pool_grad", "slice_grad", "pad_grad", "einsum", "gemm", "size", "dropout",
-        "scaled_dot_product_attention"}
+    return set(SCALAR) | COPIES | REDUCTIONS | set(_handlers(gpu=False))

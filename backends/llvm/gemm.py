@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from graphnn.backends.kernel.ir import Kernel, Loop
+from graphnn.backends.kernel.lower import splits_columns
 from llvmlite import ir
 
 from graphnn.dtypes import DType
@@ -68,9 +69,8 @@ def applies(kernel: Kernel, bits: int = 128) -> bool:
     batches form one row-major matrix), or of a, b and out with the same batch dims (attention's
     q k^T and p v: one GEMM per batch index), big enough to pay: at least MR rows, NR columns
     (else the edge tiles do all the work) and MIN_WORK multiply-adds per matrix."""
-    first = kernel.body[0]
-    if kernel.schedule[:1] != ("matmul",) or isinstance(first, Loop) and first.var == "jb":
-        return False  # (the column-split form of a few-row matmul: its loop nest runs)
+    if kernel.schedule[:1] != ("matmul",) or splits_columns(kernel):
+        return False
     _, a, b = kernel.schedule
     out, pa, pb = kernel.params[-1], kernel.params[int(a)], kernel.params[int(b)]
     if len(pa.shape) != len(out.shape) or pa.shape[:-2] != out.shape[:-2]:

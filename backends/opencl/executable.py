@@ -26,7 +26,7 @@ from graphnn.backends.kernel.ir import Kernel, format_kernel
 from graphnn.backends.kernel.lower import lower
 from graphnn.backends.opencl.device import OpenCLError, _cl, info, select_device
 from graphnn.backends.opencl.render import Launch, render_program, tile_for
-from graphnn.backends.reference import _evaluate, reference_error
+from graphnn.backends.reference import _evaluate, flagged_error, reference_error
 
 from graphnn.errors import ExecutionError, GraphError
 from graphnn.ir import Graph, Node
@@ -324,8 +324,7 @@ class OpenCLExecutable:
             error = reference_error(node, args)
             if error is not None:
                 raise error
-        raise ExecutionError(  # pragma: no cover
-            "a kernel flagged bad data that the numpy reference accepts (a bug in graphnn)")
+        raise flagged_error(node, args)  # pragma: no cover - no node's reference fails: a bug
 
     def _fallback(self, node: Node, buffers: dict[Node, Any], counter: int,
                   stats: Transfers) -> None:

@@ -38,7 +38,7 @@ from graphnn.backends.kernel.ir import (
     const_i,
     geometry,
 )
-from graphnn.backends.kernel.lower import matmul_index
+from graphnn.backends.kernel.lower import matmul_index, splits_columns
 
 from graphnn.dtypes import DType
 from graphnn.random import LOWBIAS32
@@ -934,9 +934,7 @@ class KernelRenderer:
             return None
         store = last.body[0]
         assert isinstance(store, Store) and store.buf == out_buf
-        first = self.k.body[0]
-        if isinstance(first, Loop) and first.var == "jb":
-            # the column-split form (few rows): its column is jb * cols + e; here it is j
+        if splits_columns(self.k):  # its column is jb * cols + e; here it is j
             swap = {Var("jb"): const_i(0), Var(last.var): Var("j")}
             return _substitute(store.value, lambda x: swap.get(x) if isinstance(x, Var) else None)
         return store.value
