@@ -11,7 +11,10 @@ GIL is involved: the Python caller is blocked in one native call. Two implementa
   grown to the largest thread count asked for. A call publishes the task under a mutex and
   bumps a generation counter; workers spin on the counter for a while (about 0.1 ms: the next
   kernel usually follows at once), then sleep on a condition variable. The caller runs chunk 0
-  and waits for the count of pending chunks to reach zero (spinning, then sleeping). A call that
+  and waits for the count of pending chunks to reach zero (spinning, then sleeping). Spinners
+  call ``sched_yield`` every 256 polls: when the scheduler has put the thread they wait for on
+  their own CPU, it runs at once instead of after the whole spin (W1 batch 1 ran at 0.3 ms
+  instead of 0.04 in most processes on the 2-core machine without it). A call that
   finds the pool busy (another Python thread in a native run) falls back to the spawning
   version (a thread per chunk, created and joined per call).
   ``install_pool()`` compiles it once and exports its symbols to every JIT module;
@@ -149,6 +152,7 @@ declare i32 @pthread_cond_wait(ptr, ptr)
 declare i32 @pthread_cond_broadcast(ptr)
 declare i32 @pthread_cond_signal(ptr)
 declare i32 @pthread_detach(i64)
+declare i32 @sched_yield()
 declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)
 
 define internal void @gp_spin(ptr %cell, i64 %value, i1 %until_equal) {
@@ -165,6 +169,13 @@ more:
   %c = load i64, ptr %spins
   %c1 = add i64 %c, 1
   store i64 %c1, ptr %spins
+  %low = and i64 %c1, 255
+  %due = icmp eq i64 %low, 0
+  br i1 %due, label %yield, label %again
+yield:                        ; let a thread waiting for this CPU run (the one polled for, often)
+  %y = call i32 @sched_yield()
+  br label %again
+again:
   %keep = icmp slt i64 %c1, SPIN
   br i1 %keep, label %spin, label %done
 done:
