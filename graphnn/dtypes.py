@@ -29,7 +29,7 @@ class DType(enum.Enum):
     @property
     def np(self) -> numpy.dtype[Any]:
         """The numpy dtype with the same layout."""
-        return _TO_NUMPY[self]
+        return _NUMPY_BY_VALUE[self._value_]  # a str key: Enum.__hash__ is Python code
 
     @property
     def is_float(self) -> builtins.bool:
@@ -68,6 +68,7 @@ _TO_NUMPY: dict[DType, numpy.dtype[Any]] = {
     DType.int64: np.dtype(np.int64),
     DType.bool: np.dtype(np.bool_),
 }
+_NUMPY_BY_VALUE = {k.value: v for k, v in _TO_NUMPY.items()}
 _FROM_NUMPY = {v: k for k, v in _TO_NUMPY.items()}
 _BY_NAME = {d.name: d for d in DType} | {d.value: d for d in DType}
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from graphnn.backends import Backend, Executable, get_backend
+from graphnn.backends.base import RunResult
 from graphnn.errors import FeedError, GraphError, ShapeError
 from graphnn.ir import Graph, Node, get_default_graph
 
@@ -69,8 +70,10 @@ class Session:
         """
         flat, rebuild = _flatten(fetches, self.graph)
         feeds = self._bind_feeds(feed_dict or {})
-        key = (tuple(id(f) for f in flat),
-               tuple(sorted((id(p), v.shape) for p, v in feeds.items())))
+        shapes = [(id(p), v.shape) for p, v in feeds.items()]
+        if len(shapes) > 1:
+            shapes.sort()
+        key = (tuple(map(id, flat)), tuple(shapes))
         exe = self._cache.get(key)
         if exe is None:
             exe = self._compile(flat, feeds)
@@ -82,11 +85,13 @@ class Session:
             raise FeedError(f"placeholder {p.name!r} ({p.type_str}) is needed by the fetches but "
                             f"was not fed; fed: {fed}")
         fresh = {v: np.array(v.attrs["init"].array) for v in exe.variables if v not in self._state}
-        state = {**self._state, **fresh}
+        state = {**self._state, **fresh} if fresh else self._state  # executables never write it
         result = exe.run(feeds, state, self._counter)
         # Commit only now that the run succeeded: a failed run leaves every variable unchanged.
-        self._state.update(fresh)
-        self._state.update(result.updates)
+        if fresh:
+            self._state.update(fresh)
+        if result.updates:
+            self._state.update(result.updates)
         if exe.random:  # fetching values alone does not shift later dropout masks
             self._counter += 1
         return rebuild(result.outputs)
@@ -183,16 +188,16 @@ class _ByName:
         self.variables = tuple(graph.get(v.name or "") for v in exe.variables)
         self.random = exe.random
         self._feed_map = dict(zip(self.placeholders, exe.placeholders))
-        self._var_map = dict(zip(self.variables, exe.variables))
+        self._var_pairs = tuple(zip(self.variables, exe.variables))
+        self._back = {o: n for n, o in self._var_pairs}
 
     def run(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, np.ndarray],
             counter: int) -> Any:
-        from graphnn.backends.base import RunResult
-
         mapped = {self._feed_map[p]: v for p, v in feeds.items() if p in self._feed_map}
-        result = self.exe.run(mapped, {self._var_map[v]: state[v] for v in self.variables},
-                              counter)
-        back = {o: n for n, o in self._var_map.items()}
+        result = self.exe.run(mapped, {o: state[n] for n, o in self._var_pairs}, counter)
+        if not result.updates:
+            return result
+        back = self._back
         return RunResult(result.outputs, {back[v]: x for v, x in result.updates.items()})
 
 
@@ -201,18 +206,25 @@ def _convert_feed(node: Node, value: Any) -> np.ndarray:
         raise FeedError(f"feed for {node.name!r} is a symbolic tensor; feed concrete arrays")
     arr = np.asarray(value)
     target = node.dtype.np
-    if arr.dtype != target and not np.can_cast(arr.dtype, target, "same_kind"):
+    same = arr.dtype == target
+    if not same and not np.can_cast(arr.dtype, target, "same_kind"):
         raise FeedError(f"placeholder {node.name!r} expects {node.dtype.name}, got {arr.dtype} "
                         "(only same-kind conversions are made implicitly)")
-    mismatch = any(d is not None and d != g for d, g in zip(node.shape, arr.shape))
-    if arr.ndim != node.ndim or mismatch:
+    if arr.shape != node.shape and (arr.ndim != node.ndim or any(
+            d is not None and d != g for d, g in zip(node.shape, arr.shape))):
         raise FeedError(f"placeholder {node.name!r} expects shape {node.type_str}, got "
                         f"{arr.dtype}{list(arr.shape)}")
+    if same and arr.flags.c_contiguous:
+        return arr  # the common case, without np.array's argument parsing
     return np.array(arr, dtype=target, order="C", copy=None)
 
 
 def _flatten(fetches: Fetches, graph: Graph) -> tuple[list[Node], Callable[[list[Any]], Any]]:
     """Flatten nested fetches into a node list plus a function rebuilding the structure."""
+    if isinstance(fetches, Node):  # the common case, without a closure per level
+        if fetches.graph is not graph:
+            raise GraphError(f"fetch {fetches!r} belongs to another graph than the session's")
+        return [fetches], _first
     flat: list[Node] = []
 
     def walk(f: Any) -> Callable[[Any], Any]:
@@ -234,3 +246,7 @@ def _flatten(fetches: Fetches, graph: Graph) -> tuple[list[Node], Callable[[list
         raise GraphError(f"cannot fetch {f!r} of type {type(f).__name__}")
 
     return flat, walk(fetches)
+
+
+def _first(outputs: list[Any]) -> Any:
+    return outputs[0]
