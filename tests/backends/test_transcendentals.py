@@ -85,3 +85,29 @@ def test_float32_erf_error_bound(backend: str) -> None:
     if backend == "llvm":
         assembly = compile_one(lambda v: gn.erf(v), (4096,)).compiled.assembly
         assert packed_ops(assembly) and "erff" not in assembly
+
+
+@pytest.mark.parametrize("backend", ["llvm", "opencl"])
+def test_gelu_tanh_form_is_accurate_without_a_tanh(backend: str) -> None:
+    """GELU's tanh form lowers to x / (1 + exp(-2u)). Over [-12, 12] its relative error is
+    within 3 (1 + |2u|) float32 epsilons of the float64 function: rounding 2u in float32 is
+    what exp amplifies (130 ulp at x = -9, where 2u = -67). The float32 tanh form (the reference)
+    is off by up to 13x there, from cancellation in 1 + tanh(u). Where the result underflows,
+    1e-37 absolute. The special values are the reference's (NaN at -inf, -0 for large
+    negative x)."""
+    x = np.linspace(-12, 12, 100_001).astype(np.float32)
+    special = np.array([0.0, -0.0, 1e-30, -1e-30, 100.0, -100.0, 3e38, -3e38, np.inf, -np.inf,
+                        np.nan], np.float32)
+    with gn.Graph():
+        p = gn.placeholder(x.shape, name="x")
+        q = gn.placeholder(special.shape, name="s")
+        outs = [gn.gelu(p, approximate="tanh"), gn.gelu(q, approximate="tanh")]
+    got, got_special = gn.Session(outs[0].graph, backend=backend).run(outs, {p: x, q: special})
+    xd = x.astype(np.float64)
+    u = np.sqrt(2 / np.pi) * (xd + 0.044715 * xd ** 3)
+    exact = xd / (1 + np.exp(-2 * u))  # the same function, accurate in float64
+    bound = 3 * (1 + np.abs(2 * u)) * 2.0 ** -24 * np.abs(exact) + 1e-37
+    assert np.all(np.abs(got - exact) <= bound)
+    reference = gn.Session(outs[0].graph, backend="reference").run(outs[1], {q: special})
+    np.testing.assert_array_equal(got_special, reference)
+    assert list(np.signbit(got_special)) == list(np.signbit(reference))
