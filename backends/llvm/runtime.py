@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import threading
 from typing import Any
 
 RUNTIME_IR = r"""
@@ -321,10 +322,22 @@ entry:                                     ; the child of a fork has no workers:
 """.replace("SPIN", str(SPIN))
 
 
-@functools.cache
+_INSTALL_LOCK = threading.Lock()
+
+
 def install_pool() -> Any:
     """Compile the pool once per process and export ``graphnn_parallel_for`` to later JIT
-    modules (llvmlite's ``add_symbol``). Returns the engine, which must stay alive."""
+    modules (llvmlite's ``add_symbol``). Returns the engine, which stays alive.
+
+    Thread-safe: sessions compiling in several Python threads at once install one pool. (A
+    second, discarded engine had registered a fork hook into code that was then freed: the child
+    of a later fork crashed.)"""
+    with _INSTALL_LOCK:
+        return _install_pool()
+
+
+@functools.cache
+def _install_pool() -> Any:
     import llvmlite.binding as llvm
     from graphnn.backends.llvm.jit import Target
 

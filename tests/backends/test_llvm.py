@@ -211,6 +211,30 @@ def test_thread_pool_works_in_a_forked_child() -> None:
     np.testing.assert_allclose(sess.run(y, {p: x}), want, rtol=1e-5)
 
 
+def test_pool_installed_once_when_threads_compile_at_once() -> None:
+    """Threads that compile their first module at once get one pool (a second, discarded one
+    left a fork hook into freed code: the child of the next fork crashed). In a new process,
+    where no pool exists yet: concurrent sessions, then a fork whose child runs a kernel."""
+    import subprocess
+    import sys
+
+    script = ("import os, threading\n"
+              "from graphnn.backends.llvm.runtime import install_pool\n"
+              "engines = []\n"
+              "threads = [threading.Thread(target=lambda: engines.append(install_pool()))\n"
+              "           for _ in range(8)]\n"
+              "[t.start() for t in threads]; [t.join() for t in threads]\n"
+              "assert len({id(e) for e in engines}) == 1, engines\n"
+              "pid = os.fork()\n"
+              "if pid == 0:\n"
+              "    os._exit(7)\n"
+              "_, status = os.waitpid(pid, 0)\n"
+              "assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 7, status\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def test_compile_cache_hits_in_a_new_process_and_rebuilds_damaged_entries(
         tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
