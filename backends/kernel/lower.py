@@ -1108,13 +1108,25 @@ def _lower_pad_grad(node: Node, name: str) -> Kernel:
     return Kernel(name, _inputs_params(node), _nest(xs, body), (node.op,))
 
 
+def _planes(channels: int) -> tuple[Expr, Expr]:
+    """(n, ch) of plane ``nc`` of a ``Loop("nc", N * channels)``: pooling runs one parallel
+    iteration per (sample, channel) plane, so one image still splits between threads."""
+    nc = Var("nc")
+    n = _i("div", nc, const_i(channels))
+    return n, _i("sub", nc, mul_i(n, channels))
+
+
+def _plane_loop(shape: Sequence[int], body: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
+    return (Loop("nc", shape[0] * shape[1], body, parallel=True),)
+
+
 def _lower_max_pool(node: Node, name: str) -> Kernel | None:
     x = node.inputs[0]
     a, nd = node.attrs, node.ndim - 2
     params = (Param("in0", x.dtype, _static(x)), Param("out", node.dtype, _static(node), True))
     out_vars: list[Expr] = [Var(f"y{d}") for d in range(nd)]
     taps: list[Expr] = [Var(f"k{d}") for d in range(nd)]
-    n, ch = Var("n"), Var("ch")
+    n, ch = _planes(node.shape[1] or 0)
     dt = node.dtype
     pixel = _window_loads(params[0], 0, n, ch, out_vars, taps, a["stride"], a["dilation"],
                           a["pads"][:nd], _c(-np.inf, dt),
@@ -1129,9 +1141,7 @@ def _lower_max_pool(node: Node, name: str) -> Kernel | None:
                                Store(1, out_index, acc))
     for d in reversed(range(nd)):
         stmts = (Loop(f"y{d}", node.shape[2 + d] or 0, stmts, vectorize=d == nd - 1),)
-    stmts = (Loop("ch", node.shape[1] or 0, stmts),)
-    return Kernel(name, params, (Loop("n", node.shape[0] or 0, stmts, parallel=True),),
-                  ("max_pool",))
+    return Kernel(name, params, _plane_loop(_static(node), stmts), ("max_pool",))
 
 
 # -- row-wise and multi-pass reductions: softmax, log_softmax, logsumexp, var, std, argmax ------
@@ -1536,7 +1546,7 @@ def _lower_avg_pool(node: Node, name: str) -> Kernel | None:
     params = (Param("in0", x.dtype, xs), Param("out", dt, _static(node), True))
     out_vars: list[Expr] = [Var(f"y{d}") for d in range(nd)]
     taps: list[Expr] = [Var(f"k{d}") for d in range(nd)]
-    n, ch = Var("n"), Var("ch")
+    n, ch = _planes(xs[1])
     pads = a["pads"]
     pixel = _window_loads(params[0], 0, n, ch, out_vars, taps, a["stride"], a["dilation"],
                           pads[:nd], _c(0, dt),
@@ -1561,9 +1571,7 @@ def _lower_avg_pool(node: Node, name: str) -> Kernel | None:
                                Store(1, out_index, Binary("div", acc, Cast(divisor, dt), dt)))
     for d in reversed(range(nd)):
         stmts = (Loop(f"y{d}", node.shape[2 + d] or 0, stmts, vectorize=d == nd - 1),)
-    stmts = (Loop("ch", node.shape[1] or 0, stmts),)
-    return Kernel(name, params, (Loop("n", node.shape[0] or 0, stmts, parallel=True),),
-                  ("avg_pool",))
+    return Kernel(name, params, _plane_loop(_static(node), stmts), ("avg_pool",))
 
 
 def _lower_group_norm(node: Node, name: str) -> Kernel | None:
@@ -1602,7 +1610,7 @@ def _lower_adaptive(node: Node, name: str) -> Kernel | None:
     xs, out = _static(x), node.attrs["output_size"]
     nd = len(out)
     is_max = node.op == "adaptive_max_pool"
-    n, ch = Var("n"), Var("ch")
+    n, ch = _planes(xs[1])
     ovars = [Var(f"y{d}") for d in range(nd)]
     taps = [Var(f"k{d}") for d in range(nd)]
     index: list[Expr] = [n, ch]
@@ -1632,9 +1640,8 @@ def _lower_adaptive(node: Node, name: str) -> Kernel | None:
     stmts: tuple[Stmt, ...] = (Declare("acc", dt, fill), *inner, Store(1, out_index, result))
     for d in reversed(range(nd)):
         stmts = (Loop(f"y{d}", out[d], stmts),)
-    stmts = (Loop("ch", xs[1], stmts),)
     params = (Param("in0", dt, xs), Param("out", dt, _static(node), True))
-    return Kernel(name, params, (Loop("n", xs[0], stmts, parallel=True),), (node.op,))
+    return Kernel(name, params, _plane_loop(xs, stmts), (node.op,))
 
 
 # -- attention -----------------------------------------------------------------------------------
