@@ -339,10 +339,14 @@ class KernelEmitter:
                     else self.b.fcmp_ordered(_FCMP[op], a, b)
             return self.b.icmp_signed(_FCMP[op], a, b)
         if op in ("max", "min"):
-            wins = (self.b.fcmp_ordered(">" if op == "max" else "<", a, b) if f
-                    else self.b.icmp_signed(">" if op == "max" else "<", a, b))
-            out = self.b.select(wins, a, b)
-            return self.b.select(self.b.fcmp_unordered("uno", a, a), a, out) if f else out
+            if f:  # NaN if either is NaN, as numpy's; LLVM's IEEE 754-2019 maximum/minimum,
+                # which the loop vectoriser reduces (a compare-and-select chain it does not:
+                # a softmax row's max ran scalar). Signed zeros: -0 < +0 (numpy's pick between
+                # them depends on the operand order)
+                name = f"llvm.{op}imum.{'f32' if dt is DType.float32 else 'f64'}"
+                return self._call(name, _REG[dt], a, b)
+            wins = self.b.icmp_signed(">" if op == "max" else "<", a, b)
+            return self.b.select(wins, a, b)
         if op in ("and", "or", "xor"):
             return getattr(self.b, op + "_")(a, b) if op != "xor" else self.b.xor(a, b)
         if op == "pow":
