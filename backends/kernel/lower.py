@@ -1164,6 +1164,17 @@ def _over(shape: tuple[int, ...], axes: Sequence[int], body: tuple[Stmt, ...]) -
     return body
 
 
+def _rows(shape: tuple[int, ...], axes: Sequence[int]) -> tuple[tuple[int, ...], list[int]]:
+    """Reductions over the trailing dims read rows of one contiguous run each: index them as
+    (rows, run) so the kept dims form one parallel loop (a (1, 4, 128, 128) softmax ran its
+    512 rows on one thread, the batch dim being 1); other axes stay as they are."""
+    axes = sorted(a % len(shape) for a in axes) if shape else []
+    if not axes or axes != list(range(len(shape) - len(axes), len(shape))):
+        return shape, list(axes)
+    kept = len(shape) - len(axes)
+    return (math.prod(shape[:kept]), math.prod(shape[kept:])), [1]
+
+
 def _around(shape: tuple[int, ...], kept: list[int], body: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
     for pos, d in reversed(list(enumerate(kept))):
         body = (Loop(f"i{d}", shape[d], body, parallel=pos == 0),)
@@ -1174,31 +1185,35 @@ def _lower_rowwise(node: Node, name: str) -> Kernel | None:
     """softmax / log_softmax along one axis: a max pass, a sum-of-exp pass, a write pass."""
     x = node.inputs[0]
     xs, dt = _static(x), node.dtype
-    axis = node.attrs["axis"] % x.ndim
-    vars_, kept = _split(xs, [axis])
-    at = linear_index(vars_, row_major_strides(xs))
+    shape, (axis,) = _rows(xs, [node.attrs["axis"] % x.ndim])
+    vars_, kept = _split(shape, [axis])
+    at = linear_index(vars_, row_major_strides(shape))
     v = Load(0, at, dt)
     m, total = Var("m", dt), Var("s", dt)
     shifted = Binary("sub", v, m, dt)
-    result: Expr = (Binary("div", Unary("exp", shifted, dt), total, dt) if node.op == "softmax"
+    e = Unary("exp", shifted, dt)
+    # softmax keeps each exp in the output for the last pass (one exp per element, not two)
+    keep: tuple[Stmt, ...] = (Store(1, at, e),) if node.op == "softmax" else ()
+    result: Expr = (Binary("div", Load(1, at, dt), total, dt) if node.op == "softmax"
                     else Binary("sub", shifted, Unary("log", total, dt), dt))
     body = (Declare("m", dt, _c(-np.inf, dt)),
-            *_over(xs, [axis], (Assign("m", _max(m, v, dt)),)),
+            *_over(shape, [axis], (Assign("m", _max(m, v, dt)),)),
             Declare("s", dt, _c(0, dt)),
-            *_over(xs, [axis], (Assign("s", _add(total, Unary("exp", shifted, dt), dt)),)),
-            *_over(xs, [axis], (Store(1, at, result),)))
+            *_over(shape, [axis], (Assign("s", _add(total, e, dt)), *keep)),
+            *_over(shape, [axis], (Store(1, at, result),)))
     params = (Param("in0", x.dtype, xs), Param("out", dt, _static(node), True))
-    return Kernel(name, params, _around(xs, kept, body), (node.op,))
+    return Kernel(name, params, _around(shape, kept, body), (node.op,))
 
 
 def _lower_multipass(node: Node, name: str) -> Kernel | None:
     """logsumexp, var and std over any axes: two passes over the reduced elements."""
     x = node.inputs[0]
-    xs, dt, axes = _static(x), node.dtype, node.attrs["axes"]
+    xs, dt = _static(x), node.dtype
+    count = math.prod(xs[d] for d in node.attrs["axes"])
+    xs, axes = _rows(xs, node.attrs["axes"])
     vars_, kept = _split(xs, axes)
     v = Load(0, linear_index(vars_, row_major_strides(xs)), dt)
     a, total = Var("a", dt), Var("s", dt)
-    count = math.prod(xs[d] for d in axes)
     if node.op == "logsumexp":  # max-shifted; a non-finite max shifts by 0, as the reference
         first: Stmt = Assign("a", _max(a, v, dt))
         a_init: Expr = _c(-np.inf, dt)
@@ -1217,7 +1232,7 @@ def _lower_multipass(node: Node, name: str) -> Kernel | None:
                              row_major_strides(tuple(xs[d] for d in kept)))
     body = (Declare("a", dt, a_init), *_over(xs, axes, (first,)), Declare("s", dt, _c(0, dt)),
             *_over(xs, axes, (second,)), Store(1, out_index, result))
-    params = (Param("in0", x.dtype, xs), Param("out", dt, _static(node), True))
+    params = (Param("in0", x.dtype, _static(x)), Param("out", dt, _static(node), True))
     return Kernel(name, params, _around(xs, kept, body), (node.op,))
 
 
@@ -1230,7 +1245,7 @@ def _lower_arg(node: Node, name: str) -> Kernel | None:
         xs, axis = (math.prod(xs),), 0
         if not xs[0]:
             return None  # numpy raises on an empty array: the reference says so
-    axis %= len(xs)
+    xs, (axis,) = _rows(xs, [axis % len(xs)])
     vars_, kept = _split(xs, [axis])
     v = Load(0, linear_index(vars_, row_major_strides(xs)), dt)
     best, where = Var("best", dt), Var("where", DType.int64)

@@ -136,11 +136,16 @@ def _const(c: Const) -> str:
 
 
 def _reads(stmts: tuple[Stmt, ...]) -> set[int]:
-    out: set[int] = set()
+    return {buf for buf, _ in _loads(stmts)}
+
+
+def _loads(stmts: tuple[Stmt, ...]) -> set[tuple[int, Expr]]:
+    """(buffer, index) of every load in ``stmts``."""
+    out: set[tuple[int, Expr]] = set()
 
     def expr(e: Expr) -> None:
         if isinstance(e, Load):
-            out.add(e.buf)
+            out.add((e.buf, e.index))
             expr(e.index)
         elif isinstance(e, Unary | Cast):
             expr(e.a)
@@ -192,12 +197,31 @@ def independent(loop: Loop, params: tuple[Param, ...]) -> bool:
     exception: every iteration that writes it writes the same code) and every scalar it assigns
     is declared inside it (private to the iteration)."""
     body = _walk(loop.body)
-    stored = {s.buf for s in body if isinstance(s, Store)}
     declared = {s.name for s in body if isinstance(s, Declare)}
-    return (not stored & _reads(loop.body)
+    return (not _shared_reads(loop.body)
             and all(_mentions(s.index, loop.var) for s in body
                     if isinstance(s, Store) and not params[s.buf].status)
             and all(s.name in declared for s in body if isinstance(s, Assign)))
+
+
+def _shared_reads(stmts: tuple[Stmt, ...]) -> set[int]:
+    """Buffers the statements store to and also read elsewhere than where they store: a
+    buffer read and written only at one index (``out[i] = out[i] / s``) is private to the
+    iteration."""
+    stored: dict[int, set[Expr]] = {}
+    for s in _walk(stmts):
+        if isinstance(s, Store):
+            stored.setdefault(s.buf, set()).add(s.index)
+    return {buf for buf, index in _loads(stmts)
+            if buf in stored and stored[buf] != {index}}
+
+
+def _stores_apart(loop: Loop, params: tuple[Param, ...]) -> bool:
+    """The loop's stores write distinct elements per iteration and nothing the loop reads."""
+    body = _walk(loop.body)
+    return (not _shared_reads(loop.body)
+            and all(_mentions(s.index, loop.var) for s in body
+                    if isinstance(s, Store) and not params[s.buf].status))
 
 
 def parallel_nest(kernel: Kernel) -> list[Loop]:
@@ -823,7 +847,8 @@ class KernelRenderer:
     def _row_plan(self) -> tuple[list[Loop], tuple[Stmt, ...]] | None:
         """(row loops, row body) when every statement of the body is a scalar Declare/Assign, a
         Store, a perfect loop nest of reduction Assigns (``x = combine(x, e)``, x starting at
-        combine's identity) or a perfect loop nest of independent Stores; else None."""
+        combine's identity) and Stores of one element per iteration, or a perfect loop nest of
+        independent Stores; else None."""
         nest = parallel_nest(self.k)
         body = nest[-1].body if nest else self.k.body
         if nest and len(self.k.body) != 1:
@@ -836,17 +861,21 @@ class KernelRenderer:
                 continue
             chain = _chain(st)
             inner = chain[-1].body
-            if all(isinstance(x, Assign) for x in inner):
-                for x in inner:
-                    assert isinstance(x, Assign)
+            assigns = [x for x in inner if isinstance(x, Assign)]
+            stores = [x for x in inner if isinstance(x, Store)]
+            if len(assigns) + len(stores) != len(inner):
+                return None
+            if assigns:  # a reduction, perhaps storing each element it reads (softmax's exps)
+                if stores and not _stores_apart(chain[0], self.k.params):
+                    return None
+                for x in assigns:
                     op = _combine(x)
                     if op is None or self.locals[x.name] is DType.bool or \
                             not _is_identity(inits.get(x.name), op) or \
                             ops.setdefault(x.name, op) != op:
                         return None
                 reduced = True
-            elif not (all(isinstance(x, Store) for x in inner)
-                      and independent(chain[0], self.k.params)):
+            elif not independent(chain[0], self.k.params):
                 return None
         return (nest, body) if reduced else None
 
@@ -900,7 +929,9 @@ class KernelRenderer:
                 self.stmt(st, 1)
             else:
                 chain = _chain(st)
-                e("barrier(CLK_LOCAL_MEM_FENCE);", 1)  # the previous write pass is complete
+                # the previous pass is complete: its partial results, and the elements it
+                # stored, which this pass may read at other work-items' positions
+                e("barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);", 1)
                 self._flat_loop(chain, 1, lanes)
                 # one tree per variable: a body that adds to one sum in several statements
                 # (conv_transpose's taps) must not combine the lanes' totals again
