@@ -48,11 +48,32 @@ _LIBM = {"erf", "log1p", "expm1"}
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 
 
+class _LoopID(ir.values.MDValue):  # type: ignore[misc]
+    """A loop's ``!llvm.loop`` node: distinct and naming itself first, as LLVM requires (its
+    other operands are the loop's hints); llvmlite's add_metadata makes neither."""
+
+    def descr(self, buf: list[str]) -> None:
+        ops = ", ".join([self.get_reference(), *(op.get_reference() for op in self.operands)])
+        buf += (f"distinct !{{{ops}}}", "\n")
+
+
+def vectorize_here(module: ir.Module) -> ir.MDValue:
+    """Loop hints: vectorise this loop and do not unroll it first. For a vectorisable loop
+    with short inner loops (pooling's output row around its window taps): LLVM otherwise
+    unrolls the short row completely and vectorises the loop around it, with gathers and
+    scatters."""
+    hints = [module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")]),
+             module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.enable"),
+                                  ir.Constant(I1, 1)])]
+    return _LoopID(module, hints, name=str(len(module.metadata)))
+
+
 @contextlib.contextmanager
 def for_range(builder: ir.IRBuilder, stop: int | ir.Value, name: str,
-              start: ir.Value | None = None) -> Iterator[ir.Value]:
+              start: ir.Value | None = None, hints: ir.MDValue | None = None
+              ) -> Iterator[ir.Value]:
     """``for name in range(start, stop)``: yields the i64 induction variable; the body goes
-    inside the ``with`` block (numba's cgutils idiom)."""
+    inside the ``with`` block (numba's cgutils idiom). ``hints``: the loop's ``!llvm.loop``."""
     pre = builder.block
     header = builder.append_basic_block(f"{name}.head")
     body = builder.append_basic_block(f"{name}.body")
@@ -67,7 +88,9 @@ def for_range(builder: ir.IRBuilder, stop: int | ir.Value, name: str,
     yield i
     nxt = builder.add(i, ir.Constant(I64, 1), name=f"{name}.next", flags=["nsw"])
     i.add_incoming(nxt, builder.block)
-    builder.branch(header)
+    back = builder.branch(header)
+    if hints is not None:
+        back.set_metadata("llvm.loop", hints)
     builder.position_at_end(done)
 
 
@@ -203,7 +226,9 @@ class KernelEmitter:
     def stmt(self, s: Stmt, bounds: tuple[ir.Value, ir.Value] | None = None) -> None:
         if isinstance(s, Loop):
             start, stop = bounds if bounds is not None else (None, s.extent)
-            with for_range(self.b, stop, s.var, start) as i:
+            hints = vectorize_here(self.module) if s.vectorize and any(
+                isinstance(x, Loop) for x in s.body) else None
+            with for_range(self.b, stop, s.var, start, hints) as i:
                 self.vars[s.var] = i
                 for inner in s.body:
                     self.stmt(inner)
