@@ -1182,7 +1182,8 @@ def _around(shape: tuple[int, ...], kept: list[int], body: tuple[Stmt, ...]) -> 
 
 
 def _lower_rowwise(node: Node, name: str) -> Kernel | None:
-    """softmax / log_softmax along one axis: a max pass, a sum-of-exp pass, a write pass."""
+    """softmax / log_softmax along one axis: a max pass, a sum-of-exp pass (softmax stores the
+    exps), a write pass (softmax divides them in place)."""
     x = node.inputs[0]
     xs, dt = _static(x), node.dtype
     shape, (axis,) = _rows(xs, [node.attrs["axis"] % x.ndim])

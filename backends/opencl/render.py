@@ -192,16 +192,12 @@ def _mentions(e: Expr, name: str) -> bool:
 
 
 def independent(loop: Loop, params: tuple[Param, ...]) -> bool:
-    """Iterations of ``loop`` can run concurrently: it stores nothing it also reads, every store
-    depends on its variable (distinct iterations write distinct elements; a status flag is the
-    exception: every iteration that writes it writes the same code) and every scalar it assigns
-    is declared inside it (private to the iteration)."""
+    """Iterations of ``loop`` can run concurrently: its stores are apart (``_stores_apart``)
+    and every scalar it assigns is declared inside it (private to the iteration)."""
     body = _walk(loop.body)
     declared = {s.name for s in body if isinstance(s, Declare)}
-    return (not _shared_reads(loop.body)
-            and all(_mentions(s.index, loop.var) for s in body
-                    if isinstance(s, Store) and not params[s.buf].status)
-            and all(s.name in declared for s in body if isinstance(s, Assign)))
+    return _stores_apart(loop, params) and \
+        all(s.name in declared for s in body if isinstance(s, Assign))
 
 
 def _shared_reads(stmts: tuple[Stmt, ...]) -> set[int]:
@@ -217,7 +213,9 @@ def _shared_reads(stmts: tuple[Stmt, ...]) -> set[int]:
 
 
 def _stores_apart(loop: Loop, params: tuple[Param, ...]) -> bool:
-    """The loop's stores write distinct elements per iteration and nothing the loop reads."""
+    """The loop's stores write distinct elements per iteration (every store depends on its
+    variable; a status flag is the exception: every iteration that writes it writes the same
+    code), and nothing the loop reads elsewhere than where it stores."""
     body = _walk(loop.body)
     return (not _shared_reads(loop.body)
             and all(_mentions(s.index, loop.var) for s in body

@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from graphnn.backends.kernel.ir import Loop
 from graphnn.backends.kernel.lower import lowered_ops
 from graphnn.backends.llvm import LLVMBackend
 
@@ -38,6 +39,21 @@ def test_elementwise_and_reduction_kernels_are_vectorised() -> None:
     assert not exe.fallback_ops
     fused = compile_one(lambda x: gn.relu(x * 0.5) + gn.sigmoid(x), (8192,))
     assert packed_ops(fused.compiled.assembly)
+
+
+def test_max_reductions_and_pooling_rows_are_vectorised_and_split() -> None:
+    """A softmax row's max reduces in vector registers (LLVM's maximum), and all rows form the
+    parallel loop, not the batch dim alone; a pooling row around its window taps vectorises
+    with shuffles, not gathers (loop hints), one parallel iteration per (sample, channel)."""
+    softmax = compile_one(lambda x: gn.softmax(x, axis=-1), (1, 4, 128, 128))
+    assert packed_ops(softmax.compiled.assembly) & {"maxps", "vmaxps"}
+    outer = softmax.kernels[0].body[0]
+    assert isinstance(outer, Loop) and outer.parallel and outer.extent == 512
+    pool = compile_one(lambda x: gn.max_pool2d(x, 2), (1, 16, 24, 24))
+    asm = pool.compiled.assembly
+    assert packed_ops(asm) & {"maxps", "vmaxps"} and not re.search(r"\bv(gather|scatter)", asm)
+    outer = pool.kernels[0].body[0]
+    assert isinstance(outer, Loop) and outer.parallel and outer.extent == 16
 
 
 def test_native_and_fallback_ops_are_reported() -> None:
