@@ -222,16 +222,12 @@ def _convert_feed(node: Node, value: Any) -> np.ndarray:
 def _flatten(fetches: Fetches, graph: Graph) -> tuple[list[Node], Callable[[list[Any]], Any]]:
     """Flatten nested fetches into a node list plus a function rebuilding the structure."""
     if isinstance(fetches, Node):  # the common case, without a closure per level
-        if fetches.graph is not graph:
-            raise GraphError(f"fetch {fetches!r} belongs to another graph than the session's")
-        return [fetches], _first
+        return [_own(fetches, graph)], _first
     flat: list[Node] = []
 
     def walk(f: Any) -> Callable[[Any], Any]:
         if isinstance(f, (Node, str)):
-            node = graph.get(f) if isinstance(f, str) else f
-            if node.graph is not graph:
-                raise GraphError(f"fetch {node!r} belongs to another graph than the session's")
+            node = _own(graph.get(f) if isinstance(f, str) else f, graph)
             i = len(flat)
             flat.append(node)
             return lambda out: out[i]
@@ -246,6 +242,12 @@ def _flatten(fetches: Fetches, graph: Graph) -> tuple[list[Node], Callable[[list
         raise GraphError(f"cannot fetch {f!r} of type {type(f).__name__}")
 
     return flat, walk(fetches)
+
+
+def _own(node: Node, graph: Graph) -> Node:
+    if node.graph is not graph:
+        raise GraphError(f"fetch {node!r} belongs to another graph than the session's")
+    return node
 
 
 def _first(outputs: list[Any]) -> Any:

@@ -18,6 +18,7 @@ IR as OpenCL C (tinygrad's UOps and TVM's TIR play this role).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from graphnn.dtypes import DType
@@ -82,6 +83,22 @@ class Cast:
 
 
 Expr = Const | Var | Load | Unary | Binary | Select | Cast
+
+
+def subexpressions(e: Expr) -> Iterator[Expr]:
+    """``e`` and every expression inside it (a load's index included), parents first: the one
+    walk the passes over kernel IR share (loads read, variables mentioned, integer pows)."""
+    yield e
+    if isinstance(e, Load):
+        yield from subexpressions(e.index)
+    elif isinstance(e, Unary | Cast):
+        yield from subexpressions(e.a)
+    elif isinstance(e, Binary):
+        yield from subexpressions(e.a)
+        yield from subexpressions(e.b)
+    elif isinstance(e, Select):
+        for x in (e.cond, e.a, e.b):
+            yield from subexpressions(x)
 
 # the codes a kernel stores in its status flag (``Param.status``)
 INDEX_OUT_OF_RANGE = 1  # take, gather and their gradients: an index outside [-n, n)

@@ -42,6 +42,7 @@ from graphnn.backends.kernel.ir import (
     linear_index,
     mul_i,
     row_major_strides,
+    subexpressions,
 )
 
 from graphnn import random as grandom
@@ -239,16 +240,8 @@ def elementwise_kernel(name: str, inputs: Sequence[tuple[DType, tuple[int, ...]]
 
 def _negative_powers(e: Expr) -> list[Expr]:
     """``b < 0`` for each integer pow(a, b) in ``e``: where it has no value."""
-    if isinstance(e, Binary) and e.op == "pow" and e.dtype.is_int:
-        return [*_negative_powers(e.a), *_negative_powers(e.b),
-                Binary("lt", e.b, _c(0, e.b.dtype), DType.bool)]
-    if isinstance(e, (Unary, Cast)):
-        return _negative_powers(e.a)
-    if isinstance(e, Binary):
-        return _negative_powers(e.a) + _negative_powers(e.b)
-    if isinstance(e, Select):
-        return _negative_powers(e.cond) + _negative_powers(e.a) + _negative_powers(e.b)
-    return []
+    return [Binary("lt", x.b, _c(0, x.b.dtype), DType.bool) for x in subexpressions(e)
+            if isinstance(x, Binary) and x.op == "pow" and x.dtype.is_int]
 
 
 def _static(node: Node) -> tuple[int, ...]:

@@ -37,6 +37,7 @@ from graphnn.backends.kernel.ir import (
     Var,
     const_i,
     geometry,
+    subexpressions,
 )
 from graphnn.backends.kernel.lower import matmul_index, splits_columns
 
@@ -141,31 +142,16 @@ def _reads(stmts: tuple[Stmt, ...]) -> set[int]:
 
 def _loads(stmts: tuple[Stmt, ...]) -> set[tuple[int, Expr]]:
     """(buffer, index) of every load in ``stmts``."""
-    out: set[tuple[int, Expr]] = set()
-
-    def expr(e: Expr) -> None:
-        if isinstance(e, Load):
-            out.add((e.buf, e.index))
-            expr(e.index)
-        elif isinstance(e, Unary | Cast):
-            expr(e.a)
-        elif isinstance(e, Binary):
-            expr(e.a)
-            expr(e.b)
-        elif isinstance(e, Select):
-            expr(e.cond)
-            expr(e.a)
-            expr(e.b)
-
+    roots: list[Expr] = []
     for s in _walk(stmts):
         if isinstance(s, Store):
-            expr(s.index)
-            expr(s.value)
+            roots += (s.index, s.value)
         elif isinstance(s, Declare):
-            expr(s.init)
+            roots.append(s.init)
         elif isinstance(s, Assign):
-            expr(s.value)
-    return out
+            roots.append(s.value)
+    return {(x.buf, x.index) for root in roots for x in subexpressions(root)
+            if isinstance(x, Load)}
 
 
 def _walk(stmts: tuple[Stmt, ...]) -> list[Stmt]:
@@ -178,17 +164,7 @@ def _walk(stmts: tuple[Stmt, ...]) -> list[Stmt]:
 
 
 def _mentions(e: Expr, name: str) -> bool:
-    if isinstance(e, Var):
-        return e.name == name
-    if isinstance(e, Load):
-        return _mentions(e.index, name)
-    if isinstance(e, Unary | Cast):
-        return _mentions(e.a, name)
-    if isinstance(e, Binary):
-        return _mentions(e.a, name) or _mentions(e.b, name)
-    if isinstance(e, Select):
-        return any(_mentions(x, name) for x in (e.cond, e.a, e.b))
-    return False
+    return any(isinstance(x, Var) and x.name == name for x in subexpressions(e))
 
 
 def independent(loop: Loop, params: tuple[Param, ...]) -> bool:
