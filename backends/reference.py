@@ -8,6 +8,7 @@ reference implementation or shape rule at once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -16,6 +17,7 @@ from graphnn.backends.base import RunResult
 from graphnn.errors import ExecutionError, GraphError
 from graphnn.ir import Graph, Node
 from graphnn.ops.registry import describe, get_op
+from graphnn.profiler import KernelTime, median_time
 
 
 class ReferenceExecutable:
@@ -40,8 +42,20 @@ class ReferenceExecutable:
 
     def run(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, np.ndarray],
             counter: int) -> RunResult:
-        values: dict[Node, np.ndarray] = {}
+        values = self._values(feeds, state, counter)
         updates: dict[Node, np.ndarray] = {}
+        for node in self.order:
+            writes = get_op(node.op).writes_input
+            if writes is not None:
+                updates[node.inputs[writes]] = values[node]
+        outputs = [None if get_op(f.op).no_value else np.array(values[f], copy=True)
+                   for f in self.fetches]
+        return RunResult(outputs, updates)
+
+    def _values(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, np.ndarray],
+                counter: int) -> dict[Node, np.ndarray]:
+        """Every node's value, in order."""
+        values: dict[Node, np.ndarray] = {}
         with np.errstate(all="ignore"):
             for node in self.order:
                 if node.op == "placeholder":
@@ -50,12 +64,22 @@ class ReferenceExecutable:
                     values[node] = state[node]
                 else:
                     values[node] = _evaluate(node, [values[i] for i in node.inputs], counter)
-                    writes = get_op(node.op).writes_input
-                    if writes is not None:
-                        updates[node.inputs[writes]] = values[node]
-        outputs = [None if get_op(f.op).no_value else np.array(values[f], copy=True)
-                   for f in self.fetches]
-        return RunResult(outputs, updates)
+        return values
+
+    def profile(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, np.ndarray],
+                counter: int, repeat: int) -> list[KernelTime]:
+        """Each computed node's numpy reference timed alone (median of ``repeat`` calls) on the
+        inputs one run computed (``graphnn.profiler``)."""
+        values = self._values(feeds, state, counter)
+        times = []
+        with np.errstate(all="ignore"):
+            for node in self.order:
+                if node.op in ("placeholder", "variable", "constant"):
+                    continue
+                args = [values[i] for i in node.inputs]
+                seconds = median_time(functools.partial(_evaluate, node, args, counter), repeat)
+                times.append(KernelTime.of(node, "numpy", seconds))
+        return times
 
 
 def _evaluate(node: Node, args: list[np.ndarray], counter: int) -> np.ndarray:

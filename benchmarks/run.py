@@ -55,14 +55,35 @@ def _w(*shape: int) -> np.ndarray:
                                                  np.prod(shape[1:]))).astype(np.float32)
 
 
-def _graphnn(build: Callable[[], tuple[gn.Graph, dict[str, np.ndarray], gn.Node]],
-             backend: str = "llvm", opt_level: int = 2) -> Callable[[], Callable[[], np.ndarray]]:
-    def setup() -> Callable[[], np.ndarray]:
-        graph, feeds, out = build()
-        sess = gn.Session(graph, backend=backend, opt_level=opt_level)
-        return lambda: sess.run(out, feeds)
+class GraphnnRun:
+    """graphnn's side of a case: ``session()`` builds a Session and returns it with the fetches
+    and feeds of one run; calling the object returns the timed run (the runners' protocol),
+    whose result is the fetched value at ``output`` (all fetches when None)."""
 
-    return setup
+    def __init__(self, session: Callable[[], tuple[gn.Session, Any, dict[str, np.ndarray]]],
+                 output: int | None = None) -> None:
+        self.session, self.output = session, output
+
+    def __call__(self) -> Callable[[], np.ndarray]:
+        sess, fetches, feeds = self.session()
+        if self.output is None:
+            return lambda: sess.run(fetches, feeds)
+        return lambda: sess.run(fetches, feeds)[self.output]
+
+    def profile(self, repeat: int) -> gn.Profile:
+        """Each kernel's median time (``Session.profile``)."""
+        sess, fetches, feeds = self.session()
+        sess.run(fetches, feeds)
+        return sess.profile(fetches, feeds, repeat)
+
+
+def _graphnn(build: Callable[[], tuple[gn.Graph, dict[str, np.ndarray], gn.Node]],
+             backend: str = "llvm", opt_level: int = 2) -> GraphnnRun:
+    def session() -> tuple[gn.Session, Any, dict[str, np.ndarray]]:
+        graph, feeds, out = build()
+        return gn.Session(graph, backend=backend, opt_level=opt_level), out, feeds
+
+    return GraphnnRun(session)
 
 
 def _torch_put(device: str) -> Callable[[np.ndarray], Any]:
@@ -248,16 +269,19 @@ def w6(batch: int = 64) -> Case:
     x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, batch)
 
-    def graphnn_step(backend: str = "llvm") -> Callable[[], np.ndarray]:
-        nn = gn.nn
-        nn.init.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(),
-                              nn.MaxPool2d(2), nn.Conv2d(64, 128, 3), nn.ReLU(), nn.MaxPool2d(2),
-                              nn.GlobalAvgPool(), nn.Linear(128, 10))
-        model.compile(gn.optim.Adam(1e-3), backend=backend, opt_level=2)
-        t = model.trainer
-        t.build(x, y)
-        return lambda: t.session.run([t.apply, t.train_loss], {t.x: x, t.y: y})[1]
+    def graphnn_step(backend: str = "llvm") -> GraphnnRun:
+        def session() -> tuple[gn.Session, Any, dict[str, np.ndarray]]:
+            nn = gn.nn
+            nn.init.manual_seed(0)
+            model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3),
+                                  nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(64, 128, 3), nn.ReLU(),
+                                  nn.MaxPool2d(2), nn.GlobalAvgPool(), nn.Linear(128, 10))
+            model.compile(gn.optim.Adam(1e-3), backend=backend, opt_level=2)
+            t = model.trainer
+            t.build(x, y)
+            return t.session, [t.apply, t.train_loss], {t.x: x, t.y: y}
+
+        return GraphnnRun(session, output=1)
 
     def torch_step(device: str = "cpu") -> Callable[[], np.ndarray]:
         import torch
@@ -280,9 +304,9 @@ def w6(batch: int = 64) -> Case:
 
         return step
 
-    return Case("W6", batch, runners={"graphnn-llvm": graphnn_step, "torch": torch_step,
+    return Case("W6", batch, runners={"graphnn-llvm": graphnn_step(), "torch": torch_step,
                                       "torch-cuda": lambda: torch_step("cuda"),
-                                      "graphnn-opencl": lambda: graphnn_step("opencl")})
+                                      "graphnn-opencl": graphnn_step("opencl")})
 
 
 # -- W3: ResNet-18 on 1x3x224x224 ----------------------------------------------------------------
@@ -576,6 +600,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                                  "torch-cuda", "onnxruntime"])
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--json", help="write the records to this file")
+    parser.add_argument("--profile", type=int, metavar="N", default=0,
+                        help="also print the N slowest kernels of each graphnn framework's run "
+                             "(Session.profile)")
     args = parser.parse_args(argv)
     records = []
     frameworks = [f for f in args.framework if _available(f)]
@@ -594,6 +621,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 print(f"{r['workload']:<9}{r['batch']:>6}  {r['framework']:<14}"
                       f"{r['median_s'] * 1e3:>11.3f}{ratio:>12}{rate:>16}{err:>10}")
             records.extend(rows)
+            for f in frameworks if args.profile else []:
+                runner = case.runners.get(f)
+                if isinstance(runner, GraphnnRun) and f != "numpy":
+                    print(f"{case.workload} batch {case.batch} on {f}, slowest kernels:")
+                    print(runner.profile(args.repeat).table(top=args.profile))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)

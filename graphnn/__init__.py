@@ -35,6 +35,7 @@ from graphnn.ir import ArrayValue, Attrs, Graph, Node, get_default_graph, reset_
 from graphnn.ops.api import *  # noqa: F403 - the op functions are graphnn's public API
 from graphnn.ops.api import __all__ as _op_names
 from graphnn.ops.registry import all_ops, get_op, name_scope
+from graphnn.profiler import KernelTime, Profile
 from graphnn.session import Session
 from graphnn.text_ir import dump, parse_graph, print_graph
 from graphnn.training import (
@@ -62,6 +63,6 @@ __all__ = [
     "reset_default_graph", "to_dot", "verify", "dump", "losses", "metrics", "nn", "optim",
     "load_checkpoint", "load_model", "save_checkpoint", "save_model", "Callback",
     "EarlyStopping", "History", "LearningRateScheduler", "ModelCheckpoint", "Trainer",
-    "CompiledModel", "compile", "load_compiled",
+    "CompiledModel", "compile", "load_compiled", "KernelTime", "Profile",
     *_op_names,
 ]

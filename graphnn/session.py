@@ -26,6 +26,7 @@ from graphnn.backends import Backend, Executable, get_backend
 from graphnn.backends.base import RunResult
 from graphnn.errors import FeedError, GraphError, ShapeError
 from graphnn.ir import Graph, Node, get_default_graph
+from graphnn.profiler import Profile, median_time
 
 Fetches = Any  # a Node, a node name, or a list/tuple/dict nesting of them
 
@@ -69,6 +70,47 @@ class Session:
                  expected vs. given); ExecutionError naming the node when a kernel fails.
         """
         flat, rebuild = _flatten(fetches, self.graph)
+        exe, feeds, state, fresh = self._prepare(flat, feed_dict)
+        result = exe.run(feeds, state, self._counter)
+        # Commit only now that the run succeeded: a failed run leaves every variable unchanged.
+        if fresh:
+            self._state.update(fresh)
+        if result.updates:
+            self._state.update(result.updates)
+        if exe.random:  # fetching values alone does not shift later dropout masks
+            self._counter += 1
+        return rebuild(result.outputs)
+
+    def profile(self, fetches: Fetches, feed_dict: Mapping[Any, Any] | None = None,
+                repeat: int = 10) -> Profile:
+        """Time each kernel of ``fetches``' executable on its own (see ``graphnn.profiler``):
+        one run fills the buffers, then every kernel (or numpy fallback) runs ``repeat`` more
+        times alone, and ``repeat`` whole runs give ``Profile.run_s``. Compiles like ``run``
+        (the same cached executable); changes no variable and not the run counter.
+
+        Returns:  a ``Profile``: ``KernelTime`` per step in execution order (median seconds),
+                  the whole run's median (seconds); ``print`` it for a table.
+        Raises:  what ``run`` raises; GraphError for a backend that cannot time its kernels.
+        """
+        flat, _ = _flatten(fetches, self.graph)
+        exe, feeds, state, _ = self._prepare(flat, feed_dict)
+        target = exe.exe if isinstance(exe, _ByName) else exe
+        if not hasattr(target, "profile"):
+            raise GraphError(f"backend {self.backend.name!r} cannot time its kernels")
+        if isinstance(exe, _ByName):
+            feeds, state = exe.map_feeds(feeds), exe.map_state(state)
+        kernels = target.profile(feeds, state, self._counter, repeat)
+        run_s = median_time(lambda: target.run(feeds, state, self._counter), repeat)
+        return Profile(kernels, run_s)
+
+    def _prepare(self, flat: list[Node], feed_dict: Mapping[Any, Any] | None) -> tuple[
+            Executable, dict[Node, np.ndarray], Mapping[Node, np.ndarray],
+            dict[Node, np.ndarray]]:
+        """The executable for ``flat`` at the fed shapes (compiled once), the bound feeds, the
+        variable state a run reads and the variables it initialises (not yet committed).
+
+        Raises:  FeedError for a missing placeholder (and what feeding raises).
+        """
         feeds = self._bind_feeds(feed_dict or {})
         shapes = [(id(p), v.shape) for p, v in feeds.items()]
         if len(shapes) > 1:
@@ -86,15 +128,7 @@ class Session:
                             f"was not fed; fed: {fed}")
         fresh = {v: np.array(v.attrs["init"].array) for v in exe.variables if v not in self._state}
         state = {**self._state, **fresh} if fresh else self._state  # executables never write it
-        result = exe.run(feeds, state, self._counter)
-        # Commit only now that the run succeeded: a failed run leaves every variable unchanged.
-        if fresh:
-            self._state.update(fresh)
-        if result.updates:
-            self._state.update(result.updates)
-        if exe.random:  # fetching values alone does not shift later dropout masks
-            self._counter += 1
-        return rebuild(result.outputs)
+        return exe, feeds, state, fresh
 
     def _compile(self, fetches: list[Node], feeds: dict[Node, np.ndarray]) -> Executable:
         static = getattr(self.backend, "static_shapes", False)  # compiles per fed shape
@@ -191,10 +225,17 @@ class _ByName:
         self._var_pairs = tuple(zip(self.variables, exe.variables))
         self._back = {o: n for n, o in self._var_pairs}
 
+    def map_feeds(self, feeds: Mapping[Node, np.ndarray]) -> dict[Node, np.ndarray]:
+        """Feeds keyed by the optimised graph's placeholders."""
+        return {self._feed_map[p]: v for p, v in feeds.items() if p in self._feed_map}
+
+    def map_state(self, state: Mapping[Node, np.ndarray]) -> dict[Node, np.ndarray]:
+        """Variable values keyed by the optimised graph's variables."""
+        return {o: state[n] for n, o in self._var_pairs}
+
     def run(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, np.ndarray],
             counter: int) -> Any:
-        mapped = {self._feed_map[p]: v for p, v in feeds.items() if p in self._feed_map}
-        result = self.exe.run(mapped, {o: state[n] for n, o in self._var_pairs}, counter)
+        result = self.exe.run(self.map_feeds(feeds), self.map_state(state), counter)
         if not result.updates:
             return result
         back = self._back

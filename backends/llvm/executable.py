@@ -10,6 +10,7 @@ computed value. ctypes releases the GIL during native calls.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import weakref
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ from llvmlite import ir
 from graphnn.errors import GraphError
 from graphnn.ir import Graph, Node
 from graphnn.ops.registry import describe, get_op
+from graphnn.profiler import KernelTime, median_time
 
 SOURCES = ("placeholder", "variable", "constant")
 # ops whose loop nests (not their templates) measured slower than numpy: the convolution
@@ -56,6 +58,8 @@ class LLVMExecutable:
         self.slot = {n: i for i, n in enumerate(order)}
         self.order = order
         self._segments = 0
+        self._calls: list[list[tuple[Kernel, Node, list[int]]]] = []  # per segment: its kernels'
+        # calls and the pointer slots they take (Session.profile calls them one by one)
         # ("native", (segment, nodes, checks its data)) | ("numpy", node)
         self.steps: list[tuple[str, Any]] = []
         self.kernels: list[Kernel] = []
@@ -111,6 +115,7 @@ class LLVMExecutable:
             return
         k = self._segments
         self._segments += 1
+        self._calls.append([])
         fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), f"seg{k}")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         checks = False
@@ -124,6 +129,7 @@ class LLVMExecutable:
             args = [b.load(b.gep(fn.args[0], [ir.Constant(ir.IntType(64), s)], source_etype=PTR),
                            typ=PTR) for s in slots]
             b.call(module.globals[kernel.name], args)
+            self._calls[k].append((kernel, node, slots))
         b.ret_void()
         self.steps.append(("native", (k, [n for _, n in segment], checks)))
 
@@ -167,6 +173,22 @@ class LLVMExecutable:
 
     def run(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, np.ndarray],
             counter: int) -> RunResult:
+        values = self._bind_values(feeds, state, counter)
+        self._execute(values, counter)
+        updates = {target: values[self.slot[n]] for n, target in self._updates}
+        outputs: list[np.ndarray | None] = []
+        for f, copied, empty in zip(self.fetches, self._copied, self._empty_fetch):
+            value = None if empty else values[self.slot[f]]
+            if value is not None and (copied or any(value is o for o in outputs)):
+                value = value.copy()  # never a feed, a weight or the new variable state
+                # itself; a node fetched twice gives two arrays
+            outputs.append(value)
+        return RunResult(outputs, updates)  # type: ignore[arg-type]
+
+    def _bind_values(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, np.ndarray],
+                     counter: int) -> list[np.ndarray | None]:
+        """Every slot's array for one run (its address in ``_pointers``): the list keeps the
+        arrays bound only for this run (fresh outputs, contiguous copies of feeds) alive."""
         values = list(self._static)
         pointers, bound = self._pointers, self._bound
         self._counter[0] = counter
@@ -184,23 +206,47 @@ class LLVMExecutable:
             if last is None or last() is not v:
                 bound[k] = weakref.ref(v)
                 pointers[k] = v.__array_interface__["data"][0]
+        return values
+
+    def _execute(self, values: list[np.ndarray | None], counter: int) -> None:
+        """The steps in order: segments' native calls, fallback nodes' numpy references."""
         for step, what in self.steps:
             if step == "native":
                 self._entries[what[0]](self._pointer_arg)
                 if what[2] and self._status.any():
                     self._raise_flagged(values)
             else:
-                args: list[Any] = [values[self.slot[i]] for i in what.inputs]
-                np.copyto(values[self.slot[what]], _evaluate(what, args, counter))  # type: ignore[arg-type]
-        updates = {target: values[self.slot[n]] for n, target in self._updates}
-        outputs: list[np.ndarray | None] = []
-        for f, copied, empty in zip(self.fetches, self._copied, self._empty_fetch):
-            value = None if empty else values[self.slot[f]]
-            if value is not None and (copied or any(value is o for o in outputs)):
-                value = value.copy()  # never a feed, a weight or the new variable state
-                # itself; a node fetched twice gives two arrays
-            outputs.append(value)
-        return RunResult(outputs, updates)  # type: ignore[arg-type]
+                np.copyto(values[self.slot[what]], self._fallback(what, values, counter))  # type: ignore[arg-type]
+
+    def _fallback(self, node: Node, values: list[np.ndarray | None], counter: int) -> Any:
+        return _evaluate(node, [values[self.slot[i]] for i in node.inputs], counter)
+
+    def profile(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, np.ndarray],
+                counter: int, repeat: int) -> list[KernelTime]:
+        """Each step's median time over ``repeat`` calls of it alone (``graphnn.profiler``):
+        one run fills every buffer, then each kernel's native function is called through
+        ctypes with its slots' pointers (about 1 us more than inside its segment), each
+        fallback node's numpy reference re-evaluated. Kernels only read their inputs and write
+        their own output, so calling one again changes nothing else; variables and the
+        returned arrays are untouched."""
+        values = self._bind_values(feeds, state, counter)  # kept alive while the pointers
+        self._execute(values, counter)  # fill the buffers (raises as a run would)
+        times: list[KernelTime] = []
+        assert self.compiled is not None or not self._calls
+        for step, what in self.steps:
+            if step == "numpy":
+                seconds = median_time(functools.partial(self._fallback, what, values, counter),
+                                      repeat)
+                times.append(KernelTime.of(what, "numpy", seconds))
+                continue
+            for kernel, node, slots in self._calls[what[0]]:
+                fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * len(slots))(
+                    self.compiled.address(kernel.name))  # type: ignore[union-attr]
+                args = [self._pointers[s] for s in slots]
+                seconds = median_time(functools.partial(fn, *args), repeat)
+                times.append(KernelTime.of(node, kernel.name, seconds))
+        self._status[:] = 0  # a kernel that checks its data flagged already in the run
+        return times
 
     def _raise_flagged(self, values: list[np.ndarray | None]) -> None:
         """A kernel flagged bad data: reset the flags, raise the reference's error for the

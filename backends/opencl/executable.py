@@ -11,12 +11,13 @@ moves no weights).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from graphnn.backends.reference import _evaluate, flagged_error, reference_error
 from graphnn.errors import ExecutionError, GraphError
 from graphnn.ir import Graph, Node
 from graphnn.ops.registry import describe, get_op
+from graphnn.profiler import KernelTime, median_time
 
 SOURCES = ("placeholder", "variable", "constant")
 log = logging.getLogger("graphnn.opencl")
@@ -247,39 +249,8 @@ class OpenCLExecutable:
     def run(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, Any],
             counter: int) -> RunResult:
         dev, stats = self.device, Transfers()
-        buffers = dict(self._buffers)
-        updates: dict[Node, Any] = {}
-        for p in self.placeholders:
-            buffers[p] = self._feed_buffers[p]
-            dev.upload(buffers[p], feeds[p], stats)
-        for v in self.variables:
-            value = state[v]
-            if isinstance(value, DeviceValue) and value.device is dev:
-                buffers[v] = value.buffer
-            else:  # first use, or set from the host: upload once, keep it on the device
-                host = np.asarray(value, v.dtype.np)
-                buffers[v] = dev.alloc(host.nbytes)
-                dev.upload(buffers[v], host, stats)
-                updates[v] = DeviceValue(dev, buffers[v], tuple(host.shape), host.dtype)
-        for w in self.writers:
-            buffers[w] = dev.alloc(_nbytes(w))
-        if self._counter is not None:
-            dev.upload(self._counter, np.array([counter], np.int64), stats)
-        flagged = False  # a kernel that checks its data ran since the flag was last read
-        for kind, node, k in self.steps:
-            try:
-                if kind == "kernel":
-                    self._launch(k, node, buffers)
-                    flagged = flagged or self.kernels[k].checks
-                else:
-                    if flagged:  # a flagged error comes first, and leaves no stale flag
-                        self._check_flag(buffers, stats)
-                        flagged = False
-                    self._fallback(node, buffers, counter, stats)
-            except _cl().Error as e:
-                raise ExecutionError(f"{describe(node)} failed on {dev.name}: {e}") from None
-        if flagged:
-            self._check_flag(buffers, stats)
+        buffers, updates = self._bind(feeds, state, counter, stats)
+        self._execute(buffers, counter, stats)
         for w in self.writers:
             target = w.inputs[get_op(w.op).writes_input or 0]  # writers name their input
             updates[target] = DeviceValue(dev, buffers[w], tuple(_shape(w)), w.dtype.np)
@@ -298,6 +269,81 @@ class OpenCLExecutable:
         dev.queue.finish()
         self.transfers = stats
         return RunResult(outputs, updates)  # type: ignore[arg-type]
+
+    def _bind(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, Any], counter: int,
+              stats: Transfers) -> tuple[dict[Node, Any], dict[Node, Any]]:
+        """Every node's device buffer for one run (feeds uploaded, variables on the device,
+        fresh buffers for the writers) and the variables uploaded for the first time."""
+        dev = self.device
+        buffers = dict(self._buffers)
+        updates: dict[Node, Any] = {}
+        for p in self.placeholders:
+            buffers[p] = self._feed_buffers[p]
+            dev.upload(buffers[p], feeds[p], stats)
+        for v in self.variables:
+            value = state[v]
+            if isinstance(value, DeviceValue) and value.device is dev:
+                buffers[v] = value.buffer
+            else:  # first use, or set from the host: upload once, keep it on the device
+                host = np.asarray(value, v.dtype.np)
+                buffers[v] = dev.alloc(host.nbytes)
+                dev.upload(buffers[v], host, stats)
+                updates[v] = DeviceValue(dev, buffers[v], tuple(host.shape), host.dtype)
+        for w in self.writers:
+            buffers[w] = dev.alloc(_nbytes(w))
+        if self._counter is not None:
+            dev.upload(self._counter, np.array([counter], np.int64), stats)
+        return buffers, updates
+
+    def _execute(self, buffers: dict[Node, Any], counter: int, stats: Transfers) -> None:
+        """The steps in order: kernel launches and fallback nodes; raises a flagged error."""
+        flagged = False  # a kernel that checks its data ran since the flag was last read
+        for kind, node, k in self.steps:
+            try:
+                if kind == "kernel":
+                    self._launch(k, node, buffers)
+                    flagged = flagged or self.kernels[k].checks
+                else:
+                    if flagged:  # a flagged error comes first, and leaves no stale flag
+                        self._check_flag(buffers, stats)
+                        flagged = False
+                    self._fallback(node, buffers, counter, stats)
+            except _cl().Error as e:
+                raise ExecutionError(f"{describe(node)} failed on {self.device.name}: {e}") \
+                    from None
+        if flagged:
+            self._check_flag(buffers, stats)
+
+    def profile(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, Any],
+                counter: int, repeat: int) -> list[KernelTime]:
+        """Each step's median time over ``repeat`` runs of it alone (``graphnn.profiler``),
+        once one run has filled the buffers: a kernel's launch waited for with
+        ``queue.finish()`` (host time, so the launch's latency counts), a fallback node's
+        download, numpy reference and upload. Variables are untouched (the writers' outputs
+        are fresh buffers)."""
+        stats = Transfers()
+        buffers, _ = self._bind(feeds, state, counter, stats)
+        self._execute(buffers, counter, stats)
+        queue = self.device.queue
+        queue.finish()
+
+        def timed(call: Callable[[], None]) -> float:
+            def finished() -> None:
+                call()
+                queue.finish()
+            return median_time(finished, repeat)
+
+        times: list[KernelTime] = []
+        for kind, node, k in self.steps:
+            if kind == "kernel":
+                seconds = timed(functools.partial(self._launch, k, node, buffers))
+                name = self.kernels[k].name
+            else:
+                seconds = timed(functools.partial(self._fallback, node, buffers, counter,
+                                                  Transfers()))
+                name = "numpy"
+            times.append(KernelTime.of(node, name, seconds))
+        return times
 
     def _launch(self, k: int, node: Node, buffers: dict[Node, Any]) -> None:
         launch: Launch = self.launches[k]
