@@ -1,5 +1,5 @@
-"""graphnn against numpy and (when installed) PyTorch and onnxruntime, workload by workload, in
-one run.
+"""graphnn against numpy and (when installed) PyTorch eager and torch.compile, JAX and
+onnxruntime, workload by workload, in one run.
 
     python benchmarks/run.py                       # all workloads, all frameworks found
     python benchmarks/run.py --workload W1 W5 --framework graphnn-llvm numpy --json out.json
@@ -95,6 +95,53 @@ def _torch_put(device: str) -> Callable[[np.ndarray], Any]:
     return lambda a: torch.from_numpy(a).to(device)
 
 
+TorchForward = Callable[[Callable[[np.ndarray], Any]], Callable[[Any], Any]]
+
+
+def _torch(forward: TorchForward, x: np.ndarray, device: str = "cpu",
+           compiled: bool = False) -> Callable[[], Callable[[], np.ndarray]]:
+    """A PyTorch runner: ``forward(put)`` puts its weights on the device and returns the model
+    as a function of the input tensor; each run puts ``x`` there, runs it under ``no_grad`` and
+    brings the result back. ``compiled``: through ``torch.compile`` (inductor, which generates
+    C++ and builds it with the system compiler here; its compile time is the first run's)."""
+    def setup() -> Callable[[], np.ndarray]:
+        import torch
+
+        put = _torch_put(device)
+        fn = forward(put)
+        if compiled:
+            fn = torch.compile(fn)
+
+        def run() -> np.ndarray:
+            with torch.no_grad():
+                return fn(put(x)).cpu().numpy()
+
+        return run
+
+    return setup
+
+
+def _torch_runners(forward: TorchForward, x: np.ndarray) -> dict[str, Callable[[], Any]]:
+    """PyTorch eager on the CPU and on CUDA, and torch.compile on the CPU."""
+    return {"torch": _torch(forward, x), "torch-cuda": _torch(forward, x, "cuda"),
+            "torch-compile": _torch(forward, x, compiled=True)}
+
+
+def _jax(forward: Callable[[Any, Any], Any], x: np.ndarray,
+         weights: Any = None) -> Callable[[], Callable[[], np.ndarray]]:
+    """A JAX runner: ``forward(x, weights)`` through ``jax.jit`` on the CPU (XLA's own thread
+    pool over every core), the weights (a pytree of arrays) put on the device once and passed
+    as arguments (not folded into the program as constants); each run transfers ``x`` and
+    waits for the result as numpy."""
+    def setup() -> Callable[[], np.ndarray]:
+        import jax
+
+        fn, w = jax.jit(forward), jax.device_put(weights)
+        return lambda: np.asarray(fn(x, w))
+
+    return setup
+
+
 # -- W1: MLP 784-512-512-10 ---------------------------------------------------------------------
 
 
@@ -118,19 +165,25 @@ def w1(batch: int) -> Case:
             out = gn.softmax(gn.dense(h, gn.constant(ws[2]), gn.constant(bs[2])))
         return g, {"x": x}, out
 
-    def torch_run(device: str = "cpu") -> Callable[[], np.ndarray]:
+    def torch_forward(put: Callable[[np.ndarray], Any]) -> Callable[[Any], Any]:
         import torch
 
-        put = _torch_put(device)
         tw, tb = [put(w) for w in ws], [put(b) for b in bs]
 
-        def run() -> np.ndarray:
-            with torch.no_grad():
-                h = torch.relu(put(x) @ tw[0] + tb[0])
-                h = torch.relu(h @ tw[1] + tb[1])
-                return torch.softmax(h @ tw[2] + tb[2], dim=1).cpu().numpy()
+        def forward(tx: Any) -> Any:
+            h = torch.relu(tx @ tw[0] + tb[0])
+            h = torch.relu(h @ tw[1] + tb[1])
+            return torch.softmax(h @ tw[2] + tb[2], dim=1)
 
-        return run
+        return forward
+
+    def jax_forward(jx: Any, w: Any) -> Any:
+        import jax
+
+        (w0, w1, w2), (b0, b1, b2) = w
+        h = jax.nn.relu(jx @ w0 + b0)
+        h = jax.nn.relu(h @ w1 + b1)
+        return jax.nn.softmax(h @ w2 + b2, axis=1)
 
     def onnx(g: OnnxGraph) -> tuple[dict[str, np.ndarray], str]:
         h = "x"
@@ -142,9 +195,8 @@ def w1(batch: int) -> Case:
     flops = 2 * batch * (784 * 512 + 512 * 512 + 512 * 10)
     return Case("W1", batch, flops=flops, runners={
         "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build),
-        "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run,
-        "torch-cuda": lambda: torch_run("cuda"),
-        "onnxruntime": runner(onnx, THREADS)})
+        "graphnn-opencl": _graphnn(build, "opencl"), **_torch_runners(torch_forward, x),
+        "jax": _jax(jax_forward, x, (ws, bs)), "onnxruntime": runner(onnx, THREADS)})
 
 
 # -- W2: the small CNN on 1x28x28 ---------------------------------------------------------------
@@ -187,21 +239,25 @@ def w2(batch: int) -> Case:
             out = gn.dense(gn.mean(h, axis=(2, 3)), c["fc"], c["fb"])
         return g, {"x": x}, out
 
-    def torch_run(device: str = "cpu") -> Callable[[], np.ndarray]:
-        import torch
+    def torch_forward(put: Callable[[np.ndarray], Any]) -> Callable[[Any], Any]:
         import torch.nn.functional as F
 
-        put = _torch_put(device)
         t = {k: put(v) for k, v in p.items()}
 
-        def run() -> np.ndarray:
-            with torch.no_grad():
-                h = F.relu(F.conv2d(put(x), t["c1"], t["b1"]))
-                h = F.max_pool2d(F.relu(F.conv2d(h, t["c2"], t["b2"])), 2)
-                h = F.max_pool2d(F.relu(F.conv2d(h, t["c3"], t["b3"])), 2)
-                return (h.mean(dim=(2, 3)) @ t["fc"] + t["fb"]).cpu().numpy()
+        def forward(tx: Any) -> Any:
+            h = F.relu(F.conv2d(tx, t["c1"], t["b1"]))
+            h = F.max_pool2d(F.relu(F.conv2d(h, t["c2"], t["b2"])), 2)
+            h = F.max_pool2d(F.relu(F.conv2d(h, t["c3"], t["b3"])), 2)
+            return h.mean(dim=(2, 3)) @ t["fc"] + t["fb"]
 
-        return run
+        return forward
+
+    def jax_forward(jx: Any, w: dict[str, Any]) -> Any:
+        h = _JaxOps.relu(_JaxOps.conv(jx, w["c1"], 1, 0) + w["b1"][:, None, None])
+        for k in ("2", "3"):
+            h = _JaxOps.relu(_JaxOps.conv(h, w["c" + k], 1, 0) + w["b" + k][:, None, None])
+            h = _JaxOps.pool(h, 2, 2, 0)
+        return _JaxOps.head(h, w["fc"], w["fb"])
 
     def onnx(g: OnnxGraph) -> tuple[dict[str, np.ndarray], str]:
         ops = OnnxOps(g)
@@ -215,9 +271,42 @@ def w2(batch: int) -> Case:
     flops = 2 * batch * (26 * 26 * 32 * 9 + 24 * 24 * 64 * 32 * 9 + 10 * 10 * 128 * 64 * 9)
     return Case("W2", batch, flops=flops, runners={
         "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build),
-        "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run,
-        "torch-cuda": lambda: torch_run("cuda"),
-        "onnxruntime": runner(onnx, THREADS)})
+        "graphnn-opencl": _graphnn(build, "opencl"), **_torch_runners(torch_forward, x),
+        "jax": _jax(jax_forward, x, p), "onnxruntime": runner(onnx, THREADS)})
+
+
+class _JaxOps:
+    """The forward passes' ops in JAX (NCHW and OIHW, as graphnn and PyTorch)."""
+
+    @staticmethod
+    def conv(h: Any, w: Any, stride: int, pad: int) -> Any:
+        import jax
+
+        return jax.lax.conv_general_dilated(h, w, (stride, stride), [(pad, pad)] * 2,
+                                            dimension_numbers=("NCHW", "OIHW", "NCHW"))
+
+    @staticmethod
+    def pool(h: Any, size: int, stride: int, pad: int) -> Any:
+        import jax
+
+        return jax.lax.reduce_window(h, -np.inf, jax.lax.max, (1, 1, size, size),
+                                     (1, 1, stride, stride), [(0, 0), (0, 0), (pad, pad),
+                                                              (pad, pad)])
+
+    @staticmethod
+    def bn(h: Any, m: Any, v: Any, g: Any, b: Any) -> Any:
+        scale = g / (v + 1e-5) ** 0.5
+        return h * scale[:, None, None] + (b - m * scale)[:, None, None]
+
+    @staticmethod
+    def relu(h: Any) -> Any:
+        import jax
+
+        return jax.nn.relu(h)
+
+    add = staticmethod(lambda a, b: a + b)
+    maxpool = staticmethod(lambda h: _JaxOps.pool(h, 3, 2, 1))
+    head = staticmethod(lambda h, w, b: h.mean(axis=(2, 3)) @ w + b)
 
 
 # -- W5: an elementwise chain over 16M float32 ---------------------------------------------------
@@ -239,17 +328,16 @@ def w5(batch: int = 1) -> Case:
             out = gn.gelu(xp * 1.5 + 0.5, approximate="tanh") * gn.sigmoid(xp)
         return g, {"x": x}, out
 
-    def torch_run(device: str = "cpu") -> Callable[[], np.ndarray]:
+    def torch_forward(put: Callable[[np.ndarray], Any]) -> Callable[[Any], Any]:
         import torch
 
-        put = _torch_put(device)
+        return lambda tx: (torch.nn.functional.gelu(tx * 1.5 + 0.5, approximate="tanh")
+                           * torch.sigmoid(tx))
 
-        def run() -> np.ndarray:
-            tx = put(x)
-            return (torch.nn.functional.gelu(tx * 1.5 + 0.5, approximate="tanh")
-                    * torch.sigmoid(tx)).cpu().numpy()
+    def jax_forward(jx: Any, _: Any) -> Any:
+        import jax
 
-        return run
+        return jax.nn.gelu(jx * a + b, approximate=True) * jax.nn.sigmoid(jx)
 
     def onnx(g: OnnxGraph) -> tuple[dict[str, np.ndarray], str]:
         z = g.op("Add", g.op("Mul", "x", g.const(a)), g.const(b))
@@ -257,9 +345,8 @@ def w5(batch: int = 1) -> Case:
 
     return Case("W5", batch, bytes=2 * 4 * n, runners={
         "numpy": lambda: numpy_run, "graphnn-llvm": _graphnn(build),
-        "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run,
-        "torch-cuda": lambda: torch_run("cuda"),
-        "onnxruntime": runner(onnx, THREADS)})
+        "graphnn-opencl": _graphnn(build, "opencl"), **_torch_runners(torch_forward, x),
+        "jax": _jax(jax_forward, x), "onnxruntime": runner(onnx, THREADS)})
 
 
 # -- W6: a full training step of the W2 CNN -------------------------------------------------------
@@ -373,7 +460,7 @@ def w3(batch: int = 1) -> Case:
             out = _resnet18(_GraphnnOps, xp, {k: gn.constant(v) for k, v in p.items()})
         return g, {"x": x}, out
 
-    def torch_run(device: str = "cpu") -> Callable[[], np.ndarray]:
+    def torch_forward(put: Callable[[np.ndarray], Any]) -> Callable[[Any], Any]:
         import torch
         import torch.nn.functional as F
 
@@ -385,14 +472,8 @@ def w3(batch: int = 1) -> Case:
             maxpool = staticmethod(lambda h: F.max_pool2d(h, 3, 2, 1))
             head = staticmethod(lambda h, w, b: h.mean(dim=(2, 3)) @ w + b)
 
-        put = _torch_put(device)
         t = {k: put(v) for k, v in p.items()}
-
-        def run() -> np.ndarray:
-            with torch.no_grad():
-                return _resnet18(Ops, put(x), t).cpu().numpy()
-
-        return run
+        return lambda tx: _resnet18(Ops, tx, t)
 
     def onnx(g: OnnxGraph) -> tuple[dict[str, np.ndarray], str]:
         ops = OnnxOps(g)
@@ -401,9 +482,9 @@ def w3(batch: int = 1) -> Case:
     return Case("W3", batch, flops=2 * 1.814e9 * batch, runners={
         "numpy": _graphnn(build, "reference", opt_level=0),  # graphnn's numpy reference
         "graphnn-llvm": _graphnn(build, opt_level=3),
-        "graphnn-opencl": _graphnn(build, "opencl", opt_level=3), "torch": torch_run,
-        "torch-cuda": lambda: torch_run("cuda"),
-        "onnxruntime": runner(onnx, THREADS)})
+        "graphnn-opencl": _graphnn(build, "opencl", opt_level=3),
+        **_torch_runners(torch_forward, x), "jax": _jax(lambda jx, w: _resnet18(
+            _JaxOps, jx, w), x, p), "onnxruntime": runner(onnx, THREADS)})
 
 
 # -- W4: two post-LN transformer encoder layers -------------------------------------------------
@@ -465,7 +546,7 @@ def w4(batch: int) -> Case:
                            batch)
         return g, {"x": x}, out
 
-    def torch_run(device: str = "cpu") -> Callable[[], np.ndarray]:
+    def torch_forward(put: Callable[[np.ndarray], Any]) -> Callable[[Any], Any]:
         import torch
         import torch.nn.functional as F
 
@@ -478,14 +559,8 @@ def w4(batch: int) -> Case:
             gelu = staticmethod(F.gelu)
             norm = staticmethod(lambda x, g, b: F.layer_norm(x, (D_MODEL,), g, b))
 
-        put = _torch_put(device)
         t = {k: put(v) for k, v in p.items()}
-
-        def run() -> np.ndarray:
-            with torch.no_grad():
-                return _encoder(Ops, put(x), t, batch).cpu().numpy()
-
-        return run
+        return lambda tx: _encoder(Ops, tx, t, batch)
 
     per_layer = 2 * batch * SEQ * (4 * D_MODEL * D_MODEL + 2 * D_MODEL * FFN) + \
         4 * batch * SEQ * SEQ * D_MODEL
@@ -496,9 +571,37 @@ def w4(batch: int) -> Case:
     return Case("W4", batch, flops=2 * per_layer, runners={
         "numpy": _graphnn(build, "reference", opt_level=0),  # graphnn's numpy reference
         "graphnn-llvm": _graphnn(build, opt_level=3),
-        "graphnn-opencl": _graphnn(build, "opencl", opt_level=3), "torch": torch_run,
-        "torch-cuda": lambda: torch_run("cuda"),
-        "onnxruntime": runner(onnx, THREADS)})
+        "graphnn-opencl": _graphnn(build, "opencl", opt_level=3),
+        **_torch_runners(torch_forward, x), "jax": _jax(lambda jx, w: _encoder(
+            _JaxEncoderOps, jx, w, batch), x, p), "onnxruntime": runner(onnx, THREADS)})
+
+
+class _JaxEncoderOps:
+    """The encoder's ops in JAX: attention and layer norm written out (PyTorch's eps 1e-5)."""
+
+    linear = staticmethod(lambda x, w, b: x @ w + b)
+    reshape = staticmethod(lambda t, shape: t.reshape(shape))
+    transpose = staticmethod(lambda t, perm: t.transpose(perm))
+    add = staticmethod(lambda a, b: a + b)
+
+    @staticmethod
+    def attention(q: Any, k: Any, v: Any) -> Any:
+        import jax
+
+        scores = q @ k.swapaxes(-1, -2) / np.float32(np.sqrt(q.shape[-1]))
+        return jax.nn.softmax(scores, axis=-1) @ v
+
+    @staticmethod
+    def gelu(x: Any) -> Any:
+        import jax
+
+        return jax.nn.gelu(x, approximate=False)
+
+    @staticmethod
+    def norm(x: Any, g: Any, b: Any) -> Any:
+        mean = x.mean(axis=-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+        return (x - mean) / (var + 1e-5) ** 0.5 * g + b
 
 
 # -- matmul 1024^3 ----------------------------------------------------------------------------
@@ -514,15 +617,14 @@ def mm(batch: int = 1) -> Case:
             out = pa @ pb
         return g, {"a": a, "b": b}, out
 
-    def torch_run(device: str = "cpu") -> Callable[[], np.ndarray]:
-        put = _torch_put(device)
+    def torch_forward(put: Callable[[np.ndarray], Any]) -> Callable[[Any], Any]:
         tb = put(b)
-        return lambda: (put(a) @ tb).cpu().numpy()
+        return lambda ta: ta @ tb
 
     return Case("MM", 1, flops=2 * n**3, runners={
         "numpy": lambda: lambda: a @ b, "graphnn-llvm": _graphnn(build),
-        "graphnn-opencl": _graphnn(build, "opencl"), "torch": torch_run,
-        "torch-cuda": lambda: torch_run("cuda"),
+        "graphnn-opencl": _graphnn(build, "opencl"), **_torch_runners(torch_forward, a),
+        "jax": _jax(lambda ja, jb: ja @ jb, a, b),
         "onnxruntime": runner(lambda g: ({"a": a, "b": b}, g.op("MatMul", "a", "b")), THREADS)})
 
 
@@ -553,7 +655,15 @@ def _available(framework: str) -> bool:
             return False
         print(f"onnxruntime {onnxruntime.__version__} (CPU provider)")
         return True
-    if framework in ("torch", "torch-cuda"):
+    if framework == "jax":
+        try:
+            import jax
+        except ImportError:
+            print("jax skipped: pip install jax jaxlib (the CPU build)")
+            return False
+        print(f"jax {jax.__version__} on {jax.devices()[0]}")
+        return True
+    if framework in ("torch", "torch-cuda", "torch-compile"):
         try:
             import torch
         except ImportError:
@@ -597,7 +707,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--workload", nargs="*", default=list(WORKLOADS))
     parser.add_argument("--framework", nargs="*",
                         default=["graphnn-llvm", "graphnn-opencl", "numpy", "torch",
-                                 "torch-cuda", "onnxruntime"])
+                                 "torch-cuda", "torch-compile", "jax", "onnxruntime"])
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--json", help="write the records to this file")
     parser.add_argument("--profile", type=int, metavar="N", default=0,
