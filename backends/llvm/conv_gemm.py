@@ -87,6 +87,7 @@ class ConvGemm(GemmEmitter):
 
         self.group_planes(lo, hi, self.c_out, self.og, self.groups, group)
         self.free(cols)
+        self.release()
         if len(planes) > 1:  # the fused epilogue
             self.plane(planes[1], lo, hi)
 
@@ -229,6 +230,7 @@ class PixelConvGemm(ConvGemm):
                           cols=(p_lo, b.select(b.icmp_signed("<", p_lo, j_end), j_end, p_lo)),
                           edges=b.icmp_signed("==", p_hi, self.c(self.pixels)))
         self.free(cols)
+        self.release()
         if len(planes) > 1:  # the fused epilogue
             self.over_pixels(planes[1], p_lo, p_hi)
 

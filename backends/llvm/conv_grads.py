@@ -101,6 +101,7 @@ class WeightGradGemm(GemmEmitter):
                     full = b.mul(b.sdiv(b.sub(r_hi, r_lo), self.c(MR)), self.c(MR))
                     self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=True)
         self.free(cols)
+        self.release()
 
     def im2col_t(self, cols: ir.Value, g: ir.Value) -> None:
         """colsT[p * n + c * taps + t] = x[img, g * cg + c, p * stride + t * dil - pad]:
@@ -170,6 +171,7 @@ class TransposedConvGemm(GemmEmitter):
 
         self.group_planes(lo, hi, self.c_out, self.cog, self.groups, group)
         self.free(cols)
+        self.release()
         if len(outer.body) > 1:  # the fused epilogue plane
             with for_range(b, hi, "no", start=lo) as no:
                 self.em.vars["no"] = no

@@ -192,7 +192,9 @@ def _template_run(build, arrays, template: str, opt_level: int = 0):  # type: ig
                                      "dilation": (1, 1), "groups": 1}),
     ((2, 6, 400), (8, 6, 5), {"stride": (2,), "pads": (3, 1), "dilation": (2,), "groups": 1}),
     ((1, 4, 8, 9, 10), (6, 4, 2, 3, 2), {"stride": (1, 1, 1), "pads": (1, 1, 1, 1, 1, 1),
-                                         "dilation": (1, 1, 1), "groups": 1})])
+                                         "dilation": (1, 1, 1), "groups": 1}),
+    ((1, 8, 6, 6), (260, 8, 3, 3), {"stride": (1, 1), "pads": (0, 0, 0, 0),  # packed panels
+                                    "dilation": (1, 1), "groups": 1})])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_conv_weight_grad_gemm(xs: tuple, ks: tuple, kw: dict, dtype: type) -> None:
     rng = np.random.default_rng(3)
@@ -216,7 +218,9 @@ def test_conv_weight_grad_gemm(xs: tuple, ks: tuple, kw: dict, dtype: type) -> N
                                "output_padding": (1,)}),
     ((1, 8, 5, 6, 7), (8, 8, 2, 3, 2), {"stride": (2, 2, 2), "pads": (1, 1, 1, 0, 0, 0),
                                         "dilation": (1, 1, 1), "groups": 1,
-                                        "output_padding": (0, 1, 0)})])
+                                        "output_padding": (0, 1, 0)}),
+    ((2, 16, 6, 7), (16, 32, 3, 3), {"stride": (1, 1), "pads": (1, 1, 1, 1),  # packed panels
+                                     "dilation": (1, 1), "groups": 1, "output_padding": (0, 0)})])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [False, True])
 def test_conv_transpose_gemm(xs: tuple, ws: tuple, kw: dict, dtype: type, bias: bool) -> None:

@@ -331,12 +331,14 @@ def test_reductions_rows_and_data_movement_are_native() -> None:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("m", "k", "n"), [(6, 600, 32), (37, 300, 75), (100, 19, 33),
-                                           (13, 513, 7), (64, 1, 200), (20, 70, 51)])
+                                           (13, 513, 7), (64, 1, 200), (20, 70, 51),
+                                           (262, 600, 300), (256, 40, 45)])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_gemm_template_blocks_and_remainders(m: int, k: int, n: int, dtype: type,
                                              threads: int) -> None:
     """The register-blocked GEMM: whole and partial MR-row and NR-column blocks, several
-    k-blocks (k > KC), a fused bias + ReLU epilogue, split over threads."""
+    k-blocks (k > KC), a fused bias + ReLU epilogue, split over threads; from PACK_ROWS rows
+    with packed panels of b (several panels: n > NC, and a last partial one)."""
     from graphnn.backends.llvm import gemm
 
     with gn.Graph("g") as g:
@@ -365,7 +367,8 @@ def test_gemm_template_blocks_and_remainders(m: int, k: int, n: int, dtype: type
     ((1, 4, 8, 9, 10), (8, 4, 3, 3, 3), {"padding": 1}),
     ((1, 3, 45, 47), (16, 3, 7, 7), {"stride": 2, "padding": 3}),
     ((1, 12, 30, 29), (18, 4, 3, 3), {"padding": (2, 1), "dilation": (2, 1), "groups": 3}),
-    ((1, 8, 1600), (12, 8, 5), {"stride": 3, "padding": 4})])
+    ((1, 8, 1600), (12, 8, 5), {"stride": 3, "padding": 4}),
+    ((2, 16, 7, 7), (264, 16, 3, 3), {"padding": 1})])  # PACK_ROWS rows: packed panels
 @pytest.mark.parametrize("threads", [1, 3])
 def test_convolution_as_im2col_and_gemm(xs: tuple, ws: tuple, kw: dict, threads: int) -> None:
     """Large enough convolutions run as im2col + the GEMM template (per image and group), with
@@ -420,7 +423,7 @@ def test_gemm_template_over_batched_rows(shape: tuple, threads: int) -> None:
 
 
 @pytest.mark.parametrize(("batch", "m", "k", "n"), [((2, 3), 37, 20, 45), ((5,), 64, 70, 33),
-                                                    ((1, 4), 128, 64, 128)])
+                                                    ((1, 4), 128, 64, 128), ((3,), 260, 40, 70)])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_gemm_template_per_batch_index(batch: tuple, m: int, k: int, n: int,
                                        threads: int) -> None:
