@@ -865,6 +865,8 @@ def _lower_max_pool_grad(node: Node, name: str) -> Kernel | None:
     dys, xs, dt, a = _static(dy), _static(x), node.dtype, node.attrs
     nd, kernel = len(xs) - 2, tuple(a["kernel_size"])
     stride, dil, pads = a["stride"], a["dilation"], a["pads"][:nd]
+    if _tiling_windows(dys[2:], xs[2:], kernel, stride, dil, a["pads"]):
+        return _max_pool_grad_tiles(node, name)
     px = Param("x", x.dtype, xs)
 
     def body(n: Expr, ch: Expr, window: list[Expr]) -> tuple[Stmt, ...]:
@@ -888,6 +890,59 @@ def _lower_max_pool_grad(node: Node, name: str) -> Kernel | None:
         return tuple(stmts)
 
     return _plane_scatter(node, name, dys[2:], body)
+
+
+def _tiling_windows(windows: Sequence[int], sizes: Sequence[int], kernel: Sequence[int],
+                    stride: Sequence[int], dilation: Sequence[int], pads: Sequence[int]) -> bool:
+    """The pooling windows tile the input without overlap or padding (MaxPool2d(2)'s case):
+    stride = kernel size, no dilation, no padding, and no window past the input's end."""
+    return not any(pads) and all(
+        s == k and d == 1 and w * s <= size
+        for w, size, k, s, d in zip(windows, sizes, kernel, stride, dilation))
+
+
+def _max_pool_grad_tiles(node: Node, name: str) -> Kernel:
+    """max_pool_grad where the windows tile the input (``_tiling_windows``): every input element
+    lies in at most one window, so each window writes its own taps (the gradient at its first
+    maximum, zero at the rest) with plain stores, and the loop over the last axis's windows
+    vectorises (strided loads and stores of the taps; no scatter). Elements past the last
+    window are zeroed first. Per (sample, channel) plane, one parallel iteration each."""
+    dy, x = node.inputs
+    dys, xs, dt = _static(dy), _static(x), node.dtype
+    nd, kernel = len(xs) - 2, tuple(node.attrs["kernel_size"])
+    n, ch = _planes(xs[1])
+    window: list[Expr] = [Var(f"y{d}") for d in range(nd)]
+    strides = row_major_strides(xs)
+    t = Var("t")  # the tap along the last axis: an inner loop, so the window loop around it
+    # vectorises as forward pooling's does (unrolled, LLVM's SLP pass gathered the taps)
+
+    def at(taps: tuple[int, ...]) -> Expr:
+        pos = [add_i(mul_i(w, k), const_i(tap))
+               for w, k, tap in zip(window[:-1], kernel[:-1], taps)]
+        return linear_index([n, ch, *pos, add_i(mul_i(window[-1], kernel[-1]), t)], strides)
+
+    best, where = Var("best", x.dtype), Var("where", DType.int64)
+    stmts: list[Stmt] = [Declare("best", x.dtype, _c(-np.inf, x.dtype)),
+                         Declare("where", DType.int64, const_i(0))]
+    outer = list(np.ndindex(*kernel[:-1]))
+    for k, taps in enumerate(outer):  # in the order of the taps: the first maximum wins
+        v = Load(1, at(taps), x.dtype)
+        tap = add_i(const_i(k * kernel[-1]), t)
+        stmts.append(Loop("t", kernel[-1], (
+            Assign("where", Select(_beats(v, best), tap, where, DType.int64)),
+            Assign("best", Select(_beats(v, best), v, best, x.dtype)))))
+    grad = Load(0, linear_index([n, ch, *window], row_major_strides(dys)), dt)
+    stmts += [Loop("t", kernel[-1], (Store(2, at(taps), Select(Binary(
+        "eq", where, add_i(const_i(k * kernel[-1]), t), DType.bool), grad, _c(0, dt), dt)),))
+        for k, taps in enumerate(outer)]
+    body: tuple[Stmt, ...] = tuple(stmts)
+    for d in reversed(range(nd)):
+        body = (Loop(f"y{d}", dys[2 + d], body, vectorize=d == nd - 1),)
+    covered = all(w * k == size for w, k, size in zip(dys[2:], kernel, xs[2:]))
+    zero = () if covered else _nest(xs[2:], [Store(2, linear_index(
+        [n, ch, *[Var(f"z{d}") for d in range(nd)]], strides), _c(0, dt))], "z")
+    params = (Param("in0", dy.dtype, dys), Param("in1", x.dtype, xs), Param("out", dt, xs, True))
+    return Kernel(name, params, _plane_loop(xs, (*zero, *body)), (node.op,))
 
 
 def _beats(v: Expr, best: Expr) -> Expr:

@@ -46,7 +46,17 @@ def test_conv_weight_grad(backend: str, xs: tuple, ks: tuple, kw: dict, dtype: t
     ((1, 2, 9, 7), {"kernel_size": (3, 3), "stride": (2, 1), "pads": (1, 1, 1, 1),
                     "dilation": (1, 2), "ceil_mode": True}),
     ((2, 2, 10), {"kernel_size": (3,), "stride": (3,), "pads": (1, 1), "dilation": (1,),
-                  "ceil_mode": True})])
+                  "ceil_mode": True}),
+    # windows that tile the input (each writes its own taps): rows of many windows, elements
+    # past the last window, 1-D and 3-D
+    ((1, 4, 24, 70), {"kernel_size": (2, 2), "stride": (2, 2), "pads": (0, 0, 0, 0),
+                      "dilation": (1, 1), "ceil_mode": False}),
+    ((2, 3, 9, 11), {"kernel_size": (2, 3), "stride": (2, 3), "pads": (0, 0, 0, 0),
+                     "dilation": (1, 1), "ceil_mode": False}),
+    ((2, 2, 33), {"kernel_size": (4,), "stride": (4,), "pads": (0, 0), "dilation": (1,),
+                  "ceil_mode": False}),
+    ((1, 2, 4, 6, 5), {"kernel_size": (2, 2, 2), "stride": (2, 2, 2), "pads": (0,) * 6,
+                       "dilation": (1, 1, 1), "ceil_mode": False})])
 def test_max_pool_grad_routes_to_the_first_maximum(backend: str, xs: tuple, kw: dict) -> None:
     rng = np.random.default_rng(1)
     x = rng.integers(0, 3, xs).astype(np.float32)  # many ties

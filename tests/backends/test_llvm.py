@@ -56,6 +56,22 @@ def test_max_reductions_and_pooling_rows_are_vectorised_and_split() -> None:
     assert isinstance(outer, Loop) and outer.parallel and outer.extent == 16
 
 
+def test_max_pool_grad_over_tiling_windows_is_vectorised() -> None:
+    """MaxPool2d(2)'s gradient: windows that tile the input write their own taps with plain
+    stores, so the loop over a row's windows compares in vector registers (no gathers or
+    scatters), one parallel iteration per (sample, channel) plane."""
+    from graphnn.ops.registry import make_node
+
+    kw = {"kernel_size": (2, 2), "stride": (2, 2), "pads": (0, 0, 0, 0), "dilation": (1, 1),
+          "ceil_mode": False}
+    exe = compile_one(lambda dy, x: make_node("max_pool_grad", [dy, x], kw), (2, 16, 12, 12),
+                      (2, 16, 24, 24))
+    asm = exe.compiled.assembly
+    assert re.search(r"\bvcmp\w*ps\b", asm) and not re.search(r"\bv(p?gather|scatter)", asm)
+    outer = exe.kernels[0].body[0]
+    assert isinstance(outer, Loop) and outer.parallel and outer.extent == 32
+
+
 def test_native_and_fallback_ops_are_reported() -> None:
     assert {"relu", "gelu", "where", "sum", "transpose", "slice", "cast", "einsum", "gemm",
             "take", "gather", "take_grad", "slice_grad", "avg_pool_grad"} <= lowered_ops()
