@@ -230,7 +230,9 @@ def test_conv_weight_grad_gemm(xs: tuple, ks: tuple, kw: dict, dtype: type) -> N
                                         "dilation": (1, 1, 1), "groups": 1,
                                         "output_padding": (0, 1, 0)}),
     ((2, 16, 6, 7), (16, 32, 3, 3), {"stride": (1, 1), "pads": (1, 1, 1, 1),  # packed panels
-                                     "dilation": (1, 1), "groups": 1, "output_padding": (0, 0)})])
+                                     "dilation": (1, 1), "groups": 1, "output_padding": (0, 0)}),
+    ((2, 8, 5, 37), (8, 4, 3, 3), {"stride": (1, 1), "pads": (0, 1, 0, 2),  # rows >= a vector
+                                   "dilation": (1, 1), "groups": 1, "output_padding": (0, 0)})])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [False, True])
 def test_conv_transpose_gemm(xs: tuple, ws: tuple, kw: dict, dtype: type, bias: bool) -> None:

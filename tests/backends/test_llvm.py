@@ -56,6 +56,19 @@ def test_max_reductions_and_pooling_rows_are_vectorised_and_split() -> None:
     assert isinstance(outer, Loop) and outer.parallel and outer.extent == 16
 
 
+def test_col2im_rows_are_vectorised_without_gathers() -> None:
+    """conv_transpose's col2im over rows of at least one vector (W6's 24-wide input gradient)
+    adds whole vectors along each row: no gathers or scatters (LLVM had unrolled the plane)."""
+    from graphnn.ops.registry import make_node
+
+    kw = {"stride": (1, 1), "pads": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1,
+          "output_padding": (0, 0)}
+    exe = compile_one(lambda dy, w: make_node("conv_transpose", [dy, w], kw), (2, 16, 24, 24),
+                      (16, 8, 3, 3))
+    asm = exe.compiled.assembly
+    assert packed_ops(asm) & {"addps", "vaddps"} and not re.search(r"\bv(p?gather|scatter)", asm)
+
+
 def test_max_pool_grad_over_tiling_windows_is_vectorised() -> None:
     """MaxPool2d(2)'s gradient: windows that tile the input write their own taps with plain
     stores, so the loop over a row's windows compares in vector registers (no gathers or
