@@ -4,6 +4,9 @@
 ``Executable.run(feeds, state, counter)`` computes the fetches from placeholder values and
 variable values and returns the outputs plus the variable writes (``RunResult``). Executables are
 pure: they never mutate ``state``; the Session commits ``updates`` only when the run succeeds.
+An executable may also time its steps one by one, ``profile(feeds, state, counter, repeat)`` ->
+``list[graphnn.profiler.KernelTime]``, for ``Session.profile`` (the reference, LLVM and OpenCL
+executables do).
 """
 
 from __future__ import annotations

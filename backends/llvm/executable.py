@@ -229,7 +229,7 @@ class LLVMExecutable:
         fallback node's numpy reference re-evaluated. Kernels only read their inputs and write
         their own output, so calling one again changes nothing else; variables and the
         returned arrays are untouched."""
-        values = self._bind_values(feeds, state, counter)  # kept alive while the pointers
+        values = self._bind_values(feeds, state, counter)  # alive while kernels use them
         self._execute(values, counter)  # fill the buffers (raises as a run would)
         times: list[KernelTime] = []
         assert self.compiled is not None or not self._calls
