@@ -39,15 +39,12 @@ class ReferenceExecutable:
                         f"variable {var.name!r} is written twice in one run, by "
                         f"{describe(writers[var])} and {describe(n)}; run them separately")
                 writers[var] = n
+        self._writers = writers  # variable -> the node that writes its new value
 
     def run(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, np.ndarray],
             counter: int) -> RunResult:
         values = self._values(feeds, state, counter)
-        updates: dict[Node, np.ndarray] = {}
-        for node in self.order:
-            writes = get_op(node.op).writes_input
-            if writes is not None:
-                updates[node.inputs[writes]] = values[node]
+        updates = {var: values[writer] for var, writer in self._writers.items()}
         outputs = [None if get_op(f.op).no_value else np.array(values[f], copy=True)
                    for f in self.fetches]
         return RunResult(outputs, updates)

@@ -939,8 +939,7 @@ def _max_pool_grad_tiles(node: Node, name: str) -> Kernel:
     for d in reversed(range(nd)):
         body = (Loop(f"y{d}", dys[2 + d], body, vectorize=d == nd - 1),)
     covered = all(w * k == size for w, k, size in zip(dys[2:], kernel, xs[2:]))
-    zero = () if covered else _nest(xs[2:], [Store(2, linear_index(
-        [n, ch, *[Var(f"z{d}") for d in range(nd)]], strides), _c(0, dt))], "z")
+    zero = () if covered else _zero_plane(xs, n, ch, dt)
     params = (Param("in0", dy.dtype, dys), Param("in1", x.dtype, xs), Param("out", dt, xs, True))
     return Kernel(name, params, _plane_loop(xs, (*zero, *body)), (node.op,))
 
@@ -964,8 +963,7 @@ def _plane_scatter(node: Node, name: str, windows: tuple[int, ...],
     no = Var("no")
     n = _i("div", no, const_i(xs[1]))
     ch = _i("sub", no, _i("mul", n, const_i(xs[1])))
-    zero = _nest(xs[2:], [Store(2, linear_index([n, ch, *[Var(f"z{d}") for d in range(nd)]],
-                                                row_major_strides(xs)), _c(0, dt))], "z")
+    zero = _zero_plane(xs, n, ch, dt)
     window: list[Expr] = [Var(f"y{d}") for d in range(nd)]
     scatter = body(n, ch, window)
     for d in reversed(range(nd)):  # windows may overlap: no loop here is vectorisable
@@ -974,6 +972,13 @@ def _plane_scatter(node: Node, name: str, windows: tuple[int, ...],
               Param("out", dt, xs, True))
     return Kernel(name, params, (Loop("no", xs[0] * xs[1], (*zero, *scatter), parallel=True),),
                   (node.op,))
+
+
+def _zero_plane(xs: tuple[int, ...], n: Expr, ch: Expr, dt: DType) -> tuple[Stmt, ...]:
+    """dx[n, ch, ...] = 0 over the plane (dx: a pooling gradient's output, buffer 2)."""
+    spatial = [Var(f"z{d}") for d in range(len(xs) - 2)]
+    return _nest(xs[2:], [Store(2, linear_index([n, ch, *spatial], row_major_strides(xs)),
+                                _c(0, dt))], "z")
 
 
 def _add_at(node: Node, at: Expr, value: Expr, mask: Expr | None) -> Store:
