@@ -73,7 +73,6 @@ class GraphnnRun:
     def profile(self, repeat: int) -> gn.Profile:
         """Each kernel's median time (``Session.profile``)."""
         sess, fetches, feeds = self.session()
-        sess.run(fetches, feeds)
         return sess.profile(fetches, feeds, repeat)
 
 
