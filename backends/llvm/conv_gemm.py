@@ -82,7 +82,7 @@ class ConvGemm(GemmEmitter):
             self.b_at = lambda k, col: b.gep(cols, [self.at(k, col, self.pixels)],
                                              inbounds=True, source_etype=self.ty)
             self.out_at = lambda row, col: self.ptr(self.o, self.at(row, col, self.pixels))
-            full = b.mul(b.sdiv(b.sub(r_hi, r_lo), self.c(MR)), self.c(MR))
+            full = b.mul(b.sdiv(b.sub(r_hi, r_lo), self.c(self.mr)), self.c(self.mr))
             self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=True)
 
         self.group_planes(lo, hi, self.c_out, self.og, self.groups, group)
@@ -225,7 +225,7 @@ class PixelConvGemm(ConvGemm):
                     source_etype=self.ty)
                 self.out_at = lambda row, col: self.ptr(self.o, self.at(row, col, self.pixels))
                 r_lo, r_hi = self.c(g * self.og), self.c((g + 1) * self.og)
-                full = self.c(self.og // MR * MR)
+                full = self.c(self.og // self.mr * self.mr)
                 self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=True,
                           cols=(p_lo, b.select(b.icmp_signed("<", p_lo, j_end), j_end, p_lo)),
                           edges=b.icmp_signed("==", p_hi, self.c(self.pixels)))

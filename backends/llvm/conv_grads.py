@@ -98,7 +98,7 @@ class WeightGradGemm(GemmEmitter):
                     self.b_at = lambda k, col: b.gep(cols, [self.at(k, col, self.n)],
                                                      inbounds=True, source_etype=self.ty)
                     self.out_at = lambda row, col: self.ptr(self.o, self.at(row, col, self.n))
-                    full = b.mul(b.sdiv(b.sub(r_hi, r_lo), self.c(MR)), self.c(MR))
+                    full = b.mul(b.sdiv(b.sub(r_hi, r_lo), self.c(self.mr)), self.c(self.mr))
                     self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=True)
         self.free(cols)
         self.release()
@@ -189,7 +189,7 @@ class TransposedConvGemm(GemmEmitter):
         self.out_at = lambda row, col: b.gep(cols, [self.at(row, col, self.pin)], inbounds=True,
                                              source_etype=self.ty)
         q_lo, q_hi = b.mul(co_lo, self.c(self.ntaps)), b.mul(co_hi, self.c(self.ntaps))
-        full = b.mul(b.sdiv(b.sub(q_hi, q_lo), self.c(MR)), self.c(MR))
+        full = b.mul(b.sdiv(b.sub(q_hi, q_lo), self.c(self.mr)), self.c(self.mr))
         self.rows(q_lo, q_hi, full, b.add(q_lo, full), accumulate=False)
 
     def col2im(self, cols: ir.Value, g_lo: ir.Value, r_lo: ir.Value, r_hi: ir.Value) -> None:

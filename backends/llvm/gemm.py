@@ -7,16 +7,17 @@ reuse it with their own operand addressing.
 For the rows [lo, hi) a thread owns (the parallel-for splits the rows, or the batch indices):
 for each block of ``KC`` steps of k, and within it each panel of ``NC`` columns (so the
 ``KC x NC`` block of b stays in L2 while the row blocks sweep it), each ``MR x NR`` block of the
-output is accumulated in MR x 2 vector registers (NR = 2 vectors of the target's width: 32
-floats with AVX-512, 16 with AVX2, 8 with SSE or NEON): per k, two vector loads of b, MR
-broadcasts of a and 2 MR fused multiply-adds (``llvm.fmuladd``: an FMA where the target has
-one). The first k-block starts from zero, later ones from the partial sums in the output.
-Columns past the last whole NR block take one vector, then one vector with the lanes past n
-masked off (``llvm.masked.load``/``store``: AVX-512 and AVX2 have them); rows past the last whole
-MR block go in blocks of 4, pairs, then alone. The fused epilogue (bias, activation, residual)
-runs over the thread's rows once all k-blocks are done. This is the BLIS/GotoBLAS blocking;
-GEMMs of PACK_ROWS rows or more also pack each panel of b so that every NR-column tile's
-KC x NR block is contiguous (a of a row block is read in place).
+output is accumulated in MR x 2 vector registers (MR = 12 rows with AVX-512's 32 registers, 6
+with 16; NR = 2 vectors of the target's width: 32 floats with AVX-512, 16 with AVX2, 8 with SSE
+or NEON): per k, two vector loads of b, MR broadcasts of a and 2 MR fused multiply-adds
+(``llvm.fmuladd``: an FMA where the target has one). The first k-block starts from zero, later
+ones from the partial sums in the output. Columns past the last whole NR block take one vector,
+then one vector with the lanes past n masked off (``llvm.masked.load``/``store``: AVX-512 and
+AVX2 have them); rows past the last whole MR block go in blocks of 8 and 4 (those smaller than
+MR), pairs, then alone. The fused epilogue (bias, activation, residual) runs over the thread's
+rows once all k-blocks are done. This is the BLIS/GotoBLAS blocking; GEMMs of PACK_ROWS rows or
+more also pack each panel of b so that every NR-column tile's KC x NR block is contiguous (a of
+a row block is read in place).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
 
 I32, I64 = ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
-MR = 6  # rows per register block
+MR = 6  # rows per register block with 16 vector registers; the fewest rows a template takes
+MR_WIDE = 12  # rows per register block with AVX-512's 32 registers (24 accumulators)
 KC = 256  # k-steps per cache block
 NR_TILE = 64  # pixels per parallel iteration of a one-image convolution: a multiple of every NR
 NC = 256  # columns per panel: a KC x NC float32 block of b is 256 KiB, a quarter of an L2
@@ -92,6 +94,7 @@ class GemmEmitter:
     """Emits the template into the function the KernelEmitter is building."""
 
     groups = 1  # the convolutions' groups: m // groups rows per GEMM
+    packable = True  # whether big GEMMs may pack panels of b (``b_at`` addresses every k)
 
     def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
         self.em, self.b, self.k = em, em.b, kernel
@@ -116,6 +119,10 @@ class GemmEmitter:
         self.width = bits // (32 if f32 else 64)
         self.vec = ir.VectorType(self.ty, self.width)
         self.nr = 2 * self.width
+        # 2 MR accumulators, two vectors of b and a broadcast must fit in the registers
+        # (measured, one thread of an AVX-512 Xeon: 1024^3 14.9 -> 13.3 ms with 12 rows, W1
+        # batch 256 2.45 -> 2.28, W4 batch 8 32.1 -> 29.7; a Zen 4 ran 6, 8 and 12 alike)
+        self.mr = MR_WIDE if bits >= 512 else MR
         self.align = 4 if f32 else 8
         self.vec_bytes = bits // 8  # a packed panel's vectors lie on multiples of this
         self.fma_vec = f"llvm.fmuladd.v{self.width}f{32 if f32 else 64}"
@@ -189,7 +196,7 @@ class GemmEmitter:
             self.c(0), self.c(self.parallel_extent(self.k, 0) or 0))
         self.slots()
         if not self.batched_b:  # rows [lo, hi) of the one matrix
-            full = b.mul(b.sdiv(b.sub(hi, lo), self.c(MR)), self.c(MR))
+            full = b.mul(b.sdiv(b.sub(hi, lo), self.c(self.mr)), self.c(self.mr))
             self.rows(lo, hi, full, b.add(lo, full), accumulate=False)
             self.release()
             self.epilogue(lo, hi)
@@ -202,7 +209,7 @@ class GemmEmitter:
                                                                  col, n))
             self.out_at = lambda row, col: self.ptr(self.o, self.at(
                 b.add(b.mul(bt, self.c(m)), row), col, n))
-            full = self.c(m // MR * MR)
+            full = self.c(m // self.mr * self.mr)
             self.rows(self.c(0), self.c(m), full, full, accumulate=False)
             self.epilogue(b.mul(bt, self.c(m)), b.mul(b.add(bt, self.c(1)), self.c(m)))
         self.release()
@@ -210,10 +217,10 @@ class GemmEmitter:
     def slots(self) -> None:
         """The accumulators' stack slots and, where one GEMM has PACK_ROWS rows or more, this
         call's buffer for packed panels of b (``release`` frees it)."""
-        self.accs = [[self.slot(self.vec, f"acc{r}_{v}") for v in range(2)] for r in range(MR)]
+        self.accs = [[self.slot(self.vec, f"acc{r}_{v}") for v in range(2)] for r in range(self.mr)]
         # packing costs a pass over each panel, which pays once enough row blocks read it
         # (measured, 2 threads: 1024^3 10.8 -> 10.1 ms; 64x288x576 0.108 -> 0.121 ms)
-        self.packs = self.m // self.groups >= PACK_ROWS
+        self.packs = self.packable and self.m // self.groups >= PACK_ROWS
         if self.packs:
             self.pack_raw = self.malloc(KC * NC + 64 // self.align)
             addr = self.b.ptrtoint(self.pack_raw, I64)  # aligned to a cache line
@@ -255,13 +262,12 @@ class GemmEmitter:
         from graphnn.backends.llvm.codegen import for_range
 
         b = self.b
-        blocks = -(-self.kk // KC)
+        blocks = self.k_blocks()
         whole = (self.n // self.nr) * self.nr  # columns in whole NR tiles
         j_begin, j_end = cols if cols is not None else (self.c(0), self.c(whole))
         panels = b.sdiv(b.add(b.sub(j_end, j_begin), self.c(NC - 1)), self.c(NC))
         with for_range(b, blocks, "kc") as kc:
-            k0 = b.mul(kc, self.c(KC))
-            k1 = self.min(b.add(k0, self.c(KC)), self.c(self.kk))
+            k0, k1 = self.k_block(kc)
             first = b.icmp_signed("==", kc, self.c(0))
             if accumulate:
                 first = ir.Constant(ir.IntType(1), 0)
@@ -271,26 +277,48 @@ class GemmEmitter:
                                self.c(self.nr))
                 if self.packs:
                     self.pack(j_lo, tiles, k0, k1)
-                with for_range(b, b.sdiv(full, self.c(MR)), "ib") as ib:
-                    self.panel(b.add(lo, b.mul(ib, self.c(MR))), MR, j_lo, tiles, k0, k1, first)
+                with for_range(b, b.sdiv(full, self.c(self.mr)), "ib") as ib:
+                    self.panel(b.add(lo, b.mul(ib, self.c(self.mr))), self.mr, j_lo, tiles, k0,
+                               k1, first)
                 self.leftover_rows(split, hi, lambda i0, r: self.panel(i0, r, j_lo, tiles, k0,
                                                                       k1, first))
             if whole < self.n:
                 with b.if_then(edges if edges is not None else ir.Constant(ir.IntType(1), 1)):
-                    with for_range(b, b.sdiv(full, self.c(MR)), "ie") as ib:
-                        self.edges(b.add(lo, b.mul(ib, self.c(MR))), MR, k0, k1, first)
+                    with for_range(b, b.sdiv(full, self.c(self.mr)), "ie") as ib:
+                        self.edges(b.add(lo, b.mul(ib, self.c(self.mr))), self.mr, k0, k1,
+                                   first)
                     self.leftover_rows(split, hi, lambda i0, r: self.edges(i0, r, k0, k1, first))
+
+    def k_blocks(self) -> int:
+        """How many cache blocks the k range is cut into (``k_block`` gives each one's)."""
+        return -(-self.kk // KC)
+
+    def k_block(self, kc: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """Block kc's bounds [k0, k1) as ``k_steps`` takes them: KC steps of k."""
+        k0 = self.b.mul(kc, self.c(KC))
+        return k0, self.min(self.b.add(k0, self.c(KC)), self.c(self.kk))
+
+    def k_steps(self, k0: ir.Value, k1: ir.Value, step: Callable[
+            [ir.Value, Callable[[ir.Value], ir.Value], Callable[[ir.Value], ir.Value]], None]
+            ) -> None:
+        """The micro-kernel's loop over one k-block: ``step(k, a_of_row, b_of_col)`` with the
+        pointers to a[row, k] and b[k, col] for each k."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        with for_range(self.b, k1, "k", start=k0) as k:
+            step(k, lambda row: self.a_at(row, k), lambda col: self.b_at(k, col))
 
     def leftover_rows(self, split: ir.Value, hi: ir.Value,
                       body: Callable[[ir.Value, int], None]) -> None:
-        """The rows [split, hi) past the last MR block (fewer than MR): blocks of 4 where MR is
-        over 4, then pairs, then a single row (a pair loads b once for two rows: a 64-channel
-        convolution has 4 such rows per image with MR = 6)."""
+        """The rows [split, hi) past the last register block (fewer than ``self.mr``): blocks of
+        8 and of 4 where they are smaller than a register block, then pairs, then a single row
+        (a pair loads b once for two rows: a 64-channel convolution has 4 such rows per image
+        with 6 or 12 rows per block)."""
         from graphnn.backends.llvm.codegen import for_range
 
         b = self.b
-        for size in (4, 2):
-            if size >= MR:
+        for size in (8, 4, 2):
+            if size >= self.mr:
                 continue
             count = b.sdiv(b.sub(hi, split), self.c(size))
             with for_range(b, count, f"ip{size}") as ip:
@@ -354,7 +382,6 @@ class GemmEmitter:
         """The micro-kernel: rows x nvec vectors of out at (i0, j0) accumulated in registers;
         ``lanes`` > 0: one vector of which only the first ``lanes`` columns exist (masked loads
         and stores, which never touch memory past the masked-off lanes)."""
-        from graphnn.backends.llvm.codegen import for_range
 
         b, width = self.b, self.width
         zero = ir.Constant(self.vec, [0.0] * width)
@@ -366,17 +393,19 @@ class GemmEmitter:
             for v in range(nvec):
                 old = self.load_vec(outs[r][v], mask)
                 b.store(b.select(first, zero, old), self.accs[r][v])
-        with for_range(b, k1, "k", start=k0) as k:
+        def step(k: ir.Value, a_of: Callable[[ir.Value], ir.Value],
+                 b_of: Callable[[ir.Value], ir.Value]) -> None:
             bv = [self.load_vec(packed(k, v), None, aligned=True) if packed else
-                  self.load_vec(self.b_at(k, b.add(j0, self.c(v * width))), mask)
+                  self.load_vec(b_of(b.add(j0, self.c(v * width))), mask)
                   for v in range(nvec)]
             for r in range(rows):
-                av = b.load(self.a_at(b.add(i0, self.c(r)), k), typ=self.ty)
-                s = self.splat(av)
+                s = self.splat(b.load(a_of(b.add(i0, self.c(r))), typ=self.ty))
                 for v in range(nvec):
                     acc = b.load(self.accs[r][v], typ=self.vec)
                     b.store(self.em._call(self.fma_vec, self.vec, s, bv[v], acc),
                             self.accs[r][v])
+
+        self.k_steps(k0, k1, step)
         for r in range(rows):
             for v in range(nvec):
                 self.store_vec(b.load(self.accs[r][v], typ=self.vec), outs[r][v], mask)
