@@ -229,10 +229,12 @@ def test_conv_weight_grad_gemm(xs: tuple, ks: tuple, kw: dict, dtype: type) -> N
     ((1, 8, 5, 6, 7), (8, 8, 2, 3, 2), {"stride": (2, 2, 2), "pads": (1, 1, 1, 0, 0, 0),
                                         "dilation": (1, 1, 1), "groups": 1,
                                         "output_padding": (0, 1, 0)}),
-    ((2, 16, 6, 7), (16, 32, 3, 3), {"stride": (1, 1), "pads": (1, 1, 1, 1),  # packed panels
-                                     "dilation": (1, 1), "groups": 1, "output_padding": (0, 0)}),
+    ((2, 16, 20, 21), (16, 32, 3, 3), {"stride": (2, 2), "pads": (1, 1, 1, 1),  # packed
+                                       "dilation": (1, 1), "groups": 1, "output_padding": (0, 0)}),
     ((2, 8, 5, 37), (8, 4, 3, 3), {"stride": (1, 1), "pads": (0, 1, 0, 2),  # rows >= a vector
-                                   "dilation": (1, 1), "groups": 1, "output_padding": (0, 0)})])
+                                   "dilation": (1, 1), "groups": 1, "output_padding": (0, 0)}),
+    ((2, 16, 12, 12), (16, 8, 3, 3), {"stride": (1, 1), "pads": (3, 3, 3, 3),  # pads that crop
+                                      "dilation": (1, 1), "groups": 1, "output_padding": (0, 0)})])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [False, True])
 def test_conv_transpose_gemm(xs: tuple, ws: tuple, kw: dict, dtype: type, bias: bool) -> None:
@@ -246,18 +248,47 @@ def test_conv_transpose_gemm(xs: tuple, ws: tuple, kw: dict, dtype: type, bias: 
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
 
 
-def test_conv_transpose_gemm_applies_a_fused_epilogue() -> None:
+@pytest.mark.parametrize(("xs", "ws", "kw"), [
+    ((2, 16, 24, 24), (16, 8, 3, 3), {"pads": (1, 1, 1, 1)}),  # a "same" conv's input grad
+    ((2, 16, 14, 15), (16, 32, 3, 3), {"pads": (1, 1, 1, 1)}),  # two k-blocks
+    ((2, 12, 11, 13), (12, 8, 3, 2), {"pads": (1, 0, 2, 1), "dilation": (2, 1), "groups": 2}),
+    ((2, 8, 150), (8, 12, 5), {"pads": (2, 2)}),  # 1-d
+    ((1, 8, 4, 5, 30), (8, 8, 1, 1, 3), {"pads": (0, 0, 1, 0, 0, 1)})])  # 3-d
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_transpose_stride_1_as_implicit_gemm(xs: tuple, ws: tuple, kw: dict, dtype: type,
+                                                  bias: bool) -> None:
+    """With stride 1, conv_transpose is the convolution of its input, padded by
+    dilation * (taps - 1) - pad, with the flipped weights of each (input, output) channel pair:
+    the implicit GEMM of conv_implicit.py, no col2im."""
+    nd = len(xs) - 2
+    kw = {"stride": (1,) * nd, "pads": (0,) * 2 * nd, "dilation": (1,) * nd, "groups": 1,
+          "output_padding": (0,) * nd, **kw}
+    rng = np.random.default_rng(7)
+    arrays = [rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)]
+    if bias:
+        arrays.append(rng.standard_normal(ws[1] * kw["groups"]).astype(dtype))
+    got, want = _template_run(lambda *n: make_node("conv_transpose", list(n), kw), arrays,
+                              "ImplicitConvGemm")
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize(("pads", "template"), [((0, 0, 0, 0), "TransposedConvGemm"),
+                                                ((1, 1, 1, 1), "ImplicitConvGemm")])
+def test_conv_transpose_gemm_applies_a_fused_epilogue(pads: tuple, template: str) -> None:
     rng = np.random.default_rng(5)
+    out = (2, 8, 11 - 2 * pads[0], 12 - 2 * pads[1])
     arrays = [rng.standard_normal((2, 16, 9, 10)).astype(np.float32),
               rng.standard_normal((16, 8, 3, 3)).astype(np.float32),
               rng.standard_normal(8).astype(np.float32),
-              rng.standard_normal((2, 8, 11, 12)).astype(np.float32)]
-    kw = {"stride": (1, 1), "pads": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1,
+              rng.standard_normal(out).astype(np.float32)]
+    kw = {"stride": (1, 1), "pads": pads, "dilation": (1, 1), "groups": 1,
           "output_padding": (0, 0)}
 
     def build(x, w, b, r):  # type: ignore[no-untyped-def]
         return gn.relu(make_node("conv_transpose", [x, w, b], kw) + r) * 2.0
 
-    got, want = _template_run(build, arrays, "TransposedConvGemm", opt_level=2)
+    got, want = _template_run(build, arrays, template, opt_level=2)
     assert (want == 0).any() and (want > 0).any()  # the relu did something
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

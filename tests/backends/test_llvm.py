@@ -57,12 +57,12 @@ def test_max_reductions_and_pooling_rows_are_vectorised_and_split() -> None:
 
 
 def test_col2im_rows_are_vectorised_without_gathers() -> None:
-    """conv_transpose's col2im over rows of at least one vector (W6's 24-wide input gradient)
-    adds whole vectors along each row: no gathers or scatters (LLVM had unrolled the plane)."""
+    """conv_transpose's col2im over rows of at least one vector (20 wide here) adds whole
+    vectors along each row: no gathers or scatters (LLVM had unrolled the plane)."""
     from graphnn.ops.registry import make_node
 
-    kw = {"stride": (1, 1), "pads": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1,
-          "output_padding": (0, 0)}
+    kw = {"stride": (1, 1), "pads": (3, 3, 3, 3), "dilation": (1, 1), "groups": 1,
+          "output_padding": (0, 0)}  # pads that crop: no implicit GEMM (test_conv_transpose_*)
     exe = compile_one(lambda dy, w: make_node("conv_transpose", [dy, w], kw), (2, 16, 24, 24),
                       (16, 8, 3, 3))
     asm = exe.compiled.assembly
@@ -404,6 +404,7 @@ def test_convolution_as_im2col_and_gemm(xs: tuple, ws: tuple, kw: dict, threads:
     the bias plane first and a fused residual + ReLU epilogue after, split over threads."""
     from graphnn.backends.llvm import gemm
     from graphnn.backends.llvm.codegen import template_for
+    from graphnn.backends.llvm.conv_implicit import implicit_applies
 
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
@@ -420,10 +421,61 @@ def test_convolution_as_im2col_and_gemm(xs: tuple, ws: tuple, kw: dict, threads:
                                rtol=1e-4, atol=1e-4)
     kernels = next(iter(sess._cache.values())).exe.kernels
     bits = gemm.vector_bits(sess.backend.target.features)
-    # one image: the threads split its pixels; more: its (image, channel) rows
-    want = "PixelConvGemm" if xs[0] == 1 else "ConvGemm"
+    # stride 1 over rows long enough: the implicit GEMM (test_implicit_gemm_convolution); else
+    # im2col, the threads splitting one image's pixels, or more images' (image, channel) rows
+    want = "ImplicitConvGemm" if any(implicit_applies(k, bits) for k in kernels) else \
+        "PixelConvGemm" if xs[0] == 1 else "ConvGemm"
     assert any(getattr(template_for(k, bits), "__name__", None) == want and len(k.source) > 1
                for k in kernels)
+    if kw.get("stride", 1) != 1:
+        assert want != "ImplicitConvGemm"
+
+
+@pytest.mark.parametrize(("xs", "ws", "kw", "by_columns"), [
+    ((2, 32, 26, 26), (64, 32, 3, 3), {}, False),  # W2's layer: the input itself is b
+    ((1, 32, 30, 30), (48, 32, 3, 3), {"padding": 1}, True),  # input > weights: split pixels
+    ((1, 96, 9, 9), (128, 96, 3, 3), {"padding": 1}, False),  # 3 blocks of 32 channels
+    ((2, 12, 17, 30), (24, 4, 3, 2), {"padding": (2, 1), "dilation": (2, 1), "groups": 3},
+     False),
+    ((1, 12, 40, 33), (24, 4, 3, 3), {"padding": 1, "groups": 3}, True),
+    ((2, 8, 19, 21), (16, 8, 4, 2), {"padding": ((1, 2), (0, 1))}, False),  # uneven pads
+    ((1, 8, 23, 25), (16, 8, 4, 3), {"padding": "same"}, True),
+    ((3, 6, 157), (12, 6, 5), {"padding": 2}, False),  # 1-d
+    ((2, 16, 6, 7, 30), (16, 16, 3, 1, 3), {"padding": (1, 0, 1)}, False),  # 3-d
+    ((2, 40, 9, 11), (24, 40, 1, 1), {}, False)])  # pointwise: no widening at all
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_implicit_gemm_convolution(xs: tuple, ws: tuple, kw: dict, by_columns: bool,
+                                   threads: int, dtype: type) -> None:
+    """Stride-1 convolutions run as the implicit GEMM over the (zero-padded) input, the taps
+    unrolled in the k loop, over 1, 2 and 3 spatial dims, with groups, dilation, uneven pads,
+    several k-blocks, the bias and a fused residual + ReLU epilogue, the threads splitting
+    (image, channel) rows or one image's wide columns."""
+    from graphnn.backends.llvm import gemm
+    from graphnn.backends.llvm.codegen import template_for
+    from graphnn.backends.llvm.conv_implicit import columns_split
+
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    dt = gn.float32 if dtype == np.float32 else gn.float64
+    with gn.Graph() as g:
+        p = gn.placeholder(xs, dt, name="x")
+        conv = gn.conv(p, gn.constant(w), gn.constant(b), **kw)
+        r = gn.placeholder(conv.shape, dt, name="r")
+        y = gn.relu(conv + r)
+    rv = rng.standard_normal(conv.shape).astype(dtype)
+    sess = gn.Session(g, backend=LLVMBackend(cache=False, threads=threads), opt_level=2)
+    got = sess.run(y, {p: x, r: rv})
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(got, gn.Session(g, "reference").run(y, {p: x, r: rv}),
+                               rtol=tol, atol=tol)
+    kernels = next(iter(sess._cache.values())).exe.kernels
+    bits = gemm.vector_bits(sess.backend.target.features)
+    implicit = [k for k in kernels
+                if getattr(template_for(k, bits), "__name__", None) == "ImplicitConvGemm"]
+    assert len(implicit) == 1 and len(implicit[0].source) > 1  # the epilogue fused in
+    assert columns_split(implicit[0]) == by_columns
 
 
 @pytest.mark.parametrize("shape", [(3, 37, 64), (2, 3, 10, 48), (1, 128, 256)])

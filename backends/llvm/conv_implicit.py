@@ -1,0 +1,391 @@
+"""The LLVM backend's implicit-GEMM convolution for stride 1: the blocked GEMM of ``gemm.py``
+reads its b operand straight from the input (zero-padded where the convolution pads) instead
+of from an im2col buffer.
+
+With stride 1, output pixel y and kernel tap t read input pixel y + t * dilation - pad. Lay the
+input out zero-padded, with pitches P_d = in_d + pad_begin_d + pad_end_d and row-major strides
+S, and number the output pixels by the same strides, p' = sum_d y_d * S_d. Then
+
+    b[(c, t), p'] = xpad[c, p' + off(t)],   off(t) = sum_d t_d * dilation_d * S_d,
+
+an affine read for every tap, so the micro-kernel's k loop runs over the input channels with
+the taps unrolled. The GEMM computes the "wide" columns p' in [0, N'), N' = p'(last pixel) + 1;
+those with some y_d >= out_d are not output pixels (they straddle the padded rows' ends) and
+are dropped when the result is copied out, with the bias and the fused epilogue. That costs
+N' / pixels - 1 more multiply-adds (8% for a 3x3 kernel over 26-wide rows) and saves the im2col
+pass: taps x the input written, then read back by the GEMM from L2, where this reads the input
+itself, from L1. (cuDNN's IMPLICIT_GEMM algorithm, Chetlur et al. 2014, also forms b from the
+input on the fly; the padded pitch is what makes every tap's read a plain offset here.)
+
+conv_transpose with stride 1 is the same computation: the convolution of its input, padded by
+dilation * (taps - 1) - pad, with each (input, output) channel pair's taps flipped. Its taps
+over the padding add zeros, so it pays only where few of them do (``implicit_applies``).
+
+Two ways to split the work between threads, as in ``conv_gemm.py``: (image, output channel)
+rows, or, for one image whose input is bigger than its weights, blocks of wide columns.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from graphnn.backends.kernel.ir import Kernel, Loop, geometry
+from graphnn.backends.llvm.conv_gemm import ConvGemm
+from graphnn.backends.llvm.gemm import MIN_WORK, MR, NR_TILE, _lanes, _prod
+from llvmlite import ir
+
+from graphnn.dtypes import DType
+
+# k steps per cache block: the input channels of a block times the taps, at most this many
+# (a 64-channel 3x3 convolution: two blocks of 288)
+KC_IMPLICIT = 320
+# GEMM columns per useful one above which im2col (conv) or GEMM + col2im (conv_transpose) pays
+# instead (see ``implicit_applies``)
+MAX_WIDENING = {"conv": 1.3, "conv_transpose": 1.2}
+
+
+def _strides(dims: tuple[int, ...]) -> tuple[int, ...]:
+    out: list[int] = []
+    acc = 1
+    for d in reversed(dims):
+        out.insert(0, acc)
+        acc *= d
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A convolution kernel (``conv``, or ``conv_transpose`` seen as the convolution of its
+    input with the flipped, transposed weights) as the implicit GEMM sees it: per group, og
+    output channels (the GEMM's rows) from cg input channels times the taps (its depth)."""
+
+    transposed: bool
+    groups: int
+    cg: int
+    og: int
+    taps: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    in_sz: tuple[int, ...]
+    out_sz: tuple[int, ...]
+    pads_begin: tuple[int, ...]  # of the padded input the GEMM reads
+
+    @staticmethod
+    def of(kernel: Kernel) -> Shape | None:
+        """The kernel's shape, or None where it is no convolution."""
+        kind = kernel.schedule[0] if kernel.schedule else None
+        if kind not in ("conv", "conv_transpose"):
+            return None
+        x, w = kernel.params[int(kernel.schedule[1])], kernel.params[int(kernel.schedule[2])]
+        out, groups = kernel.params[-1], int(kernel.schedule[4])
+        nd = len(x.shape) - 2
+        stride, dil, pads = geometry(kernel.schedule, nd)
+        taps = tuple(w.shape[2:])
+        if kind == "conv":
+            cg, og = w.shape[1], out.shape[1] // groups
+        else:  # tap t of the transposed convolution is tap (taps - 1 - t) of a convolution
+            cg, og = x.shape[1] // groups, w.shape[1]
+            pads = tuple(dil[d] * (taps[d] - 1) - pads[d] for d in range(nd))
+        return Shape(kind == "conv_transpose", groups, cg, og, taps, stride, dil,
+                     tuple(x.shape[2:]), tuple(out.shape[2:]), pads)
+
+    @property
+    def pitches(self) -> tuple[int, ...]:
+        """The zero-padded input's dims (stride 1): P_d = out_d + dilation_d * (taps_d - 1)."""
+        return tuple(o + d * (t - 1) for o, d, t in zip(self.out_sz, self.dilation, self.taps))
+
+    @property
+    def wide(self) -> int:
+        """N': the wide columns p' = sum_d y_d * S_d up to the last output pixel's."""
+        return sum((o - 1) * s for o, s in zip(self.out_sz, _strides(self.pitches))) + 1
+
+    def fits(self) -> bool:
+        """Stride 1, and the padding is not negative on either side (conv_transpose's pads
+        beyond dilation * (taps - 1) crop instead)."""
+        return all(s == 1 for s in self.stride) and all(
+            0 <= b <= p - i for b, p, i in zip(self.pads_begin, self.pitches, self.in_sz))
+
+
+def implicit_applies(kernel: Kernel, bits: int = 128) -> bool:
+    """A stride-1 float convolution or conv_transpose big enough for the GEMM template (as
+    ``conv_gemm.applies``) that computes at most MAX_WIDENING wide columns per useful one: per
+    output pixel (conv), per input pixel (conv_transpose, whose taps over the padding only add
+    zeros). Measured (2 threads, AVX-512 Xeon, float32, ms, implicit against im2col or col2im):
+
+    - conv, batch 64: W2's 26x26x32 -> 64 (1.08 wide columns per pixel) 5.4-6.0 against 6.3-6.9;
+      12x12x64 -> 128 (1.18) 3.7-3.9 against 3.9-4.4; 8x8x64 -> 64 (1.28) 0.68 against 0.75-0.81;
+    - conv, one image of ResNet-18 (pad 1): 56x56x64 (1.04) 0.81 against 1.45; 28x28x128 0.79
+      against 1.3; 14x14x256 0.77-0.82 against 0.93-1.08; 7x7x512 (1.24) 0.89-0.96 against
+      1.03-1.42;
+    - conv_transpose, batch 64, 64 -> 32 channels: 24x24 pad 1 (1.08) 4.7 against 5.0-5.4;
+      W6's 24x24 -> 26x26 (1.26) 5.4 against 4.9; W6's 10x10 -> 12x12 (1.66) 4.8 against
+      3.6-3.9."""
+    shape = Shape.of(kernel)
+    if shape is None or not shape.fits():
+        return False
+    out = kernel.params[-1]
+    pixels = _prod(shape.out_sz)
+    useful = _prod(shape.in_sz) if shape.transposed else pixels
+    limit = MAX_WIDENING["conv_transpose" if shape.transposed else "conv"]
+    return out.dtype in (DType.float32, DType.float64) and shape.og >= MR and \
+        pixels >= _lanes(out.dtype, bits) and \
+        shape.og * pixels * shape.cg * _prod(shape.taps) >= MIN_WORK and \
+        shape.wide <= limit * useful
+
+
+def columns_split(kernel: Kernel) -> bool:
+    """One image whose zero-padded input is bigger than its weights: the threads share out
+    blocks of wide columns (each reads all the weights and its part of the input); else they
+    share out output channels (each reads all the input and its part of the weights)."""
+    shape = Shape.of(kernel)
+    assert shape is not None
+    return kernel.params[-1].shape[0] == 1 and \
+        shape.cg * _prod(shape.pitches) > shape.og * shape.cg * _prod(shape.taps)
+
+
+class ImplicitConvGemm(ConvGemm):
+    """Stride-1 convolution (or conv_transpose) as a GEMM over the padded input (see the module
+    docstring), the threads sharing out (image, output channel) rows; ``parallel_extent`` and
+    ``emit`` switch to blocks of wide columns where ``columns_split`` holds."""
+
+    packable = False  # b is the input itself: no panel is copied
+
+    def __init__(self, em, kernel: Kernel, bits: int) -> None:  # type: ignore[no-untyped-def]
+        shape = Shape.of(kernel)
+        assert shape is not None
+        self.em, self.b, self.k, self.shape = em, em.b, kernel, shape
+        _, xb, wb, *_ = kernel.schedule
+        self.xb, self.wb, self.groups = int(xb), int(wb), shape.groups
+        self.o = len(kernel.params) - 1
+        self.nd, self.dil, self.taps = len(shape.in_sz), shape.dilation, shape.taps
+        self.cg, self.og, self.c_out = shape.cg, shape.og, kernel.params[-1].shape[1]
+        self.osz, self.in_sz = shape.out_sz, shape.in_sz
+        self.pixels, self.ntaps = _prod(self.osz), _prod(self.taps)
+        self.m, self.kk = self.c_out, self.cg * self.ntaps
+        self.types(kernel.params[-1].dtype, bits)
+        self.pitches, self.pads_begin = shape.pitches, shape.pads_begin
+        self.wide_strides = _strides(self.pitches)
+        self.plane_size = _prod(self.pitches)
+        self.offsets = [sum(t * self.dil[d] * self.wide_strides[d] for d, t in enumerate(taps))
+                        for taps in itertools.product(*[range(t) for t in self.taps])]
+        self.n = shape.wide
+        self.padded = self.pitches != self.in_sz
+        blocks = -(-self.kk // KC_IMPLICIT)
+        self.block_channels = -(-self.cg // blocks)
+        self.by_columns = columns_split(kernel)
+        self.src: ir.Value | None = None  # the group's (padded) input channel 0
+        # the weight w[o, c, t] of output channel o (absolute), input channel c of its group
+        # and tap t (flat), for the group of the rows being computed
+        self.weight: Callable[[ir.Value, ir.Value, int], ir.Value] | None = None
+
+    @staticmethod
+    def parallel_extent(kernel: Kernel, bits: int) -> int | None:
+        """Blocks of NR_TILE wide columns where the threads split them, else None (the outer
+        loop's (image, channel) rows)."""
+        shape = Shape.of(kernel)
+        assert shape is not None
+        return -(-shape.wide // NR_TILE) if columns_split(kernel) else None
+
+    def weights_of(self, g: ir.Value, base: ir.Value) -> None:
+        """Sets ``weight`` for group g, the rows being output channel + base: conv's w[o, c, t]
+        at (o * cg + c) * taps + t; conv_transpose's w[g * cg + c, o - g * og, taps - 1 - t]."""
+        b = self.b
+        if not self.shape.transposed:
+            self.weight = lambda row, c, t: self.ptr(self.wb, b.add(
+                b.mul(b.add(b.mul(b.sub(row, base), self.c(self.cg)), c), self.c(self.ntaps)),
+                self.c(t)))
+            return
+        first = b.mul(g, self.c(self.cg))
+        j0 = b.add(base, b.mul(g, self.c(self.og)))
+        self.weight = lambda row, c, t: self.ptr(self.wb, b.add(b.mul(b.add(
+            b.mul(b.add(first, c), self.c(self.og)), b.sub(row, j0)), self.c(self.ntaps)),
+            self.c(self.ntaps - 1 - t)))
+
+    # -- the GEMM's k loop: channel blocks, the taps unrolled -------------------------------
+    def k_blocks(self) -> int:
+        return -(-self.cg // self.block_channels)
+
+    def k_block(self, kc: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """Block kc's input channels [c0, c1) (``k_steps`` walks their taps)."""
+        c0 = self.b.mul(kc, self.c(self.block_channels))
+        return c0, self.min(self.b.add(c0, self.c(self.block_channels)), self.c(self.cg))
+
+    def k_steps(self, c0, c1, step) -> None:  # type: ignore[no-untyped-def]
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, weight = self.b, self.weight
+        assert self.src is not None and weight is not None
+        with for_range(b, c1, "c", start=c0) as c:
+            base = b.mul(c, self.c(self.plane_size))
+            for t, off in enumerate(self.offsets):
+                k = b.add(b.mul(c, self.c(self.ntaps)), self.c(t))
+                at = b.add(base, self.c(off))
+                step(k, lambda row, t=t: weight(row, c, t),
+                     lambda col, at=at: b.gep(self.src, [b.add(at, col)], inbounds=True,
+                                              source_etype=self.ty))
+
+    # -- the two thread splits --------------------------------------------------------------
+    def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
+        if self.by_columns:
+            self.emit_columns(bounds)
+            return
+        b = self.b
+        lo, hi = bounds if bounds is not None else (self.c(0), self.c(self.k.body[0].extent))
+        self.slots()
+        wide = self.malloc(self.og * self.n)
+        xpad = self.padded_buffer()
+
+        def group(img: ir.Value, g: ir.Value, g_lo: ir.Value, r_lo: ir.Value,
+                  r_hi: ir.Value) -> None:
+            self.src = self.source(xpad, img, g, self.c(0), self.c(self.lines()))
+            base = b.mul(img, self.c(self.c_out))  # rows are "no" = img * c_out + o
+            self.weights_of(g, base)
+            self.out_at = lambda row, col: b.gep(wide, [self.at(b.sub(row, r_lo), col, self.n)],
+                                                 inbounds=True, source_etype=self.ty)
+            full = b.mul(b.sdiv(b.sub(r_hi, r_lo), self.c(self.mr)), self.c(self.mr))
+            self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=False)
+            self.copy_out(wide, r_lo, r_hi, base, self.c(0), self.c(self.n), self.c(self.n))
+
+        self.group_planes(lo, hi, self.c_out, self.og, self.groups, group)
+        self.finish(wide, xpad)
+
+    def emit_columns(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
+        """One image, the thread's wide columns [p_lo, p_hi) for every output channel."""
+        b = self.b
+        lo, hi = bounds if bounds is not None else (
+            self.c(0), self.c(-(-self.n // NR_TILE)))
+        p_lo = self.min(b.mul(lo, self.c(NR_TILE)), self.c(self.n))
+        p_hi = self.min(b.mul(hi, self.c(NR_TILE)), self.c(self.n))
+        width = b.sub(p_hi, p_lo)
+        self.slots()
+        wide = self.malloc(b.mul(width, self.c(self.c_out)))
+        xpad = self.padded_buffer()
+        whole = (self.n // self.nr) * self.nr
+        j_end = self.min(p_hi, self.c(whole))
+        # the padded lines the columns' taps reach: [p_lo, p_hi - 1 + the last tap's offset]
+        pitch = self.pitches[-1]
+        l_lo = b.sdiv(p_lo, self.c(pitch))
+        l_hi = self.min(b.add(b.sdiv(b.add(p_hi, self.c(self.offsets[-1] - 1)), self.c(pitch)),
+                              self.c(1)), self.c(self.lines()))
+        with b.if_then(b.icmp_signed("<", p_lo, p_hi)):
+            for g in range(self.groups):
+                self.src = self.source(xpad, self.c(0), self.c(g), l_lo, l_hi)
+                self.weights_of(self.c(g), self.c(0))
+                self.out_at = lambda row, col: b.gep(
+                    wide, [b.add(b.mul(row, width), b.sub(col, p_lo))], inbounds=True,
+                    source_etype=self.ty)
+                r_lo, r_hi = self.c(g * self.og), self.c((g + 1) * self.og)
+                full = self.c(self.og // self.mr * self.mr)
+                self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=False,
+                          cols=(p_lo, b.select(b.icmp_signed("<", p_lo, j_end), j_end, p_lo)),
+                          edges=b.icmp_signed("==", p_hi, self.c(self.n)))
+            self.copy_out(wide, self.c(0), self.c(self.c_out), self.c(0), p_lo, p_hi, width)
+        self.finish(wide, xpad)
+
+    def finish(self, wide: ir.Value, xpad: ir.Value | None) -> None:
+        self.free(wide)
+        if xpad is not None:
+            self.free(xpad)
+        self.release()
+
+    # -- the padded input -------------------------------------------------------------------
+    def lines(self) -> int:
+        """Lines (all dims but the last) of one padded input channel."""
+        return _prod(self.pitches[:-1])
+
+    def padded_buffer(self) -> ir.Value | None:
+        """This call's buffer for one image's padded group of channels, where there is padding."""
+        return self.malloc(self.cg * self.plane_size) if self.padded else None
+
+    def source(self, xpad: ir.Value | None, img: ir.Value, g: ir.Value, l_lo: ir.Value,
+               l_hi: ir.Value) -> ir.Value:
+        """The b operand's channel 0 for image img and group g: the input itself, or xpad with
+        the padded lines [l_lo, l_hi) of every channel filled in."""
+        b = self.b
+        x = self.k.params[self.xb]
+        first = b.add(b.mul(img, self.c(x.shape[1])), b.mul(g, self.c(self.cg)))
+        if xpad is None:
+            return self.ptr(self.xb, b.mul(first, self.c(self.plane_size)))
+        from graphnn.backends.llvm.codegen import for_range
+
+        in_lines = _strides(self.in_sz[:-1] + (1,))[:-1]  # each outer input dim's line stride
+        before, row = self.pads_begin[-1], self.in_sz[-1]
+        after = self.pitches[-1] - before - row
+        with for_range(b, self.cg, "pc") as c:
+            channel = b.mul(b.add(first, c), self.c(_prod(self.in_sz)))
+            with for_range(b, l_hi, "pl", start=l_lo) as line:
+                dst = b.gep(xpad, [b.add(b.mul(c, self.c(self.plane_size)),
+                                         b.mul(line, self.c(self.pitches[-1])))],
+                            inbounds=True, source_etype=self.ty)
+                inside = ir.Constant(ir.IntType(1), 1)
+                src_line, rest = self.c(0), line
+                for d in reversed(range(len(self.pitches) - 1)):
+                    q = b.sub(b.srem(rest, self.c(self.pitches[d])), self.c(self.pads_begin[d]))
+                    rest = b.sdiv(rest, self.c(self.pitches[d]))
+                    inside = b.and_(inside, b.and_(b.icmp_signed(">=", q, self.c(0)),
+                                                   b.icmp_signed("<", q, self.c(self.in_sz[d]))))
+                    src_line = b.add(src_line, b.mul(q, self.c(in_lines[d])))
+                with b.if_else(inside) as (then, otherwise):
+                    with then:
+                        if before:
+                            self.zero(dst, before)
+                        src = self.ptr(self.xb, b.add(channel, b.mul(src_line, self.c(row))))
+                        self.copy(b.gep(dst, [self.c(before)], inbounds=True,
+                                        source_etype=self.ty), src, row)
+                        if after:
+                            self.zero(b.gep(dst, [self.c(before + row)], inbounds=True,
+                                            source_etype=self.ty), after)
+                    with otherwise:
+                        self.zero(dst, self.pitches[-1])
+        return xpad
+
+    def copy(self, dst: ir.Value, src: ir.Value, elements: int) -> None:
+        """``elements`` values from src to dst (llvm.memcpy of a constant size: inline moves)."""
+        module = self.em.module
+        name = "llvm.memcpy.p0.p0.i64"
+        fn = module.globals.get(name) or ir.Function(module, ir.FunctionType(
+            ir.VoidType(), [ir.PointerType(), ir.PointerType(), ir.IntType(64), ir.IntType(1)]),
+            name)
+        self.b.call(fn, [dst, src, self.bytes(elements), ir.Constant(ir.IntType(1), 0)])
+
+    # -- the result ---------------------------------------------------------------------------
+    def copy_out(self, wide: ir.Value, r_lo: ir.Value, r_hi: ir.Value, base: ir.Value,
+                 p_lo: ir.Value, p_hi: ir.Value, pitch: ir.Value) -> None:
+        """out[no, y] = wide[no - r_lo, p'(y) - p_lo] + bias[no - base], then the fused
+        epilogue, for the rows [r_lo, r_hi) and the output pixels whose wide column p'(y) lies
+        in [p_lo, p_hi), line by line (one vectorised loop over each line's pixels)."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, em, nd, last = self.b, self.em, self.nd, self.osz[-1]
+        outer = self.k.body[0]
+        assert isinstance(outer, Loop)
+        planes = [s for s in outer.body if isinstance(s, Loop) and s.var == "y0"]
+        epilogue = planes[1] if len(planes) > 1 else None
+        while isinstance(epilogue, Loop):
+            epilogue = epilogue.body[0]
+        bias_buf = int(self.k.schedule[3])
+        with for_range(b, r_hi, "no", start=r_lo) as no:
+            em.vars["no"] = no
+            bias = b.load(self.ptr(bias_buf, b.sub(no, base)), typ=self.ty) \
+                if bias_buf >= 0 else ir.Constant(self.ty, 0.0)
+            src_row = b.sub(b.mul(b.sub(no, r_lo), pitch), p_lo)
+            with for_range(b, _prod(self.osz[:-1]), "line") as line:
+                rest, w0 = line, self.c(0)  # w0: the line's first wide column
+                for d in reversed(range(nd - 1)):
+                    em.vars[f"y{d}"] = b.srem(rest, self.c(self.osz[d]))
+                    rest = b.sdiv(rest, self.c(self.osz[d]))
+                    w0 = b.add(w0, b.mul(em.vars[f"y{d}"], self.c(self.wide_strides[d])))
+                x_lo = b.sub(p_lo, w0)
+                x_lo = b.select(b.icmp_signed(">", x_lo, self.c(0)), x_lo, self.c(0))
+                x_hi = self.min(b.sub(p_hi, w0), self.c(last))
+                src = b.add(src_row, w0)
+                dst = b.add(b.mul(no, self.c(self.pixels)), b.mul(line, self.c(last)))
+                with for_range(b, x_hi, f"y{nd - 1}", start=x_lo) as x:
+                    value = b.load(b.gep(wide, [b.add(src, x)], inbounds=True,
+                                         source_etype=self.ty), typ=self.ty)
+                    b.store(b.fadd(value, bias), self.ptr(self.o, b.add(dst, x)))
+                    if epilogue is not None:
+                        em.vars[f"y{nd - 1}"] = x
+                        em.stmt(epilogue)
