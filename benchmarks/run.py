@@ -686,6 +686,10 @@ def measure(case: Case, framework: str, repeat: int) -> dict[str, Any]:
     first = time.perf_counter()
     result = run()
     first_s = time.perf_counter() - first
+    # and the setup's own: numpy's OpenBLAS threads spin for about 0.1 s after a BLAS call
+    # (measured: a numpy matmul just before halved a 2-thread graphnn convolution's speed for
+    # the next 0.1 s, its worker sharing a core with a spinning OpenBLAS thread)
+    time.sleep(0.3)
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
