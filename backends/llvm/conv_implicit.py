@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from graphnn.backends.kernel.ir import Kernel, Loop, geometry
 from graphnn.backends.llvm.conv_gemm import ConvGemm
-from graphnn.backends.llvm.gemm import MIN_WORK, MR, NR_TILE, _lanes, _prod
+from graphnn.backends.llvm.gemm import I64, MIN_WORK, MR, NR_TILE, _lanes, _prod
 from llvmlite import ir
 
 from graphnn.dtypes import DType
@@ -178,7 +178,7 @@ class ImplicitConvGemm(ConvGemm):
         self.src: ir.Value | None = None  # the group's (padded) input channel 0
         # the weight w[o, c, t] of output channel o (absolute), input channel c of its group
         # and tap t (flat), for the group of the rows being computed
-        self.weight: Callable[[ir.Value, ir.Value, int], ir.Value] | None = None
+        self.weight: Callable[[ir.Value, ir.Value, ir.Value], ir.Value] | None = None
 
     @staticmethod
     def parallel_extent(kernel: Kernel, bits: int) -> int | None:
@@ -195,15 +195,15 @@ class ImplicitConvGemm(ConvGemm):
         if not self.shape.transposed:
             self.weight = lambda row, c, t: self.ptr(self.wb, b.add(
                 b.mul(b.add(b.mul(b.sub(row, base), self.c(self.cg)), c), self.c(self.ntaps)),
-                self.c(t)))
+                t))
             return
         first = b.mul(g, self.c(self.cg))
         j0 = b.add(base, b.mul(g, self.c(self.og)))
         self.weight = lambda row, c, t: self.ptr(self.wb, b.add(b.mul(b.add(
             b.mul(b.add(first, c), self.c(self.og)), b.sub(row, j0)), self.c(self.ntaps)),
-            self.c(self.ntaps - 1 - t)))
+            b.sub(self.c(self.ntaps - 1), t)))
 
-    # -- the GEMM's k loop: channel blocks, the taps unrolled -------------------------------
+    # -- the GEMM's k loop: channel blocks, then the taps ----------------------------------
     def k_blocks(self) -> int:
         return -(-self.cg // self.block_channels)
 
@@ -213,18 +213,35 @@ class ImplicitConvGemm(ConvGemm):
         return c0, self.min(self.b.add(c0, self.c(self.block_channels)), self.c(self.cg))
 
     def k_steps(self, c0, c1, step) -> None:  # type: ignore[no-untyped-def]
-        from graphnn.backends.llvm.codegen import for_range
+        """k = (c, t) for the block's channels c and every tap t: a loop over the taps whose
+        offsets come from a constant table, which LLVM unrolls (written out here, each of the
+        template's 15 tile shapes had 9 copies of its k-step: W2's three convolutions took
+        1.1 s to emit and print, so a cached graph took 0.5 s to load)."""
+        from graphnn.backends.llvm.codegen import for_range, unroll_fully
 
         b, weight = self.b, self.weight
         assert self.src is not None and weight is not None
+        table = self.tap_table()
         with for_range(b, c1, "c", start=c0) as c:
             base = b.mul(c, self.c(self.plane_size))
-            for t, off in enumerate(self.offsets):
-                k = b.add(b.mul(c, self.c(self.ntaps)), self.c(t))
-                at = b.add(base, self.c(off))
-                step(k, lambda row, t=t: weight(row, c, t),
-                     lambda col, at=at: b.gep(self.src, [b.add(at, col)], inbounds=True,
-                                              source_etype=self.ty))
+            with for_range(b, self.ntaps, "t", hints=unroll_fully(self.em.module)) as t:
+                off = b.load(b.gep(table, [self.c(0), t], inbounds=True), typ=I64)
+                at = b.add(base, off)
+                step(b.add(b.mul(c, self.c(self.ntaps)), t), lambda row: weight(row, c, t),
+                     lambda col: b.gep(self.src, [b.add(at, col)], inbounds=True,
+                                       source_etype=self.ty))
+
+    def tap_table(self) -> ir.GlobalVariable:
+        """The taps' offsets off(t) in the padded input, a constant array of the module."""
+        module = self.em.module
+        name = f"{self.k.name}_taps"
+        if name in module.globals:
+            return module.globals[name]
+        ty = ir.ArrayType(I64, self.ntaps)
+        table = ir.GlobalVariable(module, ty, name)
+        table.global_constant, table.linkage = True, "internal"
+        table.initializer = ir.Constant(ty, self.offsets)
+        return table
 
     # -- the two thread splits --------------------------------------------------------------
     def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
