@@ -238,12 +238,18 @@ def test_conv_weight_grad_gemm(xs: tuple, ks: tuple, kw: dict, dtype: type) -> N
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [False, True])
 def test_conv_transpose_gemm(xs: tuple, ws: tuple, kw: dict, dtype: type, bias: bool) -> None:
+    _check_conv_transpose(xs, ws, kw, dtype, bias, "TransposedConvGemm")
+
+
+def _check_conv_transpose(xs: tuple, ws: tuple, kw: dict, dtype: type, bias: bool,
+                          template: str) -> None:
+    """conv_transpose on ``template`` against the reference, with or without a bias."""
     rng = np.random.default_rng(4)
     arrays = [rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)]
     if bias:
         arrays.append(rng.standard_normal(ws[1] * kw["groups"]).astype(dtype))
     got, want = _template_run(lambda *n: make_node("conv_transpose", list(n), kw), arrays,
-                              "TransposedConvGemm")
+                              template)
     tol = 1e-4 if dtype == np.float32 else 1e-11
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
 
@@ -264,14 +270,7 @@ def test_conv_transpose_stride_1_as_implicit_gemm(xs: tuple, ws: tuple, kw: dict
     nd = len(xs) - 2
     kw = {"stride": (1,) * nd, "pads": (0,) * 2 * nd, "dilation": (1,) * nd, "groups": 1,
           "output_padding": (0,) * nd, **kw}
-    rng = np.random.default_rng(7)
-    arrays = [rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)]
-    if bias:
-        arrays.append(rng.standard_normal(ws[1] * kw["groups"]).astype(dtype))
-    got, want = _template_run(lambda *n: make_node("conv_transpose", list(n), kw), arrays,
-                              "ImplicitConvGemm")
-    tol = 1e-4 if dtype == np.float32 else 1e-11
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    _check_conv_transpose(xs, ws, kw, dtype, bias, "ImplicitConvGemm")
 
 
 @pytest.mark.parametrize(("pads", "template"), [((0, 0, 0, 0), "TransposedConvGemm"),
