@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from graphnn.backends.kernel.ir import Kernel, Loop, geometry
 from graphnn.backends.llvm.conv_gemm import ConvGemm
@@ -37,6 +38,12 @@ from graphnn.backends.llvm.gemm import I64, MIN_WORK, MR, NR_TILE, _lanes, _prod
 from llvmlite import ir
 
 from graphnn.dtypes import DType
+
+if TYPE_CHECKING:
+    from graphnn.backends.llvm.codegen import KernelEmitter
+
+# the micro-kernel's k-step: step(k, a_of_row, b_of_col), as GemmEmitter.k_steps calls it
+Step = Callable[[ir.Value, Callable[[ir.Value], ir.Value], Callable[[ir.Value], ir.Value]], None]
 
 # k steps per cache block: the input channels of a block times the taps, at most this many
 # (a 64-channel 3x3 convolution: two blocks of 288)
@@ -152,7 +159,7 @@ class ImplicitConvGemm(ConvGemm):
 
     packable = False  # b is the input itself: no panel is copied
 
-    def __init__(self, em, kernel: Kernel, bits: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
         shape = Shape.of(kernel)
         assert shape is not None
         self.em, self.b, self.k, self.shape = em, em.b, kernel, shape
@@ -212,7 +219,7 @@ class ImplicitConvGemm(ConvGemm):
         c0 = self.b.mul(kc, self.c(self.block_channels))
         return c0, self.min(self.b.add(c0, self.c(self.block_channels)), self.c(self.cg))
 
-    def k_steps(self, c0, c1, step) -> None:  # type: ignore[no-untyped-def]
+    def k_steps(self, c0: ir.Value, c1: ir.Value, step: Step) -> None:
         """k = (c, t) for the block's channels c and every tap t: a loop over the taps whose
         offsets come from a constant table, which LLVM unrolls (written out here, each of the
         template's 15 tile shapes had 9 copies of its k-step: W2's three convolutions took
