@@ -29,15 +29,21 @@ if TYPE_CHECKING:
 
 def applies(kernel: Kernel, bits: int = 128) -> bool:
     """Float convolutions whose per-group GEMM (out channels x in channels * taps x pixels) is
-    big enough for the blocked template (measured: the digits CNN's 4x4-pixel convolution took
-    77 us per image as a GEMM whose 16 columns all fell to the scalar edge path, 16 us direct)."""
+    big enough for the blocked template (``gemm_sized``)."""
     if kernel.schedule[:1] != ("conv",):
         return False
     out, w = kernel.params[-1], kernel.params[int(kernel.schedule[2])]
-    og = out.shape[1] // int(kernel.schedule[4])
-    pixels, depth = _prod(out.shape[2:]), _prod(w.shape[1:])
-    return out.dtype in (DType.float32, DType.float64) and og >= MR and \
-        pixels >= _lanes(out.dtype, bits) and og * pixels * depth >= MIN_WORK
+    return gemm_sized(out.dtype, out.shape[1] // int(kernel.schedule[4]), _prod(out.shape[2:]),
+                      _prod(w.shape[1:]), bits)
+
+
+def gemm_sized(dtype: DType, rows: int, pixels: int, depth: int, bits: int) -> bool:
+    """A float convolution's per-group GEMM (rows output channels x depth, over pixels) is big
+    enough for the blocked template: at least MR rows, NR pixels and MIN_WORK multiply-adds
+    (measured: the digits CNN's 4x4-pixel convolution took 77 us per image as a GEMM whose 16
+    columns all fell to the scalar edge path, 16 us direct)."""
+    return dtype in (DType.float32, DType.float64) and rows >= MR and \
+        pixels >= _lanes(dtype, bits) and rows * pixels * depth >= MIN_WORK
 
 
 class ConvGemm(GemmEmitter):

@@ -22,7 +22,8 @@ dilation * (taps - 1) - pad, with each (input, output) channel pair's taps flipp
 over the padding add zeros, so it pays only where few of them do (``implicit_applies``).
 
 Two ways to split the work between threads, as in ``conv_gemm.py``: (image, output channel)
-rows, or, for one image whose input is bigger than its weights, blocks of wide columns.
+rows (``ConvGemm``'s split), or, for one image whose input is bigger than its weights,
+blocks of wide columns.
 """
 
 from __future__ import annotations
@@ -33,11 +34,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from graphnn.backends.kernel.ir import Kernel, Loop, geometry
-from graphnn.backends.llvm.conv_gemm import ConvGemm
-from graphnn.backends.llvm.gemm import I64, MIN_WORK, MR, NR_TILE, _lanes, _prod
+from graphnn.backends.llvm.conv_gemm import gemm_sized
+from graphnn.backends.llvm.gemm import I64, NR_TILE, GemmEmitter, _prod
 from llvmlite import ir
-
-from graphnn.dtypes import DType
 
 if TYPE_CHECKING:
     from graphnn.backends.llvm.codegen import KernelEmitter
@@ -132,14 +131,11 @@ def implicit_applies(kernel: Kernel, bits: int = 128) -> bool:
     shape = Shape.of(kernel)
     if shape is None or not shape.fits():
         return False
-    out = kernel.params[-1]
     pixels = _prod(shape.out_sz)
     useful = _prod(shape.in_sz) if shape.transposed else pixels
     limit = MAX_WIDENING["conv_transpose" if shape.transposed else "conv"]
-    return out.dtype in (DType.float32, DType.float64) and shape.og >= MR and \
-        pixels >= _lanes(out.dtype, bits) and \
-        shape.og * pixels * shape.cg * _prod(shape.taps) >= MIN_WORK and \
-        shape.wide <= limit * useful
+    return gemm_sized(kernel.params[-1].dtype, shape.og, pixels, shape.cg * _prod(shape.taps),
+                      bits) and shape.wide <= limit * useful
 
 
 def columns_split(kernel: Kernel) -> bool:
@@ -152,7 +148,7 @@ def columns_split(kernel: Kernel) -> bool:
         shape.cg * _prod(shape.pitches) > shape.og * shape.cg * _prod(shape.taps)
 
 
-class ImplicitConvGemm(ConvGemm):
+class ImplicitConvGemm(GemmEmitter):
     """Stride-1 convolution (or conv_transpose) as a GEMM over the padded input (see the module
     docstring), the threads sharing out (image, output channel) rows; ``parallel_extent`` and
     ``emit`` switch to blocks of wide columns where ``columns_split`` holds."""
@@ -263,7 +259,7 @@ class ImplicitConvGemm(ConvGemm):
 
         def group(img: ir.Value, g: ir.Value, g_lo: ir.Value, r_lo: ir.Value,
                   r_hi: ir.Value) -> None:
-            self.src = self.source(xpad, img, g, self.c(0), self.c(self.lines()))
+            self.src = self.source(xpad, img, g, self.c(0), self.c(self.padded_lines()))
             base = b.mul(img, self.c(self.c_out))  # rows are "no" = img * c_out + o
             self.weights_of(g, base)
             self.out_at = lambda row, col: b.gep(wide, [self.at(b.sub(row, r_lo), col, self.n)],
@@ -277,6 +273,8 @@ class ImplicitConvGemm(ConvGemm):
 
     def emit_columns(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
         """One image, the thread's wide columns [p_lo, p_hi) for every output channel."""
+        from graphnn.backends.llvm.codegen import for_range
+
         b = self.b
         lo, hi = bounds if bounds is not None else (
             self.c(0), self.c(-(-self.n // NR_TILE)))
@@ -292,15 +290,16 @@ class ImplicitConvGemm(ConvGemm):
         pitch = self.pitches[-1]
         l_lo = b.sdiv(p_lo, self.c(pitch))
         l_hi = self.min(b.add(b.sdiv(b.add(p_hi, self.c(self.offsets[-1] - 1)), self.c(pitch)),
-                              self.c(1)), self.c(self.lines()))
+                              self.c(1)), self.c(self.padded_lines()))
         with b.if_then(b.icmp_signed("<", p_lo, p_hi)):
-            for g in range(self.groups):
-                self.src = self.source(xpad, self.c(0), self.c(g), l_lo, l_hi)
-                self.weights_of(self.c(g), self.c(0))
+            with for_range(b, self.groups, "grp") as g:
+                self.src = self.source(xpad, self.c(0), g, l_lo, l_hi)
+                self.weights_of(g, self.c(0))
                 self.out_at = lambda row, col: b.gep(
                     wide, [b.add(b.mul(row, width), b.sub(col, p_lo))], inbounds=True,
                     source_etype=self.ty)
-                r_lo, r_hi = self.c(g * self.og), self.c((g + 1) * self.og)
+                r_lo = b.mul(g, self.c(self.og))
+                r_hi = b.add(r_lo, self.c(self.og))
                 full = self.c(self.og // self.mr * self.mr)
                 self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=False,
                           cols=(p_lo, b.select(b.icmp_signed("<", p_lo, j_end), j_end, p_lo)),
@@ -315,7 +314,7 @@ class ImplicitConvGemm(ConvGemm):
         self.release()
 
     # -- the padded input -------------------------------------------------------------------
-    def lines(self) -> int:
+    def padded_lines(self) -> int:
         """Lines (all dims but the last) of one padded input channel."""
         return _prod(self.pitches[:-1])
 
@@ -364,15 +363,6 @@ class ImplicitConvGemm(ConvGemm):
                     with otherwise:
                         self.zero(dst, self.pitches[-1])
         return xpad
-
-    def copy(self, dst: ir.Value, src: ir.Value, elements: int) -> None:
-        """``elements`` values from src to dst (llvm.memcpy of a constant size: inline moves)."""
-        module = self.em.module
-        name = "llvm.memcpy.p0.p0.i64"
-        fn = module.globals.get(name) or ir.Function(module, ir.FunctionType(
-            ir.VoidType(), [ir.PointerType(), ir.PointerType(), ir.IntType(64), ir.IntType(1)]),
-            name)
-        self.b.call(fn, [dst, src, self.bytes(elements), ir.Constant(ir.IntType(1), 0)])
 
     # -- the result ---------------------------------------------------------------------------
     def copy_out(self, wide: ir.Value, r_lo: ir.Value, r_hi: ir.Value, base: ir.Value,

@@ -161,6 +161,14 @@ class GemmEmitter:
         self.b.call(fn, [at, ir.Constant(ir.IntType(8), 0), self.bytes(elements),
                          ir.Constant(ir.IntType(1), 0)])
 
+    def copy(self, dst: ir.Value, src: ir.Value, elements: int) -> None:
+        """``elements`` values from src to dst (llvm.memcpy of a constant size: inline moves)."""
+        module = self.em.module
+        name = "llvm.memcpy.p0.p0.i64"
+        fn = module.globals.get(name) or ir.Function(module, ir.FunctionType(
+            ir.VoidType(), [PTR, PTR, I64, ir.IntType(1)]), name)
+        self.b.call(fn, [dst, src, self.bytes(elements), ir.Constant(ir.IntType(1), 0)])
+
     def bytes(self, elements: int | ir.Value) -> ir.Value:
         if isinstance(elements, int):
             return self.c(elements * self.align)
