@@ -24,7 +24,8 @@ import itertools
 from typing import TYPE_CHECKING
 
 from graphnn.backends.kernel.ir import Kernel, Loop, Var, const_i, geometry
-from graphnn.backends.llvm.gemm import MIN_WORK, MR, GemmEmitter, _lanes, _prod, _zero
+from graphnn.backends.llvm.conv_gemm import gemm_sized
+from graphnn.backends.llvm.gemm import MIN_WORK, MR, GemmEmitter, _prod, _zero
 from llvmlite import ir
 
 from graphnn.dtypes import DType
@@ -52,9 +53,8 @@ def transpose_applies(kernel: Kernel, bits: int = 128) -> bool:
         return False
     _, xb, wb, _, groups, *_ = kernel.schedule
     x, w = kernel.params[int(xb)], kernel.params[int(wb)]
-    rows, depth, pixels = _prod(w.shape[1:]), int(x.shape[1]) // int(groups), _prod(x.shape[2:])
-    return kernel.params[-1].dtype in (DType.float32, DType.float64) and rows >= MR and \
-        pixels >= _lanes(x.dtype, bits) and rows * depth * pixels >= MIN_WORK
+    return gemm_sized(kernel.params[-1].dtype, _prod(w.shape[1:]), _prod(x.shape[2:]),
+                      int(x.shape[1]) // int(groups), bits)
 
 
 class WeightGradGemm(GemmEmitter):
