@@ -29,7 +29,7 @@ from graphnn.backends.kernel.ir import (
     Unary,
     Var,
 )
-from graphnn.backends.llvm import conv_gemm, conv_grads, conv_implicit, gemm
+from graphnn.backends.llvm import conv_gemm, conv_grads, conv_implicit, gemm, gemv
 from llvmlite import ir
 
 from graphnn.dtypes import DType
@@ -104,7 +104,7 @@ def for_range(builder: ir.IRBuilder, stop: int | ir.Value, name: str,
 
 # Hand-written templates for kernel IR schedules, each behind its applicability test.
 TEMPLATES: tuple[tuple[Callable[[Kernel, int], bool], type[gemm.GemmEmitter]], ...] = (
-    (gemm.applies, gemm.GemmEmitter),
+    (gemm.applies, gemm.GemmEmitter), (gemv.applies, gemv.SplitKGemv),
     (conv_implicit.implicit_applies, conv_implicit.ImplicitConvGemm),
     (conv_gemm.pixel_applies, conv_gemm.PixelConvGemm), (conv_gemm.applies, conv_gemm.ConvGemm),
     (conv_grads.weight_grad_applies, conv_grads.WeightGradGemm),
@@ -168,30 +168,34 @@ class KernelEmitter:
         # a template may split the work its own way: its parallel loop's iteration count
         extent = (template.parallel_extent(kernel, self.vector_bits) if template else None) \
             or (outer.extent if outer is not None else 0)
-        if outer is None or extent < 2 or _work(kernel.body) < PARALLEL_MIN_WORK:
+        # a template with a workspace (split-K) always runs through the wrapper, which owns it
+        workspace = template.workspace(kernel, self.vector_bits) if template else 0
+        if not workspace and (outer is None or extent < 2 or
+                              _work(kernel.body) < PARALLEL_MIN_WORK):
             fn = self._signature(kernel, kernel.name)  # small: one thread, no wrapper
             self._body(kernel, fn, list(fn.args), None, None)
             return fn
-        # impl(ptr noalias p0, ..., i64 lo, i64 hi): the body, with the no-alias facts the
-        # vectoriser needs (they survive inlining as alias scopes); chunk(ctx, lo, hi) unpacks
-        # the pointer array the runtime passes around and calls it.
-        n = len(kernel.params)
+        # impl(ptr noalias p0, ..., [ptr noalias workspace,] i64 lo, i64 hi): the body, with
+        # the no-alias facts the vectoriser needs (they survive inlining as alias scopes);
+        # chunk(ctx, lo, hi) unpacks the pointer array the runtime passes around and calls it.
+        n = len(kernel.params) + (1 if workspace else 0)
         impl = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * n + [I64, I64]),
                            kernel.name + "_impl")
-        for arg, p in zip(impl.args, kernel.params):
-            arg.name = p.name
-            if self._noalias:
+        names = [p.name for p in kernel.params] + (["workspace"] if workspace else [])
+        for arg, name in zip(impl.args, names):
+            arg.name = name
+            if self._noalias or name == "workspace":
                 arg.add_attribute("noalias")
         self._body(kernel, impl, list(impl.args[:n]), outer, (impl.args[n], impl.args[n + 1]))
         chunk = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]),
                             kernel.name + "_chunk")
         b = ir.IRBuilder(chunk.append_basic_block("entry"))
         ctx, lo, hi = chunk.args
-        params = [b.load(b.gep(ctx, [ir.Constant(I64, i)], source_etype=PTR), typ=PTR,
-                         name=p.name) for i, p in enumerate(kernel.params)]
+        params = [b.load(b.gep(ctx, [ir.Constant(I64, i)], source_etype=PTR), typ=PTR)
+                  for i in range(n)]
         b.call(impl, [*params, lo, hi])
         b.ret_void()
-        return self._wrapper(kernel, chunk, extent)
+        return self._wrapper(kernel, chunk, extent, template if workspace else None, workspace)
 
     def _signature(self, kernel: Kernel, name: str) -> ir.Function:
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * len(kernel.params)),
@@ -218,17 +222,33 @@ class KernelEmitter:
                 self.stmt(s, bounds if s is outer else None)
         self.b.ret_void()
 
-    def _wrapper(self, kernel: Kernel, chunk: ir.Function, extent: int) -> ir.Function:
-        """``name(p0, ..., out)``: packs the pointers and runs the chunk on all threads."""
+    def _wrapper(self, kernel: Kernel, chunk: ir.Function, extent: int,
+                 template: type[gemm.GemmEmitter] | None = None, workspace: int = 0
+                 ) -> ir.Function:
+        """``name(p0, ..., out)``: packs the pointers and runs the chunk on all threads; with a
+        ``workspace``, allocates that many values for the threads (after the pointers) and runs
+        the template's ``finish`` once they are done."""
         parallel_for, num_threads = self.runtime()
         fn = self._signature(kernel, kernel.name)
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        ctx = b.alloca(PTR, ir.Constant(I64, len(fn.args)), name="params")
+        self.fn, self.kernel, self.params = fn, kernel, list(fn.args)
+        self.entry = fn.append_basic_block("entry")
+        b = self.b = ir.IRBuilder(self.entry)
+        self.vars, self.locals = {}, {}
+        ctx = b.alloca(PTR, ir.Constant(I64, len(fn.args) + (1 if workspace else 0)),
+                       name="params")
         for i, arg in enumerate(fn.args):
             b.store(arg, b.gep(ctx, [ir.Constant(I64, i)], source_etype=PTR))
+        emitter = template(self, kernel, self.vector_bits) if template and workspace else None
+        if emitter is not None:
+            buffer = emitter.malloc(workspace)
+            self.params.append(buffer)
+            b.store(buffer, b.gep(ctx, [ir.Constant(I64, len(fn.args))], source_etype=PTR))
         b.call(parallel_for, [chunk, ctx, ir.Constant(I64, extent),
                               b.load(num_threads, typ=I64)])
-        b.ret_void()
+        if emitter is not None:
+            emitter.finish()
+            emitter.free(buffer)
+        self.b.ret_void()
         return fn
 
     # -- statements ----------------------------------------------------------------------------

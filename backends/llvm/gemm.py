@@ -196,6 +196,15 @@ class GemmEmitter:
         out, b = kernel.params[-1], kernel.params[int(kernel.schedule[2])]
         return _prod(out.shape[:-2]) if len(b.shape) > 2 else _prod(out.shape[:-1])
 
+    @staticmethod
+    def workspace(kernel: Kernel, bits: int) -> int:
+        """Values of a buffer the kernel's wrapper allocates per call and hands to every
+        thread's ``emit`` (as ``em.params[len(kernel.params)]``), then to ``finish``: 0, none."""
+        return 0
+
+    def finish(self) -> None:
+        """What the wrapper runs once every thread is done (with a workspace only)."""
+
     def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
         from graphnn.backends.llvm.codegen import for_range
 

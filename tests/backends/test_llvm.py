@@ -388,6 +388,54 @@ def test_gemm_template_blocks_and_remainders(m: int, k: int, n: int, dtype: type
     assert any(gemm.applies(kn, bits) for kn in kernels) == expect
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("m", "k", "n", "form"), [
+    (1, 784, 512, "columns"), (3, 300, 1000, "rows"), (5, 64, 1024, "columns"),
+    (2, 1000, 77, "rows"), (4, 129, 600, "rows"), (1, 4096, 16, "rows")])
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_split_k_gemv(m: int, k: int, n: int, form: str, dtype: type, threads: int) -> None:
+    """Few-row matmuls with a big b split their depth between threads (gemv.py): either form
+    of the kernel IR (columns split, or rows where no column block divides n), whole vector
+    blocks, single vectors and a masked tail, the fewest slices (k = 64: a third thread
+    idle), more threads than slices, and the fused bias + ReLU after the partials' sum."""
+    from graphnn.backends.kernel.lower import splits_columns
+    from graphnn.backends.llvm import gemm, gemv
+
+    with gn.Graph("g") as g:
+        a, b = gn.placeholder((m, k), dtype, name="a"), gn.placeholder((k, n), dtype, name="b")
+        bias = gn.placeholder((n,), dtype, name="bias")
+        y = gn.relu(a @ b + bias)
+    sess = gn.Session(g, backend=LLVMBackend(cache=False, threads=threads), opt_level=2)
+    rng = np.random.default_rng(m * k + n)
+    av, bv, cv = (rng.standard_normal(s).astype(dtype) for s in [(m, k), (k, n), (n,)])
+    got = sess.run(y, {a: av, b: bv, bias: cv})
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(got, np.maximum(av.astype(np.float64) @ bv + cv, 0), rtol=tol,
+                               atol=tol * np.sqrt(k))
+    bits = gemm.vector_bits(sess.backend.target.features)
+    (kernel,) = [kn for kn in next(iter(sess._cache.values())).exe.kernels
+                 if kn.schedule[:1] == ("matmul",)]
+    assert gemv.applies(kernel, bits) and len(kernel.source) > 1  # the epilogue fused
+    assert splits_columns(kernel) == (form == "columns")
+
+
+def test_split_k_gemv_declines_small_and_batched_matmuls() -> None:
+    """b below MIN_B elements, too little depth for two slices, MR rows or more, batched
+    operands: the other forms take them."""
+    from graphnn.backends.llvm import gemv
+
+    cases = [((1, 128), (128, 256)), ((1, 32), (32, 4096)), ((6, 784), (784, 512)),
+             ((2, 1, 784), (2, 784, 512))]
+    for sa, sb in cases:
+        with gn.Graph("g") as g:
+            y = gn.placeholder(sa, name="a") @ gn.placeholder(sb, name="b")
+        sess = gn.Session(g, backend=LLVMBackend(cache=False), opt_level=2)
+        feeds = {p: np.ones(p.shape, np.float32) for p in g.placeholders}
+        np.testing.assert_allclose(sess.run(y, feeds), np.ones(sa) @ np.ones(sb), rtol=1e-6)
+        kernels = next(iter(sess._cache.values())).exe.kernels
+        assert not any(gemv.applies(kn, 512) for kn in kernels), (sa, sb)
+
+
 @pytest.mark.parametrize(("xs", "ws", "kw"), [
     ((3, 8, 13, 11), (16, 8, 3, 3), {"padding": 1}),
     ((2, 12, 31, 30), (24, 4, 3, 2), {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2),
