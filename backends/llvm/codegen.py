@@ -142,6 +142,8 @@ class KernelEmitter:
         self.vector_bits = vector_bits  # the target's vector width, for the GEMM template
         self._noalias = True
         self._runtime: tuple[ir.Function, ir.GlobalVariable] | None = None
+        # tuned schedules by kernel name (tuning.py): the template's knobs and ``threads``
+        self.schedules: dict[str, dict[str, int]] = {}
 
     def runtime(self) -> tuple[ir.Function, ir.GlobalVariable]:
         """Declarations of the runtime's parallel-for and thread count (linked in by the JIT)."""
@@ -170,7 +172,8 @@ class KernelEmitter:
             or (outer.extent if outer is not None else 0)
         # a template with a workspace (split-K) always runs through the wrapper, which owns it
         workspace = template.workspace(kernel, self.vector_bits) if template else 0
-        if not workspace and (outer is None or extent < 2 or
+        threads = self.schedules.get(kernel.name, {}).get("threads", 0)  # tuned: at most this
+        if not workspace and (outer is None or extent < 2 or threads == 1 or
                               _work(kernel.body) < PARALLEL_MIN_WORK):
             fn = self._signature(kernel, kernel.name)  # small: one thread, no wrapper
             self._body(kernel, fn, list(fn.args), None, None)
@@ -216,11 +219,17 @@ class KernelEmitter:
         self.locals: dict[str, tuple[ir.AllocaInstr, DType]] = {}
         template = template_for(kernel, self.vector_bits)
         if template is not None:
-            template(self, kernel, self.vector_bits).emit(bounds)
+            self._template(template, kernel).emit(bounds)
         else:
             for s in kernel.body:
                 self.stmt(s, bounds if s is outer else None)
         self.b.ret_void()
+
+    def _template(self, template: type[gemm.GemmEmitter], kernel: Kernel) -> gemm.GemmEmitter:
+        """The template's emitter for ``kernel``, with its tuned schedule's knobs."""
+        emitter = template(self, kernel, self.vector_bits)
+        emitter.configure(self.schedules.get(kernel.name, {}))
+        return emitter
 
     def _wrapper(self, kernel: Kernel, chunk: ir.Function, extent: int,
                  template: type[gemm.GemmEmitter] | None = None, workspace: int = 0
@@ -238,13 +247,17 @@ class KernelEmitter:
                        name="params")
         for i, arg in enumerate(fn.args):
             b.store(arg, b.gep(ctx, [ir.Constant(I64, i)], source_etype=PTR))
-        emitter = template(self, kernel, self.vector_bits) if template and workspace else None
+        emitter = self._template(template, kernel) if template and workspace else None
         if emitter is not None:
             buffer = emitter.malloc(workspace)
             self.params.append(buffer)
             b.store(buffer, b.gep(ctx, [ir.Constant(I64, len(fn.args))], source_etype=PTR))
-        b.call(parallel_for, [chunk, ctx, ir.Constant(I64, extent),
-                              b.load(num_threads, typ=I64)])
+        threads = b.load(num_threads, typ=I64)
+        cap = self.schedules.get(kernel.name, {}).get("threads", 0)
+        if cap > 0:  # a tuned thread count: at most cap
+            threads = b.select(b.icmp_signed(">", threads, ir.Constant(I64, cap)),
+                               ir.Constant(I64, cap), threads)
+        b.call(parallel_for, [chunk, ctx, ir.Constant(I64, extent), threads])
         if emitter is not None:
             emitter.finish()
             emitter.free(buffer)

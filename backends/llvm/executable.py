@@ -23,6 +23,7 @@ from graphnn.backends.kernel.lower import lower
 from graphnn.backends.llvm.codegen import PTR, KernelEmitter, template_for
 from graphnn.backends.llvm.gemm import vector_bits
 from graphnn.backends.llvm.jit import Compiled, Target, default_threads
+from graphnn.backends.llvm.tuning import Tuner
 from graphnn.backends.reference import _evaluate, flagged_error
 from llvmlite import ir
 
@@ -45,7 +46,7 @@ FEED, VARIABLE, OUTPUT, FRESH = range(4)
 class LLVMExecutable:
     def __init__(self, graph: Graph, fetches: Sequence[Node], target: Target,
                  dump_dir: str | None = None, threads: int = 1, cache: bool = True,
-                 skip: frozenset[str] = frozenset()) -> None:
+                 skip: frozenset[str] = frozenset(), tune: bool = False) -> None:
         self.fetches = tuple(fetches)
         order = graph.subgraph_order(self.fetches)
         unknown = [n for n in order if any(d is None for d in n.shape)]
@@ -65,6 +66,7 @@ class LLVMExecutable:
         self.kernels: list[Kernel] = []
         module = ir.Module(name=graph.name)
         emitter = KernelEmitter(module, vector_bits(target.features))
+        tuner = Tuner(target, emitter.vector_bits, threads) if tune else None
         segment: list[tuple[Kernel, Node]] = []
         self.fallback_ops: set[str] = set()
         # nodes whose kernels check their data, in order; the k-th one's flag is
@@ -83,6 +85,8 @@ class LLVMExecutable:
                 self.steps.append(("numpy", n))
                 self.fallback_ops.add(n.op)
                 continue
+            if tuner is not None:
+                emitter.schedules[kernel.name] = tuner.schedule(kernel)
             emitter.emit(kernel)
             self.kernels.append(kernel)
             if kernel.checks:
@@ -283,6 +287,9 @@ class LLVMBackend:
         skip: ops left to their numpy reference although they have a kernel (None:
             ``SLOWER_THAN_NUMPY``, less the convolution gradients with ``native_conv_grads``);
             a template that takes the node wins over ``skip``.
+        tune: time variants of each templated kernel's blocking and thread count on first
+            compile and keep the fastest, cached on disk (``tuning.py``; default
+            ``GRAPHNN_TUNE=1``, else off). Costs about a second per variant, once per kernel.
     """
 
     name = "llvm"
@@ -291,8 +298,9 @@ class LLVMBackend:
     def __init__(self, cpu: str | None = None, features: str | None = None,
                  dump_dir: str | None = None, threads: int | None = None,
                  cache: bool = True, native_conv_grads: bool = False,
-                 skip: frozenset[str] | None = None) -> None:
+                 skip: frozenset[str] | None = None, tune: bool | None = None) -> None:
         self.target = Target.host(cpu, features)
+        self.tune = tune if tune is not None else os.environ.get("GRAPHNN_TUNE", "") == "1"
         # SLOWER_THAN_NUMPY's ops run numpy's reference where no template (conv_grads.py) takes
         # them, unless native_conv_grads; ``skip`` names the ops to leave to numpy instead.
         if skip is None:
@@ -304,4 +312,4 @@ class LLVMBackend:
 
     def compile(self, graph: Graph, fetches: Sequence[Node]) -> LLVMExecutable:
         return LLVMExecutable(graph, fetches, self.target, self.dump_dir, self.threads,
-                              self.cache, self.skip)
+                              self.cache, self.skip, self.tune)

@@ -95,6 +95,7 @@ class GemmEmitter:
 
     groups = 1  # the convolutions' groups: m // groups rows per GEMM
     packable = True  # whether big GEMMs may pack panels of b (``b_at`` addresses every k)
+    KNOBS: tuple[str, ...] = ("kc", "nc", "mr")  # what schedule tuning may set (tuning.py)
 
     def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
         self.em, self.b, self.k = em, em.b, kernel
@@ -123,10 +124,17 @@ class GemmEmitter:
         # (measured, one thread of an AVX-512 Xeon: 1024^3 14.9 -> 13.3 ms with 12 rows, W1
         # batch 256 2.45 -> 2.28, W4 batch 8 32.1 -> 29.7; a Zen 4 ran 6, 8 and 12 alike)
         self.mr = MR_WIDE if bits >= 512 else MR
+        self.kc, self.nc = KC, NC  # the cache blocking (tuning may set both)
         self.align = 4 if f32 else 8
         self.vec_bytes = bits // 8  # a packed panel's vectors lie on multiples of this
         self.fma_vec = f"llvm.fmuladd.v{self.width}f{32 if f32 else 64}"
         self.fma = f"llvm.fmuladd.f{32 if f32 else 64}"
+
+    def configure(self, schedule: dict[str, int]) -> None:
+        """Take a tuned schedule's knobs (``tuning.py``; those not in KNOBS are the caller's)."""
+        for knob in self.KNOBS:
+            if knob in schedule:
+                setattr(self, knob, int(schedule[knob]))
 
     # -- helpers -----------------------------------------------------------------------------
     def c(self, v: int) -> ir.Constant:
@@ -239,7 +247,7 @@ class GemmEmitter:
         # (measured, 2 threads: 1024^3 10.8 -> 10.1 ms; 64x288x576 0.108 -> 0.121 ms)
         self.packs = self.packable and self.m // self.groups >= PACK_ROWS
         if self.packs:
-            self.pack_raw = self.malloc(KC * NC + 64 // self.align)
+            self.pack_raw = self.malloc(self.kc * self.nc + 64 // self.align)
             addr = self.b.ptrtoint(self.pack_raw, I64)  # aligned to a cache line
             addr = self.b.and_(self.b.add(addr, self.c(63)), self.c(-64))
             self.packed = self.b.inttoptr(addr, PTR)
@@ -265,7 +273,8 @@ class GemmEmitter:
 
     def packed_at(self, t: ir.Value, k: ir.Value, v: int) -> ir.Value:
         b = self.b
-        at = b.add(b.mul(b.add(b.mul(t, self.c(KC)), k), self.c(self.nr)), self.c(v * self.width))
+        at = b.add(b.mul(b.add(b.mul(t, self.c(self.kc)), k), self.c(self.nr)),
+                   self.c(v * self.width))
         return b.gep(self.packed, [at], inbounds=True, source_etype=self.ty)
 
     def rows(self, lo: ir.Value, hi: ir.Value, full: ir.Value, split: ir.Value,
@@ -282,15 +291,15 @@ class GemmEmitter:
         blocks = self.k_blocks()
         whole = (self.n // self.nr) * self.nr  # columns in whole NR tiles
         j_begin, j_end = cols if cols is not None else (self.c(0), self.c(whole))
-        panels = b.sdiv(b.add(b.sub(j_end, j_begin), self.c(NC - 1)), self.c(NC))
+        panels = b.sdiv(b.add(b.sub(j_end, j_begin), self.c(self.nc - 1)), self.c(self.nc))
         with for_range(b, blocks, "kc") as kc:
             k0, k1 = self.k_block(kc)
             first = b.icmp_signed("==", kc, self.c(0))
             if accumulate:
                 first = ir.Constant(ir.IntType(1), 0)
             with for_range(b, panels, "jc") as jc:
-                j_lo = b.add(j_begin, b.mul(jc, self.c(NC)))
-                tiles = b.sdiv(b.sub(self.min(b.add(j_lo, self.c(NC)), j_end), j_lo),
+                j_lo = b.add(j_begin, b.mul(jc, self.c(self.nc)))
+                tiles = b.sdiv(b.sub(self.min(b.add(j_lo, self.c(self.nc)), j_end), j_lo),
                                self.c(self.nr))
                 if self.packs:
                     self.pack(j_lo, tiles, k0, k1)
@@ -308,12 +317,12 @@ class GemmEmitter:
 
     def k_blocks(self) -> int:
         """How many cache blocks the k range is cut into (``k_block`` gives each one's)."""
-        return -(-self.kk // KC)
+        return -(-self.kk // self.kc)
 
     def k_block(self, kc: ir.Value) -> tuple[ir.Value, ir.Value]:
         """Block kc's bounds [k0, k1) as ``k_steps`` takes them: KC steps of k."""
-        k0 = self.b.mul(kc, self.c(KC))
-        return k0, self.min(self.b.add(k0, self.c(KC)), self.c(self.kk))
+        k0 = self.b.mul(kc, self.c(self.kc))
+        return k0, self.min(self.b.add(k0, self.c(self.kc)), self.c(self.kk))
 
     def k_steps(self, k0: ir.Value, k1: ir.Value, step: Callable[
             [ir.Value, Callable[[ir.Value], ir.Value], Callable[[ir.Value], ir.Value]], None]

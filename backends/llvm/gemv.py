@@ -65,6 +65,7 @@ class SplitKGemv(GemmEmitter):
     epilogue (``finish``, in the wrapper); see the module docstring."""
 
     packable = False
+    KNOBS = ()  # no cache blocking or register rows to tune (only ``threads``)
 
     def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
         super().__init__(em, kernel, bits)

@@ -6,22 +6,26 @@ The templates' blocking and thread split come from fixed heuristics (``gemm.KC``
 ``LLVMBackend(tune=True)`` (or ``GRAPHNN_TUNE=1``) each templated kernel is also compiled with
 other values of these knobs, each variant timed on random data, and the fastest kept. The choice
 is cached on disk (``cache_dir()/tuning``, one small JSON file per kernel, written atomically),
-keyed by the kernel IR (its name aside), the target, the search space and the graphnn version,
-so a later compile of the same kernel, in any process, reads it instead of measuring. A tuned
-schedule only changes speed: every variant computes the same result (up to rounding where the
-k-blocks or the thread split regroup sums).
+keyed by the kernel IR (its name aside), the target, the thread count, the search space and the
+graphnn version, so a later compile of the same kernel, in any process, reads it instead of
+measuring. A tuned schedule only changes speed: every variant computes the same result (up to
+rounding where the k-blocks or the thread split regroup sums).
 
 Knobs (a ``Schedule`` maps a knob to its value; an absent knob keeps the heuristic):
 
 - ``kc``: k-steps per cache block; ``nc``: columns per panel of b (the BLIS blocking);
 - ``mr``: rows per register block (6; also 8 and 12 where 32 vector registers hold them);
-- ``threads``: at most this many threads for the kernel (1: no parallel-for at all).
+- ``threads``: at most this many threads for the kernel (1: no parallel-for, but in the split-K
+  GEMV, whose wrapper owns its partials).
 
 The search is coordinate descent from the heuristic: one knob at a time over its values, the
 others at their best so far (AutoTVM and Ansor search far larger spaces; these four knobs are
 the ones the templates expose). A candidate whose LLVM IR equals one already timed is skipped.
-Each candidate is timed as the median of ``repeat`` calls after one warm-up call, on the
-backend's thread count. Tuning a kernel takes about a second per candidate (the compile).
+Each candidate is timed as the fastest of ``repeat`` calls after one warm-up call, on the
+backend's thread count (the fastest, not the median: on a shared machine the median moved by
+10-30% between identical candidates), and replaces the best so far only when MARGIN faster.
+Tuning a kernel takes 0.1-0.7 s per candidate, most of it the compile (W2 batch 64's three
+convolutions: 3-6 s each).
 """
 
 from __future__ import annotations
@@ -31,10 +35,8 @@ import hashlib
 import json
 import logging
 import os
-import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -49,6 +51,7 @@ log = logging.getLogger("graphnn.llvm")
 
 Schedule = dict[str, int]
 TUNING_VERSION = 1  # bump when the knobs' meaning changes: older choices are then ignored
+MARGIN = 0.03  # a candidate replaces the best so far when at least this much faster
 
 
 def space(kernel: Kernel, bits: int) -> dict[str, list[int]]:
@@ -70,13 +73,13 @@ def space(kernel: Kernel, bits: int) -> dict[str, list[int]]:
     return knobs
 
 
-def kernel_key(kernel: Kernel, target: Target, bits: int) -> str:
-    """What a schedule depends on: the kernel IR without its name, the target, the search space
-    and the versions."""
+def kernel_key(kernel: Kernel, target: Target, bits: int, threads: int) -> str:
+    """What a schedule depends on: the kernel IR without its name, the target, the thread count,
+    the search space and the versions."""
     import graphnn
 
     listing = format_kernel(kernel).replace(kernel.name, "kernel", 1)
-    parts = [listing, target.triple, target.cpu, target.features, str(bits),
+    parts = [listing, target.triple, target.cpu, target.features, str(bits), str(threads),
              json.dumps(space(kernel, bits), sort_keys=True), str(TUNING_VERSION),
              graphnn.__version__]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
@@ -104,7 +107,8 @@ class Tuner:
         """The kernel's schedule: cached, else measured and cached; {} for untemplated ones."""
         if not space(kernel, self.bits):
             return {}
-        path = os.path.join(self.directory, kernel_key(kernel, self.target, self.bits) + ".json")
+        path = os.path.join(self.directory, kernel_key(kernel, self.target, self.bits,
+                                                          self.threads) + ".json")
         cached = _read(path)
         if cached is not None:
             return cached
@@ -125,7 +129,7 @@ class Tuner:
             for value in values[1:]:
                 candidate = {**best, name: value}
                 seconds = self._time(kernel, candidate, buffers, seen)
-                if seconds < best_s:
+                if seconds < best_s * (1 - MARGIN):
                     best, best_s = candidate, seconds
         return {k: v for k, v in best.items() if v != knobs[k][0]}  # the heuristic's: absent
 
@@ -152,7 +156,7 @@ class Tuner:
             t = time.perf_counter()
             fn(*args)
             times.append(time.perf_counter() - t)
-        seen[text] = statistics.median(times)
+        seen[text] = min(times)
         log.debug("  %s %s: %.3f ms", kernel.name, schedule, seen[text] * 1e3)
         return seen[text]
 
@@ -194,7 +198,3 @@ def _write(path: str, schedule: Schedule) -> None:
     except OSError as e:
         log.warning("could not write the tuning cache entry %s: %s", path, e)
 
-
-def knobs_of(schedules: dict[str, Schedule], kernel: Kernel) -> Iterator[tuple[str, int]]:
-    """The knobs set for ``kernel`` (by name) in ``schedules``."""
-    yield from schedules.get(kernel.name, {}).items()
