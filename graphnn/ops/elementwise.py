@@ -461,7 +461,11 @@ def _g_erf(n: Node, dy: Node) -> list[Node | None]:
 
 
 @_rule("relu")
-def _g_relu(n: Node, dy: Node) -> list[Node | None]: return [mul(dy, _f(dy, greater(n.inputs[0], 0)))]
+def _g_relu(n: Node, dy: Node) -> list[Node | None]:
+    # relu(x) > 0 exactly where x > 0 (NaN and -0.0 included); reading the output, as PyTorch's
+    # threshold_backward does, leaves x to relu alone, so a convolution or matmul before it
+    # can take the relu as its fused epilogue in a training graph too
+    return [mul(dy, _f(dy, greater(n, 0)))]
 
 
 @_rule("leaky_relu")

@@ -148,6 +148,25 @@ def test_digits_cnn_kernel_count() -> None:
     same_results(graph, out, {"x": np.random.default_rng(0).random((4, 1, 8, 8))}, exact=False)
 
 
+def test_training_graph_fuses_conv_and_relu() -> None:
+    """relu's gradient reads relu's output (not its input), so in a training step the
+    convolution's only consumer is the relu and it takes the relu as its epilogue."""
+    with gn.Graph() as g:
+        x = gn.placeholder((2, 3, 8, 8), name="x")
+        w = gn.variable(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32),
+                        name="w")
+        y = gn.relu(gn.conv(x, w, padding=1))
+        loss = gn.sum(y * y)
+        (dw,) = gn.gradients(loss, [w])
+        g.outputs = (loss, dw)
+    out = PassManager(opt_level=2, verify=True).run(g)
+    bodies = [n.attrs["body"].ops for n in out.nodes if n.op == "fused"]
+    assert ["conv", "relu"] in bodies
+    assert "relu" not in ops(out)
+    same_results(g, out, {"x": np.random.default_rng(1).standard_normal((2, 3, 8, 8))},
+                 exact=False)
+
+
 def test_fuse_elementwise_groups_and_boundaries() -> None:
     with gn.Graph() as g:
         x = gn.placeholder((4, 5), name="x")
