@@ -107,6 +107,7 @@ TEMPLATES: tuple[tuple[Callable[[Kernel, int], bool], type[gemm.GemmEmitter]], .
     (gemm.applies, gemm.GemmEmitter), (gemv.applies, gemv.SplitKGemv),
     (conv_implicit.implicit_applies, conv_implicit.ImplicitConvGemm),
     (conv_gemm.pixel_applies, conv_gemm.PixelConvGemm), (conv_gemm.applies, conv_gemm.ConvGemm),
+    (conv_implicit.weight_grad_applies, conv_implicit.ImplicitWeightGrad),
     (conv_grads.weight_grad_applies, conv_grads.WeightGradGemm),
     (conv_grads.transpose_applies, conv_grads.TransposedConvGemm))
 

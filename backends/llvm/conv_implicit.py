@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from graphnn.backends.kernel.ir import Kernel, Loop, geometry
 from graphnn.backends.llvm.conv_gemm import gemm_sized
-from graphnn.backends.llvm.gemm import I64, NR_TILE, GemmEmitter, _prod
+from graphnn.backends.llvm.gemm import I64, NR_TILE, PTR, GemmEmitter, _prod
 from llvmlite import ir
 
 if TYPE_CHECKING:
@@ -50,6 +50,8 @@ KC_IMPLICIT = 320
 # GEMM columns per useful one above which im2col (conv) or GEMM + col2im (conv_transpose) pays
 # instead (see ``implicit_applies``)
 MAX_WIDENING = {"conv": 1.3, "conv_transpose": 1.2}
+# output pixels per cache block of the weight gradient's depth (whole output lines)
+LINES_PIXELS = 256
 
 
 def _strides(dims: tuple[int, ...]) -> tuple[int, ...]:
@@ -269,7 +271,7 @@ class ImplicitConvGemm(GemmEmitter):
             self.copy_out(wide, r_lo, r_hi, base, self.c(0), self.c(self.n), self.c(self.n))
 
         self.group_planes(lo, hi, self.c_out, self.og, self.groups, group)
-        self.finish(wide, xpad)
+        self.free_buffers(wide, xpad)
 
     def emit_columns(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
         """One image, the thread's wide columns [p_lo, p_hi) for every output channel."""
@@ -305,9 +307,9 @@ class ImplicitConvGemm(GemmEmitter):
                           cols=(p_lo, b.select(b.icmp_signed("<", p_lo, j_end), j_end, p_lo)),
                           edges=b.icmp_signed("==", p_hi, self.c(self.n)))
             self.copy_out(wide, self.c(0), self.c(self.c_out), self.c(0), p_lo, p_hi, width)
-        self.finish(wide, xpad)
+        self.free_buffers(wide, xpad)
 
-    def finish(self, wide: ir.Value, xpad: ir.Value | None) -> None:
+    def free_buffers(self, wide: ir.Value, xpad: ir.Value | None) -> None:
         self.free(wide)
         if xpad is not None:
             self.free(xpad)
@@ -403,3 +405,235 @@ class ImplicitConvGemm(GemmEmitter):
                     if epilogue is not None:
                         em.vars[f"y{nd - 1}"] = x
                         em.stmt(epilogue)
+
+
+# -- the weight gradient ---------------------------------------------------------------------
+
+
+def weight_grad_shape(kernel: Kernel) -> Shape | None:
+    """A conv_weight_grad kernel (x, dy -> dw) as the convolution whose weights it is the
+    gradient of, or None for other kernels."""
+    if kernel.schedule[:1] != ("conv_weight_grad",):
+        return None
+    x, dy, dw = kernel.params
+    nd, groups = len(x.shape) - 2, int(kernel.schedule[3])
+    stride, dil, pads = geometry(kernel.schedule, nd)
+    return Shape(False, groups, x.shape[1] // groups, dw.shape[0] // groups, tuple(dw.shape[2:]),
+                 stride, dil, tuple(x.shape[2:]), tuple(dy.shape[2:]), pads)
+
+
+MIN_IMAGES = 4  # fewer images split too few ways: WeightGradGemm splits output channels
+
+
+def weight_grad_applies(kernel: Kernel, bits: int = 128) -> bool:
+    """A stride-1, one-group float conv_weight_grad of MIN_IMAGES images or more whose per-image
+    GEMM (input channels x taps rows, output channels columns, pixels deep) is big enough for
+    the template (``gemm_sized``)."""
+    shape = weight_grad_shape(kernel)
+    if shape is None or shape.groups != 1 or not shape.fits() or \
+            kernel.params[0].shape[0] < MIN_IMAGES:
+        return False
+    return gemm_sized(kernel.params[-1].dtype, shape.cg * _prod(shape.taps), shape.og,
+                      _prod(shape.out_sz), bits)
+
+
+class ImplicitWeightGrad(ImplicitConvGemm):
+    """conv_weight_grad with stride 1 as one GEMM per image over the padded input, no im2col:
+
+        dW^T[(c, t), o] += sum over output pixels y of xpad[c, p'(y) + off(t)] * dy^T[y, o],
+
+    the rows (c, t) read the (padded) input at each tap's constant offset, as the forward
+    implicit GEMM's b operand does; the columns are the output channels, from this image's dy
+    transposed pixel-major (og x pixels values: a 1/(cg * taps) share of the GEMM's reads) so a
+    row of b is contiguous; the depth walks the output pixels line by line (``k_steps``). The
+    images are the sum's outer index, so the threads split them: each accumulates a partial
+    dW^T of its images in a buffer of its own, whose address it leaves in the workspace's slot
+    of its first image (the rest of its range null); the wrapper adds the partials into dW,
+    transposing, once every thread is done (``finish``), as the split-K GEMV does. Measured on
+    W6 (2 threads, AVX-512 Xeon): see docs/llvm.md."""
+
+    KNOBS = ("nc", "mr")  # the depth is blocked by output lines (LINES_PIXELS), not KC
+
+    def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
+        shape = weight_grad_shape(kernel)
+        assert shape is not None
+        x, _, dw = kernel.params
+        self.em, self.b, self.k, self.shape = em, em.b, kernel, shape
+        self.xb, self.groups, self.o = 0, 1, 2
+        self.nd, self.dil, self.taps = len(shape.in_sz), shape.dilation, shape.taps
+        self.cg, self.og = shape.cg, shape.og
+        self.osz, self.in_sz = shape.out_sz, shape.in_sz
+        self.pixels, self.ntaps = _prod(self.osz), _prod(self.taps)
+        self.m, self.n, self.kk = self.cg * self.ntaps, self.og, self.pixels
+        self.types(dw.dtype, bits)
+        self.pitches, self.pads_begin = shape.pitches, shape.pads_begin
+        self.wide_strides = _strides(self.pitches)
+        self.plane_size = _prod(self.pitches)
+        self.offsets = [sum(t * self.dil[d] * self.wide_strides[d] for d, t in enumerate(taps))
+                        for taps in itertools.product(*[range(t) for t in self.taps])]
+        self.padded = self.pitches != self.in_sz
+        self.images = x.shape[0]
+        self.workspace_at = len(kernel.params)
+        self.lines = _prod(self.osz[:-1])  # output lines (all dims but the last)
+        self.lines_per_block = max(1, LINES_PIXELS // self.osz[-1])
+        self.src: ir.Value | None = None
+        self.dyt: ir.Value | None = None
+
+    @staticmethod
+    def parallel_extent(kernel: Kernel, bits: int) -> int | None:
+        return int(kernel.params[0].shape[0])  # the images
+
+    @staticmethod
+    def workspace(kernel: Kernel, bits: int) -> int:
+        """One pointer per image (the threads' partials), in values of dw's dtype."""
+        return int(kernel.params[0].shape[0]) * 8 // kernel.params[-1].dtype.np.itemsize
+
+    def table(self, img: ir.Value) -> ir.Value:
+        """The workspace's pointer slot of image img."""
+        return self.b.gep(self.em.params[self.workspace_at], [img], inbounds=True,
+                          source_etype=PTR)
+
+    # -- the depth: output pixels, line by line --------------------------------------------
+    def k_blocks(self) -> int:
+        return -(-self.lines // self.lines_per_block)
+
+    def k_block(self, kc: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """Block kc's output lines [l0, l1)."""
+        l0 = self.b.mul(kc, self.c(self.lines_per_block))
+        return l0, self.min(self.b.add(l0, self.c(self.lines_per_block)), self.c(self.lines))
+
+    def k_steps(self, l0: ir.Value, l1: ir.Value, step: Step) -> None:
+        """k = output pixel (line, x): row (c, t) of a at xpad[c, p'(line, x) + off(t)], the
+        column o of b at dy^T[pixel, o]."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, last = self.b, self.osz[-1]
+        assert self.src is not None and self.dyt is not None
+        src, dyt, table = self.src, self.dyt, self.tap_table()
+        with for_range(b, l1, "line", start=l0) as line:
+            rest, w0 = line, self.c(0)  # the line's first wide column
+            for d in reversed(range(self.nd - 1)):
+                w0 = b.add(w0, b.mul(b.srem(rest, self.c(self.osz[d])),
+                                     self.c(self.wide_strides[d])))
+                rest = b.sdiv(rest, self.c(self.osz[d]))
+            p0 = b.mul(line, self.c(last))
+            with for_range(b, last, "px") as x:
+                k = b.add(p0, x)
+                wide = b.add(w0, x)
+
+                def a_of(row: ir.Value, wide: ir.Value = wide) -> ir.Value:
+                    c, t = b.sdiv(row, self.c(self.ntaps)), b.srem(row, self.c(self.ntaps))
+                    off = b.load(b.gep(table, [self.c(0), t], inbounds=True), typ=I64)
+                    at = b.add(b.add(b.mul(c, self.c(self.plane_size)), off), wide)
+                    return b.gep(src, [at], inbounds=True, source_etype=self.ty)
+
+                def b_of(col: ir.Value, k: ir.Value = k) -> ir.Value:
+                    return b.gep(dyt, [self.at(k, col, self.og)], inbounds=True,
+                                 source_etype=self.ty)
+
+                step(k, a_of, b_of)
+
+    # -- the threads' images, and the sum -------------------------------------------------
+    def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
+        from graphnn.backends.llvm.codegen import for_range
+
+        b = self.b
+        lo, hi = bounds if bounds is not None else (self.c(0), self.c(self.images))
+        with b.if_then(b.icmp_signed("<", lo, hi)):  # a thread past the last image: idle
+            part = self.malloc(self.m * self.n)
+            self.zero(part, self.m * self.n)
+            b.store(part, self.table(lo))
+            with for_range(b, hi, "slot", start=b.add(lo, self.c(1))) as s:
+                b.store(ir.Constant(PTR, None), self.table(s))
+            self.slots()
+            self.dyt = self.malloc(self.pixels * self.og)
+            xpad = self.padded_buffer()
+            self.out_at = lambda row, col: b.gep(part, [self.at(row, col, self.n)],
+                                                 inbounds=True, source_etype=self.ty)
+            with for_range(b, hi, "img", start=lo) as img:
+                self.transpose_dy(img)
+                self.src = self.source(xpad, img, self.c(0), self.c(0),
+                                       self.c(self.padded_lines()))
+                full = self.c(self.m // self.mr * self.mr)
+                self.rows(self.c(0), self.c(self.m), full, full, accumulate=True)
+            self.free(self.dyt)
+            if xpad is not None:
+                self.free(xpad)
+            self.release()
+
+    def transpose_dy(self, img: ir.Value) -> None:
+        """dy^T[p, o] = dy[img, o, p]: 8 x 8 blocks transposed in registers (``transpose8``),
+        the edges past the last whole block one value at a time. (Scalar throughout, the
+        transpose took 0.4-0.7 ms of W6's 4.7 ms 32 -> 64-channel weight gradient.)"""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, og, pixels = self.b, self.og, self.pixels
+        base = b.mul(img, self.c(og * pixels))
+        dyt = self.dyt
+        assert dyt is not None
+        vec8 = ir.VectorType(self.ty, 8)
+
+        def move(o: ir.Value, p: ir.Value) -> None:
+            value = b.load(self.ptr(1, b.add(base, self.at(o, p, pixels))), typ=self.ty)
+            b.store(value, b.gep(dyt, [self.at(p, o, og)], inbounds=True, source_etype=self.ty))
+
+        o8, p8 = og // 8 * 8, pixels // 8 * 8
+        with for_range(b, o8 // 8, "to") as ob:
+            o0 = b.mul(ob, self.c(8))
+            with for_range(b, p8 // 8, "tp") as pb:
+                p0 = b.mul(pb, self.c(8))
+                rows = [b.load(self.ptr(1, b.add(base, self.at(b.add(o0, self.c(r)), p0,
+                                                                 pixels))),
+                               typ=vec8, align=self.align) for r in range(8)]
+                for r, column in enumerate(transpose8(b, rows)):
+                    at = self.at(b.add(p0, self.c(r)), o0, og)
+                    b.store(column, b.gep(dyt, [at], inbounds=True, source_etype=self.ty),
+                            align=self.align)
+            if p8 < pixels:  # the pixels past the last whole block
+                with for_range(b, 8, "tr") as r:
+                    with for_range(b, pixels, "tq", start=self.c(p8)) as p:
+                        move(b.add(o0, r), p)
+        if o8 < og:  # the channels past the last whole block
+            with for_range(b, og, "tro", start=self.c(o8)) as o:
+                with for_range(b, pixels, "trp") as p:
+                    move(o, p)
+
+    def finish(self) -> None:
+        """dw[o, q] = the sum over the threads' partials of partial[q, o] (in slot order)."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, m, n = self.b, self.m, self.n
+        self.zero(self.ptr(self.o, self.c(0)), m * n)
+        with for_range(b, self.images, "part") as s:
+            part = b.load(self.table(s), typ=PTR)
+            with b.if_then(b.icmp_unsigned("!=", part, ir.Constant(PTR, None))):
+                with for_range(b, n, "fo") as o:
+                    with for_range(b, m, "fq") as q:
+                        dst = self.ptr(self.o, self.at(o, q, m))
+                        value = b.load(b.gep(part, [self.at(q, o, n)], inbounds=True,
+                                             source_etype=self.ty), typ=self.ty)
+                        b.store(b.fadd(b.load(dst, typ=self.ty), value), dst)
+                self.free(part)
+
+
+def transpose8(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """The 8 x 8 transpose of eight 8-lane vectors in three rounds of two-input shuffles
+    (interleave pairs, then pairs of pairs, then halves: the unpack / shuffle / permute2f128
+    sequence of the usual AVX 8 x 8 float transpose, written as generic ``shufflevector``s that
+    LLVM lowers for the target)."""
+    def shuffle(x: ir.Value, y: ir.Value, mask: list[int]) -> ir.Value:
+        return b.shuffle_vector(x, y, ir.Constant(ir.VectorType(ir.IntType(32), 8), mask))
+
+    lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+    t = [shuffle(rows[i], rows[i + 1], m) for i in range(0, 8, 2) for m in (lo, hi)]
+    # t[2k]: rows 2k, 2k+1 interleaved at elements 0,1 | 4,5; t[2k+1]: at 2,3 | 6,7
+    even, odd = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+    s = []
+    for q in (0, 4):  # rows 0-3, then 4-7
+        for src in (0, 1):
+            a, c = t[q + src], t[q + src + 2]
+            s += [shuffle(a, c, even), shuffle(a, c, odd)]
+    # s[0..3]: rows 0-3 of columns (0|4), (1|5), (2|6), (3|7); s[4..7]: rows 4-7 of the same
+    low, high = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+    return [shuffle(s[j], s[j + 4], low) for j in range(4)] + \
+        [shuffle(s[j], s[j + 4], high) for j in range(4)]

@@ -219,6 +219,45 @@ def test_conv_weight_grad_gemm(xs: tuple, ks: tuple, kw: dict, dtype: type) -> N
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
 
 
+@pytest.mark.parametrize(("xs", "ks", "kw"), [
+    ((4, 8, 14, 13), (36, 8, 3, 3), {"pads": (0, 0, 0, 0)}),  # og not a multiple of 8
+    ((5, 16, 12, 12), (40, 16, 3, 3), {"pads": (1, 1, 1, 1)}),  # "same", masked columns
+    ((6, 3, 17, 20), (32, 3, 3, 2), {"pads": (2, 0, 1, 1), "dilation": (2, 1)}),
+    ((4, 6, 150), (40, 6, 5), {"pads": (3, 1), "dilation": (2,)}),
+    ((4, 4, 6, 7, 8), (32, 4, 2, 3, 2), {"pads": (1, 1, 1, 1, 1, 1)}),
+    ((8, 1, 30, 31), (32, 1, 3, 3), {"pads": (0, 0, 0, 0)}),  # one input channel
+    ((4, 24, 40, 40), (32, 24, 3, 3), {"pads": (1, 1, 1, 1)})])  # several blocks of lines
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 3, 7])
+def test_conv_weight_grad_implicit(xs: tuple, ks: tuple, kw: dict, dtype: type,
+                                   threads: int) -> None:
+    """Stride 1, one group, four images or more: the implicit weight-gradient GEMM
+    (conv_implicit.ImplicitWeightGrad), each thread's images summed in a partial of its own
+    (7 threads over 4-8 images: some idle), dy transposed in 8 x 8 blocks and the edges."""
+    from graphnn.backends.llvm.codegen import template_for
+    from graphnn.backends.llvm.gemm import vector_bits
+
+    nd = len(xs) - 2
+    kw = {"stride": (1,) * nd, "dilation": (1,) * nd, "groups": 1, **kw}
+    rng = np.random.default_rng(5)
+    out = [xs[2 + d] + kw["pads"][d] + kw["pads"][d + nd] - kw["dilation"][d] * (ks[2 + d] - 1)
+           for d in range(nd)]
+    x = rng.standard_normal(xs).astype(dtype)
+    dy = rng.standard_normal((xs[0], ks[0], *out)).astype(dtype)
+    with gn.Graph("g") as g:
+        a, b = gn.placeholder(x.shape, dtype, name="x"), gn.placeholder(dy.shape, dtype, name="dy")
+        dw = make_node("conv_weight_grad", [a, b], {**kw, "kernel_size": ks[2:]})
+    backend = LLVMBackend(cache=False, threads=threads)
+    sess = gn.Session(g, backend=backend)
+    got = sess.run(dw, {a: x, b: dy})
+    (kernel,) = next(iter(sess._cache.values())).exe.kernels
+    assert template_for(kernel, vector_bits(backend.target.features)).__name__ == \
+        "ImplicitWeightGrad"
+    want = gn.Session(g, backend="reference").run(dw, {a: x, b: dy})
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
 @pytest.mark.parametrize(("xs", "ws", "kw"), [
     ((2, 16, 10, 11), (16, 8, 3, 3), {"stride": (2, 2), "pads": (1, 1, 1, 1), "dilation": (1, 1),
                                       "groups": 1, "output_padding": (1, 0)}),
