@@ -18,7 +18,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from graphnn.backends.kernel.ir import Kernel, Loop, geometry
-from graphnn.backends.llvm.gemm import MIN_WORK, MR, NR_TILE, GemmEmitter, _lanes, _prod
+from graphnn.backends.llvm.gemm import (
+    MIN_WORK,
+    MR,
+    NR_TILE,
+    GemmEmitter,
+    _lanes,
+    _prod,
+    innermost,
+)
 from llvmlite import ir
 
 from graphnn.dtypes import DType
@@ -245,9 +253,7 @@ class PixelConvGemm(ConvGemm):
         over the pixels [p_lo, p_hi) only."""
         from graphnn.backends.llvm.codegen import for_range
 
-        stmt = plane
-        while isinstance(stmt, Loop):
-            stmt = stmt.body[0]
+        stmt = innermost(plane)
         em = self.em
         with for_range(self.b, self.c_out, "o") as o:
             em.vars["no"] = o  # one image: no = o

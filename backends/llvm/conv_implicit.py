@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from graphnn.backends.kernel.ir import Kernel, Loop, geometry
 from graphnn.backends.llvm.conv_gemm import gemm_sized
-from graphnn.backends.llvm.gemm import I64, NR_TILE, PTR, GemmEmitter, _prod
+from graphnn.backends.llvm.gemm import I64, NR_TILE, PTR, GemmEmitter, _prod, innermost
 from llvmlite import ir
 
 if TYPE_CHECKING:
@@ -378,9 +378,7 @@ class ImplicitConvGemm(GemmEmitter):
         outer = self.k.body[0]
         assert isinstance(outer, Loop)
         planes = [s for s in outer.body if isinstance(s, Loop) and s.var == "y0"]
-        epilogue = planes[1] if len(planes) > 1 else None
-        while isinstance(epilogue, Loop):
-            epilogue = epilogue.body[0]
+        epilogue = innermost(planes[1]) if len(planes) > 1 else None
         bias_buf = int(self.k.schedule[3])
         with for_range(b, r_hi, "no", start=r_lo) as no:
             em.vars["no"] = no

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from graphnn.backends.kernel.ir import Kernel, Loop
+from graphnn.backends.kernel.ir import Kernel, Loop, Stmt
 from graphnn.backends.kernel.lower import splits_columns
 from llvmlite import ir
 
@@ -462,10 +462,7 @@ class GemmEmitter:
         """The kernel's fused epilogue loop (the IR's last statement in the row loop)."""
         from graphnn.backends.llvm.codegen import for_range
 
-        rows = self.k.body[0]
-        while isinstance(rows, Loop) and rows.var != "i":  # under the batch loops
-            rows = rows.body[0]
-        assert isinstance(rows, Loop)
+        rows = row_loop(self.k)
         if len(rows.body) < 3:
             return
         b, shape = self.b, self.k.params[-1].shape
@@ -476,6 +473,24 @@ class GemmEmitter:
                 self.em.vars[f"b{d}"] = b.srem(b.sdiv(flat, self.c(inner)), self.c(shape[d]))
                 inner *= shape[d]
             self.em.stmt(rows.body[-1])
+
+
+def innermost(stmt: Stmt) -> Stmt:
+    """The statement under a chain of loops, each loop's first (a conv nest's plane -> the
+    statement it runs per pixel)."""
+    while isinstance(stmt, Loop):
+        stmt = stmt.body[0]
+    return stmt
+
+
+def row_loop(kernel: Kernel) -> Loop:
+    """A matmul kernel's row loop (``i``), under its batch or column-block loops: its
+    statements are zero, the k loop and, with a fused epilogue, the epilogue loop."""
+    rows = kernel.body[0]
+    while isinstance(rows, Loop) and rows.var != "i":
+        rows = rows.body[0]
+    assert isinstance(rows, Loop)
+    return rows
 
 
 def _zero(dt: DType):  # type: ignore[no-untyped-def]

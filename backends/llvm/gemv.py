@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from graphnn.backends.kernel.ir import Kernel, Loop
+from graphnn.backends.kernel.ir import Kernel
 from graphnn.backends.kernel.lower import splits_columns
-from graphnn.backends.llvm.gemm import MR, GemmEmitter, _prod
+from graphnn.backends.llvm.gemm import MR, GemmEmitter, _prod, row_loop
 from llvmlite import ir
 
 from graphnn.dtypes import DType
@@ -162,10 +162,7 @@ class SplitKGemv(GemmEmitter):
         in the column-split form, every column block."""
         from graphnn.backends.llvm.codegen import for_range
 
-        rows = self.k.body[0]
-        while isinstance(rows, Loop) and rows.var != "i":
-            rows = rows.body[0]
-        assert isinstance(rows, Loop)
+        rows = row_loop(self.k)
         if len(rows.body) < 3:
             return
         blocks = self.k.body[0].extent if splits_columns(self.k) else 1  # type: ignore[union-attr]
