@@ -9,12 +9,14 @@ GFLOP/s or GB/s (graphnn-opencl runs on the device ``GRAPHNN_OPENCL_DEVICE`` or
 ``graphnn devices`` names: PoCL on a machine without a GPU); ``--json`` writes a list of records
 ``{"workload", "batch", "framework", "median_s", "compile_s", "max_abs_err"}`` where
 ``max_abs_err`` compares with the numpy reference of the same weights and inputs.
-Timing: median of ``--repeat`` runs after one warm-up; ``compile_s`` is the first run's time
-(compilation included) minus the median. PyTorch runs with ``torch.set_num_threads`` equal to
-``GRAPHNN_NUM_THREADS`` (default: the cores available), onnxruntime (the ``bench`` extra) with
-as many intra-op threads, on the workloads written as ONNX graphs in ``onnx_peer.py``.
-torch-cuda (where PyTorch sees a CUDA GPU) is the peer for graphnn-opencl on that GPU: like
-``Session.run``, each run copies its input to the device and its output back.
+Timing: median of ``--repeat`` runs after one warm-up, taken in ``--rounds`` rounds that visit
+the frameworks in turn (so the ratios compare runs made side by side); ``compile_s`` is the
+first run's time (compilation included) minus the median. PyTorch runs with
+``torch.set_num_threads`` equal to ``GRAPHNN_NUM_THREADS`` (default: the cores available),
+onnxruntime (the ``bench`` extra) with as many intra-op threads, on the workloads written as
+ONNX graphs in ``onnx_peer.py``. torch-cuda (where PyTorch sees a CUDA GPU) is the peer for
+graphnn-opencl on that GPU: like ``Session.run``, each run copies its input to the device and
+its output back.
 """
 
 from __future__ import annotations
@@ -677,32 +679,48 @@ def _available(framework: str) -> bool:
     return True
 
 
-def measure(case: Case, framework: str, repeat: int) -> dict[str, Any]:
-    # let the previous framework's worker threads go idle first (torch's OpenMP threads spin
-    # for a while after each parallel region, which took CPU from the next peer's threads)
-    time.sleep(0.5)
-    start = time.perf_counter()
-    run = case.runners[framework]()
-    first = time.perf_counter()
-    result = run()
-    first_s = time.perf_counter() - first
-    # and the setup's own: numpy's OpenBLAS threads spin for about 0.1 s after a BLAS call
-    # (measured: a numpy matmul just before halved a 2-thread graphnn convolution's speed for
-    # the next 0.1 s, its worker sharing a core with a spinning OpenBLAS thread)
-    time.sleep(0.3)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    median = statistics.median(times)
+def measure(case: Case, frameworks: list[str], repeat: int, rounds: int
+            ) -> list[dict[str, Any]]:
+    """Each framework's median over ``repeat`` runs of the case, taken in ``rounds`` rounds that
+    visit the frameworks in turn (the order reversed every other round), so that a slow spell of
+    this shared machine falls on every framework alike instead of on whichever ran then (the
+    medians of one framework moved by up to 2x within minutes)."""
+    runs, results, compile_s = {}, {}, {}
+    for f in frameworks:
+        # let the previous framework's worker threads go idle first (torch's OpenMP threads
+        # spin for a while after each parallel region, which took CPU from the next peer's)
+        time.sleep(0.5)
+        start = time.perf_counter()
+        runs[f] = case.runners[f]()
+        first = time.perf_counter()
+        results[f] = runs[f]()
+        compile_s[f] = (time.perf_counter() - first, first - start)
+    times: dict[str, list[float]] = {f: [] for f in frameworks}
+    per_round = -(-repeat // rounds)
+    for r in range(rounds):
+        for f in frameworks if r % 2 == 0 else frameworks[::-1]:
+            # and the setup's or the previous peer's: numpy's OpenBLAS threads spin for about
+            # 0.1 s after a BLAS call (measured: a numpy matmul just before halved a 2-thread
+            # graphnn convolution's speed for the next 0.1 s, its worker sharing a core with a
+            # spinning OpenBLAS thread)
+            time.sleep(0.3)
+            for _ in range(min(per_round, repeat - len(times[f]))):
+                t = time.perf_counter()
+                runs[f]()
+                times[f].append(time.perf_counter() - t)
     ref = case.runners.get("numpy")
-    err = None
-    if ref is not None and framework != "numpy":
-        err = float(np.max(np.abs(np.asarray(result) - ref()())))
-    return {"workload": case.workload, "batch": case.batch, "framework": framework,
-            "median_s": median, "compile_s": max(first_s - median, 0.0) + (first - start),
-            "max_abs_err": err}
+    want = ref()() if ref is not None else None
+    rows = []
+    for f in frameworks:
+        median = statistics.median(times[f])
+        err = None
+        if want is not None and f != "numpy":
+            err = float(np.max(np.abs(np.asarray(results[f]) - want)))
+        first_s, setup_s = compile_s[f]
+        rows.append({"workload": case.workload, "batch": case.batch, "framework": f,
+                     "median_s": median, "compile_s": max(first_s - median, 0.0) + setup_s,
+                     "max_abs_err": err})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -712,6 +730,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         default=["graphnn-llvm", "graphnn-opencl", "numpy", "torch",
                                  "torch-cuda", "torch-compile", "jax", "onnxruntime"])
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="the repeats are taken in this many rounds over the frameworks")
     parser.add_argument("--json", help="write the records to this file")
     parser.add_argument("--profile", type=int, metavar="N", default=0,
                         help="also print the N slowest kernels of each graphnn framework's run "
@@ -724,7 +744,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
           f"{'rate':>16}{'max err':>10}")
     for name in args.workload:
         for case in WORKLOADS[name]():
-            rows = [measure(case, f, args.repeat) for f in frameworks if f in case.runners]
+            rows = measure(case, [f for f in frameworks if f in case.runners], args.repeat,
+                           max(1, min(args.rounds, args.repeat)))
             ours = next((r["median_s"] for r in rows if r["framework"] == "graphnn-llvm"), None)
             for r in rows:
                 rate = (f"{case.flops / r['median_s'] / 1e9:.1f} GFLOP/s" if case.flops else
