@@ -46,18 +46,19 @@ def chunks(depth: int) -> int:
 
 
 def applies(kernel: Kernel, bits: int = 128) -> bool:
-    """Float 2-D matmuls (any fused epilogue) of fewer than MR rows whose b has MIN_B elements
-    or more and at least two slices' worth of k: either of the kernel IR's two forms (columns
-    split, or rows split where no column block divides n)."""
+    """Float matmuls (any fused epilogue) of a 2-D b and fewer than MR rows in all (a 2-D a, or
+    batched rows: a dense layer over one token) whose b has MIN_B elements or more and at least
+    two slices' worth of k: any of the kernel IR's forms (columns split, rows split where no
+    column block divides n, batch loops over rows)."""
     if kernel.schedule[:1] != ("matmul",):
         return False
     _, a, b = kernel.schedule
     out, pa, pb = kernel.params[-1], kernel.params[int(a)], kernel.params[int(b)]
-    if not len(out.shape) == len(pa.shape) == len(pb.shape) == 2:
+    if len(pb.shape) != 2 or len(pa.shape) != len(out.shape) or pa.shape[:-2] != out.shape[:-2]:
         return False
-    m, depth = pa.shape
-    return out.dtype in (DType.float32, DType.float64) and m < MR and \
-        depth >= 2 * SLICE_DEPTH and depth * out.shape[1] >= MIN_B
+    depth = pa.shape[-1]
+    return out.dtype in (DType.float32, DType.float64) and _prod(out.shape[:-1]) < MR and \
+        depth >= 2 * SLICE_DEPTH and depth * out.shape[-1] >= MIN_B
 
 
 class SplitKGemv(GemmEmitter):
@@ -162,10 +163,13 @@ class SplitKGemv(GemmEmitter):
         in the column-split form, every column block."""
         from graphnn.backends.llvm.codegen import for_range
 
+        if not splits_columns(self.k):  # rows, under batch loops or not
+            self.epilogue(self.c(0), self.c(self.m))
+            return
         rows = row_loop(self.k)
         if len(rows.body) < 3:
             return
-        blocks = self.k.body[0].extent if splits_columns(self.k) else 1  # type: ignore[union-attr]
+        blocks = self.k.body[0].extent  # type: ignore[union-attr]
         with for_range(self.b, blocks, "jbe") as jb:
             self.em.vars["jb"] = jb
             with for_range(self.b, self.m, "ie") as i:

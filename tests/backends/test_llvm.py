@@ -391,23 +391,25 @@ def test_gemm_template_blocks_and_remainders(m: int, k: int, n: int, dtype: type
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("m", "k", "n", "form"), [
     (1, 784, 512, "columns"), (3, 300, 1000, "rows"), (5, 64, 1024, "columns"),
-    (2, 1000, 77, "rows"), (4, 129, 600, "rows"), (1, 4096, 16, "rows")])
+    (2, 1000, 77, "rows"), (4, 129, 600, "rows"), (1, 4096, 16, "rows"),
+    (1, 784, 512, "batched"), (3, 200, 700, "batched")])
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
 def test_split_k_gemv(m: int, k: int, n: int, form: str, dtype: type, threads: int) -> None:
-    """Few-row matmuls with a big b split their depth between threads (gemv.py): either form
-    of the kernel IR (columns split, or rows where no column block divides n), whole vector
-    blocks, single vectors and a masked tail, the fewest slices (k = 64: a third thread
+    """Few-row matmuls with a big b split their depth between threads (gemv.py): every form
+    of the kernel IR (columns split, rows where no column block divides n, batched rows), whole
+    vector blocks, single vectors and a masked tail, the fewest slices (k = 64: a third thread
     idle), more threads than slices, and the fused bias + ReLU after the partials' sum."""
     from graphnn.backends.kernel.lower import splits_columns
     from graphnn.backends.llvm import gemm, gemv
 
+    rows = (1, m) if form == "batched" else (m,)
     with gn.Graph("g") as g:
-        a, b = gn.placeholder((m, k), dtype, name="a"), gn.placeholder((k, n), dtype, name="b")
+        a, b = gn.placeholder((*rows, k), dtype, name="a"), gn.placeholder((k, n), dtype, name="b")
         bias = gn.placeholder((n,), dtype, name="bias")
         y = gn.relu(a @ b + bias)
     sess = gn.Session(g, backend=LLVMBackend(cache=False, threads=threads), opt_level=2)
     rng = np.random.default_rng(m * k + n)
-    av, bv, cv = (rng.standard_normal(s).astype(dtype) for s in [(m, k), (k, n), (n,)])
+    av, bv, cv = (rng.standard_normal(s).astype(dtype) for s in [(*rows, k), (k, n), (n,)])
     got = sess.run(y, {a: av, b: bv, bias: cv})
     tol = 1e-5 if dtype == np.float32 else 1e-13
     np.testing.assert_allclose(got, np.maximum(av.astype(np.float64) @ bv + cv, 0), rtol=tol,
@@ -420,12 +422,12 @@ def test_split_k_gemv(m: int, k: int, n: int, form: str, dtype: type, threads: i
 
 
 def test_split_k_gemv_declines_small_and_batched_matmuls() -> None:
-    """b below MIN_B elements, too little depth for two slices, MR rows or more, batched
-    operands: the other forms take them."""
+    """b below MIN_B elements, too little depth for two slices, MR rows or more (also as
+    batched rows), a batched b: the other forms take them."""
     from graphnn.backends.llvm import gemv
 
     cases = [((1, 128), (128, 256)), ((1, 32), (32, 4096)), ((6, 784), (784, 512)),
-             ((2, 1, 784), (2, 784, 512))]
+             ((2, 1, 784), (2, 784, 512)), ((2, 3, 784), (784, 512))]
     for sa, sb in cases:
         with gn.Graph("g") as g:
             y = gn.placeholder(sa, name="a") @ gn.placeholder(sb, name="b")
