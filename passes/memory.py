@@ -13,6 +13,7 @@ own buffer) and after.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from graphnn.passes.rewrite import PassError, consumers
@@ -78,6 +79,35 @@ def plan_memory(graph: Graph, alignment: int = 64) -> Graph:
                 _release(free, block.pop(d))
     graph.meta["memory_plan"] = plan
     return graph
+
+
+def plan_buffers(order: Sequence[Node], planned: Collection[Node], alignment: int = 64
+                 ) -> tuple[dict[Node, tuple[int, int]], int]:
+    """Byte (offset, size) in one arena for each node of ``planned``, over the execution order
+    ``order`` (which holds their consumers that run): a value lives from its node to its last
+    consumer in ``order``, and its block is free for later values after that; no value is put
+    in place of an input (the JIT's kernels keep their no-alias facts). Returns the offsets and
+    the arena's size in bytes. The JIT's executables plan their intermediates this way.
+
+    Raises:
+        PassError: a planned node's shape is not static."""
+    index = {n: i for i, n in enumerate(order)}
+    last_use = {n: index[n] for n in planned}
+    for n in order:
+        for x in n.inputs:
+            if x in last_use:
+                last_use[x] = max(last_use[x], index[n])
+    dying: dict[int, list[Node]] = {}
+    for n, i in last_use.items():
+        dying.setdefault(i, []).append(n)
+    plan, free = MemoryPlan(), list[tuple[int, int]]()
+    block: dict[Node, tuple[int, int]] = {}
+    for i, n in enumerate(order):
+        if n in last_use:  # allocated before this node's dying inputs are freed: no overlap
+            block[n] = _allocate(free, _nbytes(n, alignment), plan)
+        for d in dying.get(i, []):
+            _release(free, block[d])
+    return block, plan.arena_bytes
 
 
 def _in_place_candidate(n: Node, block: dict[Node, tuple[int, int]], last_use: dict[Node, int],

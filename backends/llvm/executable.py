@@ -25,6 +25,7 @@ from graphnn.backends.llvm.gemm import vector_bits
 from graphnn.backends.llvm.jit import Compiled, Target, default_threads
 from graphnn.backends.llvm.tuning import Tuner
 from graphnn.backends.reference import _evaluate, flagged_error
+from graphnn.passes.memory import plan_buffers
 from llvmlite import ir
 
 from graphnn.errors import GraphError
@@ -33,6 +34,10 @@ from graphnn.ops.registry import describe, get_op
 from graphnn.profiler import KernelTime, median_time
 
 SOURCES = ("placeholder", "variable", "constant")
+
+
+def _nbytes(n: Node) -> int:
+    return int(np.prod([d or 0 for d in n.shape], dtype=np.int64)) * n.dtype.np.itemsize
 # ops whose loop nests (not their templates) measured slower than numpy: the convolution
 # gradients (one reduction per weight, a gather per element), and attention, whose row kernel
 # has no GEMM in it (8x4x128x64: 7.2 ms against numpy's 4.7; at O2 decompose_attention makes it
@@ -93,15 +98,22 @@ class LLVMExecutable:
                 self._checked.append(n)
             segment.append((kernel, n))
         self._close_segment(module, segment)
-        # Intermediates are allocated once and reused by every run. Values that become variable
-        # state are fresh each run, so no run aliases another's. A fetched value is computed
-        # straight into the array the run returns: the previous run's, when the caller has let
-        # go of it (nothing else references it), else a fresh one; never a copy.
+        # Intermediates live in one arena, allocated once and reused by every run, at the
+        # offsets of a memory plan over the execution order (a value's block is reused once its
+        # last consumer has run). Values that become variable state are fresh each run, so no
+        # run aliases another's. A fetched value is computed straight into the array the run
+        # returns: the previous run's, when the caller has let go of it (nothing else
+        # references it), else a fresh one; never a copy.
         writers = {n for n in order if get_op(n.op).writes_input is not None}
         self._writers = writers
-        self._scratch = {n: np.empty([d or 0 for d in n.shape], n.dtype.np) for n in order
-                         if n.op not in SOURCES and not get_op(n.op).no_value
-                         and n not in writers and n not in self.fetches}
+        planned = [n for n in order if n.op not in SOURCES and not get_op(n.op).no_value
+                   and n not in writers and n not in self.fetches]
+        offsets, self.arena_bytes = plan_buffers(order, planned)
+        self.unplanned_bytes = sum(size for _, size in offsets.values())
+        self._arena = np.empty(self.arena_bytes + 64, np.uint8)
+        base = -self._arena.ctypes.data % 64  # cache-line aligned, as the plan's blocks
+        self._scratch = {n: self._arena[base + at:base + at + _nbytes(n)].view(n.dtype.np)
+                         .reshape([d or 0 for d in n.shape]) for n, (at, _) in offsets.items()}
         self._returned = ReturnedArrays()
         self._plan_run()
         self.llvm_ir = str(module)
@@ -228,27 +240,39 @@ class LLVMExecutable:
     def profile(self, feeds: Mapping[Node, np.ndarray], state: Mapping[Node, np.ndarray],
                 counter: int, repeat: int) -> list[KernelTime]:
         """Each step's median time over ``repeat`` calls of it alone (``graphnn.profiler``):
-        one run fills every buffer, then each kernel's native function is called through
-        ctypes with its slots' pointers (about 1 us more than inside its segment), each
-        fallback node's numpy reference re-evaluated. Kernels only read their inputs and write
-        their own output, so calling one again changes nothing else; variables and the
-        returned arrays are untouched."""
+        one run (which raises as a run would), then the steps once more in order, each
+        intermediate in a buffer of its own instead of its arena block (so a kernel called
+        again finds its inputs as it did in the run, not a later value that reused their
+        block), then each kernel's native function called through ctypes with its slots'
+        pointers (about 1 us more than inside its segment), each fallback node's numpy
+        reference re-evaluated. Variables and the returned arrays are untouched."""
         values = self._bind_values(feeds, state, counter)  # alive while kernels use them
-        self._execute(values, counter)  # fill the buffers (raises as a run would)
-        times: list[KernelTime] = []
+        self._execute(values, counter)
+        own = list(values)
+        for n in self._scratch:
+            own[self.slot[n]] = np.empty_like(self._scratch[n])
+        pointer = [self._pointers[s] for s in range(len(self._pointers))]
+        for n in self._scratch:
+            pointer[self.slot[n]] = own[self.slot[n]].ctypes.data  # type: ignore[union-attr]
         assert self.compiled is not None or not self._calls
+        calls: list[tuple[str, Any, Any]] = []  # (kind, what, function of no arguments)
         for step, what in self.steps:
             if step == "numpy":
-                seconds = median_time(functools.partial(self._fallback, what, values, counter),
-                                      repeat)
-                times.append(KernelTime.of(what, "numpy", seconds))
+                calls.append(("numpy", what, functools.partial(self._fallback, what, own,
+                                                               counter)))
                 continue
             for kernel, node, slots in self._calls[what[0]]:
                 fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * len(slots))(
                     self.compiled.address(kernel.name))  # type: ignore[union-attr]
-                args = [self._pointers[s] for s in slots]
-                seconds = median_time(functools.partial(fn, *args), repeat)
-                times.append(KernelTime.of(node, kernel.name, seconds))
+                calls.append((kernel.name, node, functools.partial(
+                    fn, *[pointer[s] for s in slots])))
+        for kind, what, call in calls:  # fill the private buffers, in order
+            if kind == "numpy":
+                np.copyto(own[self.slot[what]], call())  # type: ignore[arg-type]
+            else:
+                call()
+        times = [KernelTime.of(what, "numpy" if kind == "numpy" else kind,
+                               median_time(call, repeat)) for kind, what, call in calls]
         self._status[:] = 0  # a kernel that checks its data flagged already in the run
         return times
 

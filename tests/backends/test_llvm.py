@@ -576,6 +576,44 @@ def test_gemm_template_per_batch_index(batch: tuple, m: int, k: int, n: int,
     assert any(gemm.applies(kn, bits) for kn in next(iter(sess._cache.values())).exe.kernels)
 
 
+def test_intermediates_share_one_arena_without_overlapping_live_values() -> None:
+    """The JIT's intermediates are views of one arena laid out by a memory plan over the
+    execution order: smaller than a buffer each, no two values alive at once overlap, runs
+    repeat the reference's results, and the profile (which gives each intermediate its own
+    buffer) times every kernel."""
+    from graphnn.passes.memory import plan_buffers
+
+    rng = np.random.default_rng(0)
+    with gn.Graph("g") as g:
+        x = gn.placeholder((64, 256), name="x")
+        h = x
+        for k in range(6):  # a chain: each value dies at the next layer
+            w = gn.constant((rng.standard_normal((256, 256)) / 16).astype(np.float32))
+            h = gn.tanh(h @ w) + h * 0.5
+        y = gn.sum(h, axis=1)
+    sess = gn.Session(g, backend=LLVMBackend(cache=False), opt_level=1)
+    feeds = {"x": rng.standard_normal((64, 256)).astype(np.float32)}
+    want = gn.Session(g, backend="reference").run(y, feeds)
+    for _ in range(3):
+        np.testing.assert_allclose(sess.run(y, feeds), want, rtol=1e-4, atol=1e-4)
+    exe = next(iter(sess._cache.values())).exe
+    assert len(exe._scratch) >= 6 and exe.arena_bytes < exe.unplanned_bytes / 2
+    assert all(a.base is exe._arena for a in exe._scratch.values())
+    blocks, _ = plan_buffers(exe.order, list(exe._scratch))
+    index = {n: i for i, n in enumerate(exe.order)}
+    last = {n: max([index[u] for u in exe.order if n in u.inputs], default=index[n])
+            for n in blocks}
+    for a in blocks:
+        for b in blocks:
+            live_together = a is not b and index[a] <= last[b] and index[b] <= last[a]
+            (oa, sa), (ob, sb) = blocks[a], blocks[b]
+            assert not (live_together and oa < ob + sb and ob < oa + sa), (a, b)
+    profile = sess.profile(y, feeds, repeat=2)
+    assert len(profile.kernels) == len(exe.kernels)
+    assert all(k.seconds > 0 for k in profile.kernels)
+    np.testing.assert_allclose(sess.run(y, feeds), want, rtol=1e-4, atol=1e-4)
+
+
 def test_fetched_arrays_are_recycled_only_when_the_caller_let_go() -> None:
     """A fetched value is computed straight into the array returned: last run's array once the
     caller dropped it (no copy, no page faults), a fresh one while the caller still holds it."""
