@@ -160,15 +160,21 @@ def _read_object(path: str) -> bytes | None:
 
 
 def _write_object(path: str, payload: bytes) -> None:
-    """Atomically: a crash leaves either no entry or a whole one."""
+    write_atomically(path, _MAGIC + hashlib.sha256(payload).digest() + payload)
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """A cache entry, through a temporary file and a rename: a crash leaves either no entry or
+    a whole one. A read-only or full disk only costs the next process the work again (a
+    warning, no error)."""
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC + hashlib.sha256(payload).digest() + payload)
+            f.write(data)
         os.replace(tmp, path)
-    except OSError as e:  # a read-only or full disk only costs the next process a compile
-        log.warning("could not write the compile cache entry %s: %s", path, e)
+    except OSError as e:
+        log.warning("could not write the cache entry %s: %s", path, e)
 
 
 def default_threads() -> int:

@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from typing import TYPE_CHECKING
 
@@ -188,13 +187,6 @@ def _read(path: str) -> Schedule | None:
 
 
 def _write(path: str, schedule: Schedule) -> None:
-    """Atomically; a read-only or full disk only costs the next process a measurement."""
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(schedule, f)
-        os.replace(tmp, path)
-    except OSError as e:
-        log.warning("could not write the tuning cache entry %s: %s", path, e)
+    from graphnn.backends.llvm.jit import write_atomically
 
+    write_atomically(path, json.dumps(schedule).encode())

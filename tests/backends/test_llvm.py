@@ -587,7 +587,7 @@ def test_intermediates_share_one_arena_without_overlapping_live_values() -> None
     with gn.Graph("g") as g:
         x = gn.placeholder((64, 256), name="x")
         h = x
-        for k in range(6):  # a chain: each value dies at the next layer
+        for _ in range(6):  # a chain: each value dies at the next layer
             w = gn.constant((rng.standard_normal((256, 256)) / 16).astype(np.float32))
             h = gn.tanh(h @ w) + h * 0.5
         y = gn.sum(h, axis=1)
