@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 SLICE_DEPTH = 32  # the fewest k-steps of one slice
 MAX_SLICES = 16  # slices of k at most (enough to keep 16 threads busy)
 MIN_B = 1 << 16  # elements of b from which the split pays (256 KB of float32)
-ACCUMULATORS = 24  # vector registers a register block may take (of AVX-512's 32)
+# vector registers a register block may take: 24 of AVX-512's 32, 12 of AVX2's or NEON's 16
+ACCUMULATORS = {True: 24, False: 12}
 
 
 def chunks(depth: int) -> int:
@@ -72,8 +73,8 @@ class SplitKGemv(GemmEmitter):
         super().__init__(em, kernel, bits)
         self.slices = chunks(self.kk)
         self.workspace_at = len(kernel.params)  # the workspace's position in em.params
-        # a register block: all rows by nvec vectors of columns, 24 accumulators at most
-        self.nvec = max(1, min(8, ACCUMULATORS // self.m))
+        # a register block: all rows by nvec vectors of columns, ACCUMULATORS at most
+        self.nvec = max(1, min(8, ACCUMULATORS[bits >= 512] // self.m))
 
     @staticmethod
     def parallel_extent(kernel: Kernel, bits: int) -> int | None:
