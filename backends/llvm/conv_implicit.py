@@ -160,23 +160,15 @@ class ImplicitConvGemm(GemmEmitter):
     def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
         shape = Shape.of(kernel)
         assert shape is not None
-        self.em, self.b, self.k, self.shape = em, em.b, kernel, shape
+        self.em, self.b, self.k = em, em.b, kernel
+        self.geometry(shape)
         _, xb, wb, *_ = kernel.schedule
-        self.xb, self.wb, self.groups = int(xb), int(wb), shape.groups
+        self.xb, self.wb = int(xb), int(wb)
         self.o = len(kernel.params) - 1
-        self.nd, self.dil, self.taps = len(shape.in_sz), shape.dilation, shape.taps
-        self.cg, self.og, self.c_out = shape.cg, shape.og, kernel.params[-1].shape[1]
-        self.osz, self.in_sz = shape.out_sz, shape.in_sz
-        self.pixels, self.ntaps = _prod(self.osz), _prod(self.taps)
+        self.c_out = kernel.params[-1].shape[1]
         self.m, self.kk = self.c_out, self.cg * self.ntaps
         self.types(kernel.params[-1].dtype, bits)
-        self.pitches, self.pads_begin = shape.pitches, shape.pads_begin
-        self.wide_strides = _strides(self.pitches)
-        self.plane_size = _prod(self.pitches)
-        self.offsets = [sum(t * self.dil[d] * self.wide_strides[d] for d, t in enumerate(taps))
-                        for taps in itertools.product(*[range(t) for t in self.taps])]
         self.n = shape.wide
-        self.padded = self.pitches != self.in_sz
         blocks = -(-self.kk // KC_IMPLICIT)
         self.block_channels = -(-self.cg // blocks)
         self.by_columns = columns_split(kernel)
@@ -184,6 +176,20 @@ class ImplicitConvGemm(GemmEmitter):
         # the weight w[o, c, t] of output channel o (absolute), input channel c of its group
         # and tap t (flat), for the group of the rows being computed
         self.weight: Callable[[ir.Value, ir.Value, ir.Value], ir.Value] | None = None
+
+    def geometry(self, shape: Shape) -> None:
+        """The convolution's sizes, the padded input's pitches and strides, and each tap's
+        offset in it (both implicit GEMMs read the input this way)."""
+        self.shape, self.groups, self.cg, self.og = shape, shape.groups, shape.cg, shape.og
+        self.nd, self.dil, self.taps = len(shape.in_sz), shape.dilation, shape.taps
+        self.osz, self.in_sz = shape.out_sz, shape.in_sz
+        self.pixels, self.ntaps = _prod(self.osz), _prod(self.taps)
+        self.pitches, self.pads_begin = shape.pitches, shape.pads_begin
+        self.wide_strides = _strides(self.pitches)
+        self.plane_size = _prod(self.pitches)
+        self.offsets = [sum(t * self.dil[d] * self.wide_strides[d] for d, t in enumerate(taps))
+                        for taps in itertools.product(*[range(t) for t in self.taps])]
+        self.padded = self.pitches != self.in_sz
 
     @staticmethod
     def parallel_extent(kernel: Kernel, bits: int) -> int | None:
@@ -456,20 +462,11 @@ class ImplicitWeightGrad(ImplicitConvGemm):
         shape = weight_grad_shape(kernel)
         assert shape is not None
         x, _, dw = kernel.params
-        self.em, self.b, self.k, self.shape = em, em.b, kernel, shape
-        self.xb, self.groups, self.o = 0, 1, 2
-        self.nd, self.dil, self.taps = len(shape.in_sz), shape.dilation, shape.taps
-        self.cg, self.og = shape.cg, shape.og
-        self.osz, self.in_sz = shape.out_sz, shape.in_sz
-        self.pixels, self.ntaps = _prod(self.osz), _prod(self.taps)
+        self.em, self.b, self.k = em, em.b, kernel
+        self.geometry(shape)
+        self.xb, self.o = 0, 2
         self.m, self.n, self.kk = self.cg * self.ntaps, self.og, self.pixels
         self.types(dw.dtype, bits)
-        self.pitches, self.pads_begin = shape.pitches, shape.pads_begin
-        self.wide_strides = _strides(self.pitches)
-        self.plane_size = _prod(self.pitches)
-        self.offsets = [sum(t * self.dil[d] * self.wide_strides[d] for d, t in enumerate(taps))
-                        for taps in itertools.product(*[range(t) for t in self.taps])]
-        self.padded = self.pitches != self.in_sz
         self.images = x.shape[0]
         self.workspace_at = len(kernel.params)
         self.lines = _prod(self.osz[:-1])  # output lines (all dims but the last)

@@ -32,12 +32,10 @@ from graphnn.errors import GraphError
 from graphnn.ir import Graph, Node
 from graphnn.ops.registry import describe, get_op
 from graphnn.profiler import KernelTime, median_time
+from graphnn.shapes import num_elements
 
 SOURCES = ("placeholder", "variable", "constant")
 
-
-def _nbytes(n: Node) -> int:
-    return int(np.prod([d or 0 for d in n.shape], dtype=np.int64)) * n.dtype.np.itemsize
 # ops whose loop nests (not their templates) measured slower than numpy: the convolution
 # gradients (one reduction per weight, a gather per element), and attention, whose row kernel
 # has no GEMM in it (8x4x128x64: 7.2 ms against numpy's 4.7; at O2 decompose_attention makes it
@@ -112,7 +110,8 @@ class LLVMExecutable:
         self.unplanned_bytes = sum(size for _, size in offsets.values())
         self._arena = np.empty(self.arena_bytes + 64, np.uint8)
         base = -self._arena.ctypes.data % 64  # cache-line aligned, as the plan's blocks
-        self._scratch = {n: self._arena[base + at:base + at + _nbytes(n)].view(n.dtype.np)
+        self._scratch = {n: self._arena[base + at:base + at + (num_elements(n.shape) or 0)
+                                        * n.dtype.itemsize].view(n.dtype.np)
                          .reshape([d or 0 for d in n.shape]) for n, (at, _) in offsets.items()}
         self._returned = ReturnedArrays()
         self._plan_run()
