@@ -220,8 +220,7 @@ class ImplicitConvGemm(GemmEmitter):
 
     def k_block(self, kc: ir.Value) -> tuple[ir.Value, ir.Value]:
         """Block kc's input channels [c0, c1) (``k_steps`` walks their taps)."""
-        c0 = self.b.mul(kc, self.c(self.block_channels))
-        return c0, self.min(self.b.add(c0, self.c(self.block_channels)), self.c(self.cg))
+        return self.block(kc, self.block_channels, self.cg)
 
     def k_steps(self, c0: ir.Value, c1: ir.Value, step: Step) -> None:
         """k = (c, t) for the block's channels c and every tap t: a loop over the taps whose
@@ -494,8 +493,7 @@ class ImplicitWeightGrad(ImplicitConvGemm):
 
     def k_block(self, kc: ir.Value) -> tuple[ir.Value, ir.Value]:
         """Block kc's output lines [l0, l1)."""
-        l0 = self.b.mul(kc, self.c(self.lines_per_block))
-        return l0, self.min(self.b.add(l0, self.c(self.lines_per_block)), self.c(self.lines))
+        return self.block(kc, self.lines_per_block, self.lines)
 
     def k_steps(self, l0: ir.Value, l1: ir.Value, step: Step) -> None:
         """k = output pixel (line, x): row (c, t) of a at xpad[c, p'(line, x) + off(t)], the

@@ -321,8 +321,12 @@ class GemmEmitter:
 
     def k_block(self, kc: ir.Value) -> tuple[ir.Value, ir.Value]:
         """Block kc's bounds [k0, k1) as ``k_steps`` takes them: KC steps of k."""
-        k0 = self.b.mul(kc, self.c(self.kc))
-        return k0, self.min(self.b.add(k0, self.c(self.kc)), self.c(self.kk))
+        return self.block(kc, self.kc, self.kk)
+
+    def block(self, index: ir.Value, size: int, total: int) -> tuple[ir.Value, ir.Value]:
+        """[index * size, min((index + 1) * size, total)): block ``index`` of ``total``."""
+        lo = self.b.mul(index, self.c(size))
+        return lo, self.min(self.b.add(lo, self.c(size)), self.c(total))
 
     def k_steps(self, k0: ir.Value, k1: ir.Value, step: Callable[
             [ir.Value, Callable[[ir.Value], ir.Value], Callable[[ir.Value], ir.Value]], None]
