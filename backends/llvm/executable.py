@@ -22,7 +22,7 @@ from graphnn.backends.kernel.ir import Kernel, format_kernel
 from graphnn.backends.kernel.lower import lower
 from graphnn.backends.llvm.codegen import PTR, KernelEmitter, template_for
 from graphnn.backends.llvm.gemm import vector_bits
-from graphnn.backends.llvm.jit import Compiled, Target, default_threads
+from graphnn.backends.llvm.jit import Compiled, Target, cache_key, default_threads
 from graphnn.backends.llvm.tuning import Tuner
 from graphnn.backends.reference import _evaluate, flagged_error
 from graphnn.passes.memory import plan_buffers
@@ -67,9 +67,9 @@ class LLVMExecutable:
         # ("native", (segment, nodes, checks its data)) | ("numpy", node)
         self.steps: list[tuple[str, Any]] = []
         self.kernels: list[Kernel] = []
-        module = ir.Module(name=graph.name)
-        emitter = KernelEmitter(module, vector_bits(target.features))
-        tuner = Tuner(target, emitter.vector_bits, threads) if tune else None
+        self._name, self._bits = graph.name, vector_bits(target.features)
+        tuner = Tuner(target, self._bits, threads) if tune else None
+        self._schedules: dict[str, dict[str, int]] = {}  # tuned, by kernel name
         segment: list[tuple[Kernel, Node]] = []
         self.fallback_ops: set[str] = set()
         # nodes whose kernels check their data, in order; the k-th one's flag is
@@ -80,22 +80,21 @@ class LLVMExecutable:
                 continue
             kernel = lower(n, f"k{len(self.kernels)}_{n.op}")
             if kernel is not None and skip & set(kernel.source) and \
-                    template_for(kernel, emitter.vector_bits) is None:
+                    template_for(kernel, self._bits) is None:
                 kernel = None  # its loop nest measured slower than numpy's reference
             if kernel is None:
-                self._close_segment(module, segment)
+                self._close_segment(segment)
                 segment = []
                 self.steps.append(("numpy", n))
                 self.fallback_ops.add(n.op)
                 continue
             if tuner is not None:
-                emitter.schedules[kernel.name] = tuner.schedule(kernel)
-            emitter.emit(kernel)
+                self._schedules[kernel.name] = tuner.schedule(kernel)
             self.kernels.append(kernel)
             if kernel.checks:
                 self._checked.append(n)
             segment.append((kernel, n))
-        self._close_segment(module, segment)
+        self._close_segment(segment)
         # Intermediates live in one arena, allocated once and reused by every run, at the
         # offsets of a memory plan over the execution order (a value's block is reused once its
         # last consumer has run). Values that become variable state are fresh each run, so no
@@ -115,8 +114,9 @@ class LLVMExecutable:
                          .reshape([d or 0 for d in n.shape]) for n, (at, _) in offsets.items()}
         self._returned = ReturnedArrays()
         self._plan_run()
-        self.llvm_ir = str(module)
-        self.compiled = Compiled(self.llvm_ir, target, cache) if self.kernels else None
+        # keyed by what the LLVM IR is emitted from: a cache hit emits nothing
+        self.compiled = Compiled(self._emit_module, target, cache, cache_key(
+            self._module_content(), target)) if self.kernels else None
         if self.compiled:
             self.compiled.set_threads(threads)
         self._entries = [ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self.compiled.address(f"seg{k}"))
@@ -124,15 +124,13 @@ class LLVMExecutable:
         if dump_dir:
             self._dump(dump_dir, graph.name)
 
-    def _close_segment(self, module: ir.Module, segment: list[tuple[Kernel, Node]]) -> None:
-        """One entry ``seg<k>(ptr slots)`` calling the segment's kernels in order."""
+    def _close_segment(self, segment: list[tuple[Kernel, Node]]) -> None:
+        """The segment's step: its kernels' calls and the pointer slots each takes."""
         if not segment:
             return
         k = self._segments
         self._segments += 1
         self._calls.append([])
-        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), f"seg{k}")
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
         checks = False
         for kernel, node in segment:
             slots = [self.slot[buf] for buf in [*node.inputs, node]]
@@ -141,12 +139,38 @@ class LLVMExecutable:
             if kernel.checks:
                 slots.append(len(self.order) + 1 + self._checked.index(node))
                 checks = True
-            args = [b.load(b.gep(fn.args[0], [ir.Constant(ir.IntType(64), s)], source_etype=PTR),
-                           typ=PTR) for s in slots]
-            b.call(module.globals[kernel.name], args)
             self._calls[k].append((kernel, node, slots))
-        b.ret_void()
         self.steps.append(("native", (k, [n for _, n in segment], checks)))
+
+    def _module_content(self) -> str:
+        """Everything ``_emit_module`` reads, as text: the compile cache's key."""
+        segments = [[(kernel.name, slots) for kernel, _, slots in calls] for calls in self._calls]
+        return "\n".join([*map(repr, self.kernels), repr(sorted(self._schedules.items())),
+                          repr(segments), f"vector bits {self._bits}"])
+
+    def _emit_module(self) -> str:
+        """The LLVM IR: every kernel, then per segment an entry ``seg<k>(ptr slots)`` calling
+        its kernels in order."""
+        module = ir.Module(name=self._name)
+        emitter = KernelEmitter(module, self._bits)
+        emitter.schedules.update(self._schedules)
+        for kernel in self.kernels:
+            emitter.emit(kernel)
+        for k, calls in enumerate(self._calls):
+            fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), f"seg{k}")
+            b = ir.IRBuilder(fn.append_basic_block("entry"))
+            for kernel, _, slots in calls:
+                args = [b.load(b.gep(fn.args[0], [ir.Constant(ir.IntType(64), s)],
+                                     source_etype=PTR), typ=PTR) for s in slots]
+                b.call(module.globals[kernel.name], args)
+            b.ret_void()
+        return str(module)
+
+    @property
+    def llvm_ir(self) -> str:
+        """The module's LLVM IR before optimisation ('' without kernels); emitted on first use
+        when the machine code came from the disk cache."""
+        return self.compiled.llvm_ir if self.compiled else ""
 
     def _plan_run(self) -> None:
         """What a run binds: constants and intermediates once (their pointers fixed in a ctypes

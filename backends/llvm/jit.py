@@ -16,9 +16,11 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
+from graphnn.backends.llvm.runtime import THREADS_IR, install_pool
 
 log = logging.getLogger("graphnn.llvm")
 
@@ -48,7 +50,8 @@ class Target:
 
 
 CODEGEN_FLAGS = "O3+loop-vectorize+slp-vectorize"
-_MAGIC = b"GNNOBJ1\n"
+_MAGIC = b"GNNOBJ2\n"  # then one flags byte, the payload's sha256, the object file
+_THREADED = 1  # flags: the object calls the runtime's parallel-for (the pool must be installed)
 
 
 def cache_dir() -> str:
@@ -60,40 +63,81 @@ def cache_dir() -> str:
     return os.path.join(base, "graphnn")
 
 
-def cache_key(llvm_ir: str, target: Target) -> str:
-    """Everything the machine code depends on: the IR, the runtime, the target, the flags and
-    the versions of llvmlite and graphnn."""
+@functools.cache
+def sources_digest() -> str:
+    """sha256 of graphnn's Python sources (the package, its passes and backends): the code that
+    turns a kernel IR into LLVM IR. A key made before emitting the LLVM IR includes it, so an
+    edited code generator never meets an object file of the old one. About 2 ms, once."""
+    import graphnn.backends
+    import graphnn.passes
+
+    digest = hashlib.sha256()
+    roots = sorted({os.path.dirname(graphnn.__file__), *graphnn.backends.__path__,
+                    *graphnn.passes.__path__})
+    for root in roots:
+        for folder, dirs, files in os.walk(root):
+            dirs.sort()
+            for name in sorted(f for f in files if f.endswith(".py")):
+                path = os.path.join(folder, name)
+                digest.update(os.path.relpath(path, root).encode() + b"\0")
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()
+
+
+def cache_key(content: str, target: Target) -> str:
+    """Everything the machine code depends on: ``content`` (the LLVM IR, or what the code
+    generator makes it from), graphnn's sources, the target, the flags and the versions of
+    llvmlite and graphnn (the runtime's IR is in the sources)."""
     import llvmlite
-    from graphnn.backends.llvm.runtime import POOL_IR
 
     import graphnn
 
-    parts = [llvm_ir, POOL_IR, target.triple, target.cpu, target.features, CODEGEN_FLAGS,
-             llvmlite.__version__, graphnn.__version__]
+    parts = [content, sources_digest(), target.triple, target.cpu, target.features,
+             CODEGEN_FLAGS, llvmlite.__version__, graphnn.__version__]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 class Compiled:
     """An optimised module loaded into an MCJIT engine (kept alive as long as this object).
 
-    Machine code is cached on disk (``cache_dir()``) by ``cache_key``: a second process with the
-    same graph, shapes and target loads the object file instead of optimising and generating
-    code again. A damaged entry (bad magic or checksum) is deleted and rebuilt.
+    Args:
+        source: the LLVM IR, or a function that emits it, called only when the machine code is
+            not in the disk cache.
+        target: the machine code's target.
+        use_cache: look up and store the object file in ``cache_dir()``.
+        key: the cache key (``cache_key``); default: the key of the IR text. A caller that keys
+            by what it emits the IR from (the executable: the kernel IR) skips emitting and
+            parsing the IR on a hit.
+
+    Machine code is cached on disk by the key: a second process with the same graph, shapes and
+    target loads the object file instead of optimising and generating code again (into an
+    empty module when the IR was not emitted). A damaged entry (bad magic or checksum) is
+    deleted and rebuilt.
     """
 
-    def __init__(self, llvm_ir: str, target: Target, use_cache: bool = True) -> None:
-        from graphnn.backends.llvm.runtime import THREADS_IR, install_pool
-
+    def __init__(self, source: str | Callable[[], str], target: Target, use_cache: bool = True,
+                 key: str | None = None) -> None:
         start = time.perf_counter()
+        self._source = source
         tm = target.machine()
-        self.key = cache_key(llvm_ir, target)
-        self.path = os.path.join(cache_dir(), self.key[:2], self.key + ".o")
+        if key is None:
+            key = cache_key(self.llvm_ir, target)
+        self.key = key
+        self.path = os.path.join(cache_dir(), key[:2], key + ".o")
         cached = _read_object(self.path) if use_cache else None
-        module = llvm.parse_assembly(llvm_ir)
-        self.threaded = "graphnn_parallel_for" in llvm_ir
+        self.from_cache = cached is not None
+        if cached is not None:
+            flags, obj = cached
+            self.threaded = bool(flags & _THREADED)
+            module = llvm.parse_assembly(THREADS_IR if self.threaded else "")
+        else:
+            module = llvm.parse_assembly(self.llvm_ir)
+            self.threaded = "graphnn_parallel_for" in self.llvm_ir
+            if self.threaded:
+                module.link_in(llvm.parse_assembly(THREADS_IR))
         if self.threaded:  # the thread pool is shared by every module of the process
             install_pool()
-            module.link_in(llvm.parse_assembly(THREADS_IR))
         module.triple, module.data_layout = target.triple, str(tm.target_data)
         module.verify()
         if cached is None:
@@ -102,20 +146,25 @@ class Compiled:
             pto.slp_vectorization = True
             pb = llvm.create_pass_builder(tm, pto)
             pb.getModulePassManager().run(module, pb)
-        self.from_cache = cached is not None
         self._module, self._tm = module, tm  # for the dumps, made on demand
         self._optimized_ir: str | None = None
         self._assembly: str | None = None
         self.engine = llvm.create_mcjit_compiler(module, tm)
         fresh: list[bytes] = []
         self.engine.set_object_cache(lambda m, buf: fresh.append(bytes(buf)),
-                                     lambda m: cached)
+                                     lambda m: cached[1] if cached else None)
         self.engine.finalize_object()
         if fresh and use_cache:
-            _write_object(self.path, fresh[0])
+            _write_object(self.path, _THREADED if self.threaded else 0, fresh[0])
         self.seconds = time.perf_counter() - start
-        log.debug("%s: %d bytes of LLVM IR in %.3f s (cache %s)", self.key[:12], len(llvm_ir),
+        log.debug("%s: %s in %.3f s (cache %s)", key[:12], "object file loaded" if
+                  self.from_cache else f"{len(self.llvm_ir)} bytes of LLVM IR compiled",
                   self.seconds, "hit" if self.from_cache else "miss")
+
+    @functools.cached_property
+    def llvm_ir(self) -> str:
+        """The module's LLVM IR before optimisation (emitted on first use after a cache hit)."""
+        return self._source if isinstance(self._source, str) else self._source()
 
     @property
     def optimized_ir(self) -> str | None:
@@ -144,23 +193,27 @@ class Compiled:
             "graphnn_num_threads")).value = max(1, int(n))
 
 
-def _read_object(path: str) -> bytes | None:
+def _read_object(path: str) -> tuple[int, bytes] | None:
+    """(flags, object file) of a cache entry; None when absent or damaged (then deleted)."""
     try:
         with open(path, "rb") as f:
             blob = f.read()
     except OSError:
         return None
-    digest, payload = blob[len(_MAGIC):len(_MAGIC) + 32], blob[len(_MAGIC) + 32:]
-    if not blob.startswith(_MAGIC) or hashlib.sha256(payload).digest() != digest:
+    head = len(_MAGIC)
+    digest, body = blob[head + 1:head + 33], blob[head + 33:]
+    if not blob.startswith(_MAGIC) or len(blob) < head + 33 or \
+            hashlib.sha256(blob[head:head + 1] + body).digest() != digest:
         log.warning("compile cache entry %s is damaged: rebuilding it", path)
         with contextlib.suppress(OSError):
             os.unlink(path)
         return None
-    return payload
+    return blob[head], body
 
 
-def _write_object(path: str, payload: bytes) -> None:
-    write_atomically(path, _MAGIC + hashlib.sha256(payload).digest() + payload)
+def _write_object(path: str, flags: int, payload: bytes) -> None:
+    head = bytes([flags])
+    write_atomically(path, _MAGIC + head + hashlib.sha256(head + payload).digest() + payload)
 
 
 def write_atomically(path: str, data: bytes) -> None:

@@ -282,30 +282,48 @@ def test_pool_installed_once_when_threads_compile_at_once() -> None:
 
 def test_compile_cache_hits_in_a_new_process_and_rebuilds_damaged_entries(
         tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new process finds the object file by the kernel IR's key and loads it without emitting
+    LLVM IR (the emitter raises there); the multi-threaded module still runs on the pool, and
+    its LLVM IR is emitted on demand. A damaged entry is rebuilt."""
     import subprocess
     import sys
 
     monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
-    script = ("import graphnn as gn\n"
+    script = ("import sys\n"
+              "import numpy as np\n"
+              "import graphnn as gn\n"
               "from graphnn.backends.llvm import LLVMBackend\n"
+              "from graphnn.backends.llvm import codegen\n"
+              "emit = codegen.KernelEmitter.emit\n"
+              "def no_emit(*args, **kwargs):\n"
+              "    raise AssertionError('emitted on a cache hit')\n"
+              "if sys.argv[1] == 'warm':\n"
+              "    codegen.KernelEmitter.emit = no_emit\n"
               "with gn.Graph('cached') as g:\n"
-              "    x = gn.placeholder((64, 64), name='x')\n"
+              "    x = gn.placeholder((256, 256), name='x')\n"
               "    y = gn.tanh(x @ x) + 1.0\n"
-              "exe = LLVMBackend().compile(g, [y])\n"
+              "exe = LLVMBackend(threads=2).compile(g, [y])\n"
+              "v = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)\n"
+              "got = gn.Session(g, backend=LLVMBackend(threads=2)).run(y, {x: v})\n"
+              "np.testing.assert_allclose(got, np.tanh(v @ v) + 1.0, rtol=1e-4, atol=1e-4)\n"
+              "assert exe.compiled.threaded\n"
+              "codegen.KernelEmitter.emit = emit\n"
+              "assert 'graphnn_parallel_for' in exe.llvm_ir\n"
               "print(exe.compiled.from_cache)\n")
 
-    def run() -> str:
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                             check=True)
+    def run(kind: str) -> str:
+        out = subprocess.run([sys.executable, "-c", script, kind], capture_output=True,
+                             text=True)
+        assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
-    assert run() == "False"  # cold: optimised and compiled, then stored
+    assert run("cold") == "False"  # cold: emitted, optimised and compiled, then stored
     entries = list(tmp_path.rglob("*.o"))
     assert len(entries) == 1
-    assert run() == "True"  # warm: a new process loads the object file
-    entries[0].write_bytes(b"GNNOBJ1\n" + b"\0" * 40)  # damaged
-    assert run() == "False"  # detected, rebuilt, not a crash
-    assert run() == "True"
+    assert run("warm") == "True"  # warm: a new process loads the object file
+    entries[0].write_bytes(b"GNNOBJ2\n" + b"\0" * 40)  # damaged
+    assert run("cold") == "False"  # detected, rebuilt, not a crash
+    assert run("warm") == "True"
 
 
 CONVS = [((2, 4, 9, 8), (6, 2, 3, 3), {"padding": 1, "groups": 2}),
