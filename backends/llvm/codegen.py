@@ -29,7 +29,7 @@ from graphnn.backends.kernel.ir import (
     Unary,
     Var,
 )
-from graphnn.backends.llvm import conv_gemm, conv_grads, conv_implicit, gemm, gemv
+from graphnn.backends.llvm import conv_gemm, conv_grads, conv_implicit, conv_winograd, gemm, gemv
 from llvmlite import ir
 
 from graphnn.dtypes import DType
@@ -105,6 +105,7 @@ def for_range(builder: ir.IRBuilder, stop: int | ir.Value, name: str,
 # Hand-written templates for kernel IR schedules, each behind its applicability test.
 TEMPLATES: tuple[tuple[Callable[[Kernel, int], bool], type[gemm.GemmEmitter]], ...] = (
     (gemm.applies, gemm.GemmEmitter), (gemv.applies, gemv.SplitKGemv),
+    (conv_winograd.winograd_applies, conv_winograd.WinogradConv),
     (conv_implicit.implicit_applies, conv_implicit.ImplicitConvGemm),
     (conv_gemm.pixel_applies, conv_gemm.PixelConvGemm), (conv_gemm.applies, conv_gemm.ConvGemm),
     (conv_implicit.weight_grad_applies, conv_implicit.ImplicitWeightGrad),

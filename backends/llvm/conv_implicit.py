@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from graphnn.backends.kernel.ir import Kernel, Loop, geometry
+from graphnn.backends.kernel.ir import Kernel, Loop, Stmt, geometry
 from graphnn.backends.llvm.conv_gemm import gemm_sized
 from graphnn.backends.llvm.gemm import I64, NR_TILE, PTR, GemmEmitter, _prod, innermost
 from llvmlite import ir
@@ -380,10 +380,7 @@ class ImplicitConvGemm(GemmEmitter):
         from graphnn.backends.llvm.codegen import for_range
 
         b, em, nd, last = self.b, self.em, self.nd, self.osz[-1]
-        outer = self.k.body[0]
-        assert isinstance(outer, Loop)
-        planes = [s for s in outer.body if isinstance(s, Loop) and s.var == "y0"]
-        epilogue = innermost(planes[1]) if len(planes) > 1 else None
+        epilogue = conv_epilogue(self.k)
         bias_buf = int(self.k.schedule[3])
         with for_range(b, r_hi, "no", start=r_lo) as no:
             em.vars["no"] = no
@@ -408,6 +405,15 @@ class ImplicitConvGemm(GemmEmitter):
                     if epilogue is not None:
                         em.vars[f"y{nd - 1}"] = x
                         em.stmt(epilogue)
+
+
+def conv_epilogue(kernel: Kernel) -> Stmt | None:
+    """A conv or conv_transpose kernel's fused epilogue: the statement its loop nest runs per
+    output pixel after the sum (with ``no`` and ``y0``, ``y1``, ... set), or None."""
+    outer = kernel.body[0]
+    assert isinstance(outer, Loop)
+    planes = [s for s in outer.body if isinstance(s, Loop) and s.var == "y0"]
+    return innermost(planes[1]) if len(planes) > 1 else None
 
 
 # -- the weight gradient ---------------------------------------------------------------------

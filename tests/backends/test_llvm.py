@@ -546,6 +546,50 @@ def test_implicit_gemm_convolution(xs: tuple, ws: tuple, kw: dict, by_columns: b
     assert columns_split(implicit[0]) == by_columns
 
 
+@pytest.mark.parametrize(("xs", "ws", "kw", "transposed"), [
+    ((2, 16, 32, 32), (24, 16, 3, 3), {"padding": 1}, False),  # 512 tiles: the fewest taken
+    ((1, 32, 49, 47), (64, 32, 3, 3), {"padding": 1}, False),  # odd sizes: half tiles
+    ((3, 20, 30, 33), (12, 20, 3, 3), {}, False),  # no padding, odd width, 12 channels out
+    ((1, 16, 52, 51), (48, 16, 3, 3), {"padding": (2, 1)}, False),  # one block: split channels
+    ((24, 64, 12, 12), (128, 64, 3, 3), {"padding": 0}, False),  # W2's 3rd layer, batch 24
+    ((3, 24, 30, 30), (24, 16, 3, 3), {"padding": 1}, True)])  # conv_transpose: not taken
+@pytest.mark.parametrize("threads", [1, 3])
+def test_winograd_convolution(xs: tuple, ws: tuple, kw: dict, transposed: bool,
+                              threads: int) -> None:
+    """3x3 stride-1 float32 convolutions with enough tiles run as Winograd F(2x2, 3x3): the
+    16 GEMMs of the transformed tiles, the bias and a fused residual + ReLU epilogue in the
+    output transform; odd output sizes, uneven padding, blocks of tile rows across images,
+    output channels split where blocks are few. conv_transpose keeps its other templates (it
+    measured slower as Winograd: conv_winograd.py)."""
+    from graphnn.backends.llvm import gemm
+    from graphnn.backends.llvm.codegen import template_for
+
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
+    channels = ws[1] if transposed else ws[0]
+    b = rng.standard_normal(channels).astype(np.float32)
+    with gn.Graph() as g:
+        p = gn.placeholder(xs, name="x")
+        op = gn.conv_transpose if transposed else gn.conv
+        conv = op(p, gn.constant(w), gn.constant(b), **kw)
+        r = gn.placeholder(conv.shape, name="r")
+        y = gn.relu(conv + r)
+    rv = rng.standard_normal(conv.shape).astype(np.float32)
+    sess = gn.Session(g, backend=LLVMBackend(cache=False, threads=threads), opt_level=2)
+    got = sess.run(y, {p: x, r: rv})
+    want = gn.Session(g, "reference").run(y, {p: x, r: rv})
+    # the transforms round differently from the direct sum: 1e-6 of the output's scale
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-6 * float(np.abs(want).max()))
+    kernels = next(iter(sess._cache.values())).exe.kernels
+    bits = gemm.vector_bits(sess.backend.target.features)
+    chosen = [k for k in kernels
+              if getattr(template_for(k, bits), "__name__", None) == "WinogradConv"]
+    if transposed:
+        assert not chosen
+    else:
+        assert len(chosen) == 1 and len(chosen[0].source) > 1  # the epilogue fused in
+
+
 @pytest.mark.parametrize("shape", [(3, 37, 64), (2, 3, 10, 48), (1, 128, 256)])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_gemm_template_over_batched_rows(shape: tuple, threads: int) -> None:

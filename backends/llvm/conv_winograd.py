@@ -1,0 +1,352 @@
+"""The LLVM backend's Winograd convolution F(2x2, 3x3) for 3x3, stride-1, dilation-1,
+one-group float32 convolutions with many output tiles.
+
+Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016): each 2x2 block
+of output pixels ("tile") of channel o is
+
+    Y = A^T [ sum over input channels c of (G g_oc G^T) * (B^T d_c B) ] A
+
+with d_c the 4x4 input patch under the tile (zero outside the input), g_oc the 3x3 weights,
+``*`` the elementwise product, and
+
+    B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+    G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]],
+    A^T = [[1, 1, 1, 0], [0, 1, -1, -1]].
+
+So the sum over channels is 16 independent GEMMs, one per position xi of the 4x4 transformed
+tile: M[xi] (og x tiles) = U[xi] (og x cg) @ V[xi] (cg x tiles), 16 multiply-adds per 4 output
+pixels where the direct convolution does 36: 2.25 times fewer.
+
+Per call, each thread transforms all the weights into U (16 x og x cg values, at most 1 MiB:
+``MAX_WEIGHTS``), then works through its items: an item is a block of whole tile rows (across
+images: the tile rows of all images are numbered img * tile_rows + ty) and, where there are few
+blocks, half of the output channels. For a block it transforms the input into V (16 x cg x
+columns: a tile row's tiles and one unused column, rounded up to whole register tiles), runs
+the 16 GEMMs (``gemm.GemmEmitter``'s micro-kernel, with a, b and the output addressed in U, V
+and M), then transforms M back into output pixels with the bias, and runs the fused epilogue
+over whole output lines. A block's V and M take about ``BLOCK_BYTES``, so they stay in L2
+between the GEMMs and the output transform. Every pass is a unit-stride loop LLVM vectorises
+(``transform_input`` says how the input's two passes avoid strided reads).
+
+Measured (2 threads, AVX-512 Xeon, float32, interleaved in one process, against the implicit
+GEMM): W2 batch 64's 26x26x32 -> 64 0.76-0.89x, 12x12x64 -> 128 0.80-0.94x; ResNet-18's
+56x56x64 0.87-0.88x, 28x28x128 (196 tiles) 0.99-1.05x; W2 batch 1 (144 and 25 tiles)
+1.4-2.5x slower: each thread transforms the weights per call, which only many tiles repay,
+hence ``MIN_TILES``. conv_transpose (the convolution with flipped weights) measured 1.2-1.8x
+slower than col2im on W6's data gradients (their output has more pixels than their input, and
+Winograd computes per output pixel), so it is not taken. Rounding differs from the direct
+sum (the transforms add and halve): about 1e-6 of the output's scale for unit-scale data.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from graphnn.backends.kernel.ir import Kernel
+from graphnn.backends.llvm.conv_implicit import Shape, conv_epilogue
+from graphnn.backends.llvm.gemm import MR, GemmEmitter, _lanes
+from llvmlite import ir
+
+from graphnn.dtypes import DType
+
+if TYPE_CHECKING:
+    from graphnn.backends.llvm.codegen import KernelEmitter
+
+MAX_WEIGHTS = 128 * 128  # og * cg at most: U is 16 of these per thread (1 MiB of float32)
+MIN_CHANNELS = 16  # input channels at least: below, the GEMMs are too shallow to pay
+MIN_TILES = 512  # output tiles in all at least (below, transforming the weights costs more)
+BLOCK_BYTES = 1 << 20  # a block's V and M: 16 x (cg + og) x columns float32 values, in L2
+SPLIT_BELOW = 4  # fewer blocks than this: each block's output channels split in two items
+
+
+def winograd_shape(kernel: Kernel) -> Shape | None:
+    """The kernel's convolution shape where F(2x2, 3x3) takes it, else None."""
+    shape = Shape.of(kernel)
+    if shape is None or not shape.fits() or kernel.params[-1].dtype is not DType.float32:
+        return None
+    if shape.transposed or shape.groups != 1 or shape.taps != (3, 3) or \
+            shape.dilation != (1, 1):
+        return None
+    if shape.cg < MIN_CHANNELS or shape.og < MR or shape.og * shape.cg > MAX_WEIGHTS:
+        return None
+    return shape
+
+
+def winograd_applies(kernel: Kernel, bits: int = 128) -> bool:
+    """A 3x3, stride-1, dilation-1, one-group float32 convolution (or conv_transpose) with at
+    least MIN_CHANNELS input channels, MR output channels and MIN_TILES output tiles, whose
+    transformed weights fit ``MAX_WEIGHTS``."""
+    shape = winograd_shape(kernel)
+    return shape is not None and _Layout(kernel, shape, bits).tiles >= MIN_TILES
+
+
+class _Layout:
+    """How the tiles are blocked: ``rows`` tile rows a block (``columns`` = rows x tiles per
+    row GEMM columns), ``blocks`` blocks, ``splits`` items per block (by output channels)."""
+
+    def __init__(self, kernel: Kernel, shape: Shape, bits: int) -> None:
+        images = kernel.params[-1].shape[0]
+        h, w = shape.out_sz
+        self.tile_rows, self.tile_cols = -(-h // 2), -(-w // 2)
+        self.tiles = images * self.tile_rows * self.tile_cols
+        total = images * self.tile_rows  # tile rows of all images
+        nr = _lanes(DType.float32, bits)
+        budget = max(nr, BLOCK_BYTES // (16 * (shape.cg + shape.og) * 4))
+        blocks = -(-total // max(1, budget // self.tile_cols))
+        if blocks >= SPLIT_BELOW:  # a multiple of 4 blocks, so 2 or 4 threads share evenly
+            blocks = min(total, -(-blocks // 4) * 4)
+        self.rows = -(-total // blocks)
+        self.blocks = -(-total // self.rows)
+        self.total = total
+        self.pitch = self.tile_cols + 1  # GEMM columns a tile row: its tiles and one unused
+        # whole register tiles: the edge tiles of a ragged width cost about as much as whole
+        # ones (their broadcasts of a bound them) for a fraction of the columns
+        self.columns = -(-self.rows * self.pitch // nr) * nr
+        self.splits = 2 if self.blocks < SPLIT_BELOW and shape.og >= 4 * MR else 1
+
+
+class WinogradConv(GemmEmitter):
+    """F(2x2, 3x3) convolution (see the module docstring); the threads split items (blocks of
+    tile rows, and halves of the output channels where blocks are few)."""
+
+    packable = False  # b is V, already laid out a row of tiles per channel
+    KNOBS = ("mr",)
+
+    def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
+        shape = winograd_shape(kernel)
+        assert shape is not None
+        self.em, self.b, self.k, self.shape = em, em.b, kernel, shape
+        _, xb, wb, bias, *_ = kernel.schedule
+        self.xb, self.wb, self.bias = int(xb), int(wb), int(bias)
+        self.o = len(kernel.params) - 1
+        self.types(DType.float32, bits)
+        self.lay = _Layout(kernel, shape, bits)
+        self.cg, self.og = shape.cg, shape.og
+        self.m, self.kk, self.n = self.og, self.cg, self.lay.columns
+        self.h, self.w = shape.out_sz
+        self.h_in, self.w_in = shape.in_sz
+        self.pad_top, self.pad_left = shape.pads_begin
+
+    @staticmethod
+    def parallel_extent(kernel: Kernel, bits: int) -> int | None:
+        shape = winograd_shape(kernel)
+        assert shape is not None
+        lay = _Layout(kernel, shape, bits)
+        return lay.blocks * lay.splits
+
+    def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, lay, og, cg, n = self.b, self.lay, self.og, self.cg, self.n
+        lo, hi = bounds if bounds is not None else (self.c(0),
+                                                    self.c(lay.blocks * lay.splits))
+        self.slots()
+        u, v, m = self.malloc(16 * og * cg), self.malloc(16 * cg * n), self.malloc(16 * og * n)
+        pairs = 2 * 4 * cg * (n + 1)  # B^T d, a line per channel and row r: even, odd columns
+        lines, zeros = self.malloc(pairs), self.malloc(self.w_in)
+        for buffer, size in ((v, 16 * cg * n), (lines, pairs), (zeros, self.w_in)):
+            self.zero(buffer, size)  # V's columns past the last block's tiles stay finite
+        self.transform_weights(u)
+        done = self.slot(ir.IntType(64), "done_block")  # the block now in V
+        b.store(self.c(-1), done)
+        per = -(-og // lay.splits)
+        with for_range(b, hi, "item", start=lo) as item:
+            blk = b.sdiv(item, self.c(lay.splits))
+            r_lo = b.mul(b.srem(item, self.c(lay.splits)), self.c(per))
+            r_hi = self.min(b.add(r_lo, self.c(per)), self.c(og))
+            with b.if_then(b.icmp_signed("!=", b.load(done), blk)):
+                self.transform_input(blk, v, lines, zeros)
+                b.store(blk, done)
+            with for_range(b, 16, "xi") as xi:
+                self.a_at = lambda row, k: self.at_in(u, b.add(b.mul(xi, self.c(og)), row), k, cg)
+                self.b_at = lambda k, col: self.at_in(v, b.add(b.mul(xi, self.c(cg)), k), col, n)
+                self.out_at = lambda row, col: self.at_in(m, b.add(b.mul(xi, self.c(og)), row),
+                                                          col, n)
+                full = b.mul(b.sdiv(b.sub(r_hi, r_lo), self.c(self.mr)), self.c(self.mr))
+                self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=False)
+            self.transform_output(blk, r_lo, r_hi, m)
+        for buffer in (u, v, m, lines, zeros):
+            self.free(buffer)
+        self.release()
+
+    def at_in(self, buffer: ir.Value, row: ir.Value, col: ir.Value, pitch: int) -> ir.Value:
+        return self.b.gep(buffer, [self.at(row, col, pitch)], inbounds=True, source_etype=self.ty)
+
+    # -- U = G g G^T -----------------------------------------------------------------------------
+    def weight(self, o: ir.Value, c: ir.Value, t: int) -> ir.Value:
+        """Tap t (row-major 3x3) of output channel o and input channel c: w[o, c, t]."""
+        b = self.b
+        at = b.add(b.mul(b.add(b.mul(o, self.c(self.cg)), c), self.c(9)), self.c(t))
+        return b.load(self.ptr(self.wb, at), typ=self.ty)
+
+    def transform_weights(self, u: ir.Value) -> None:
+        """U[xi, o, c] = (G g_oc G^T)[xi] for every output and input channel."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, og, cg = self.b, self.og, self.cg
+        from graphnn.backends.llvm.codegen import vectorize_here
+
+        with for_range(b, og, "wo") as o, for_range(b, cg, "wc",
+                                                     hints=vectorize_here(self.em.module)) as c:
+            g = [[self.weight(o, c, 3 * r + s) for s in range(3)] for r in range(3)]
+            rows = [self.g_transform(g[0][s], g[1][s], g[2][s]) for s in range(3)]  # G g
+            for r in range(4):
+                for s, value in enumerate(self.g_transform(*[rows[col][r] for col in range(3)])):
+                    b.store(value, self.at_in(u, self.c((4 * r + s) * og * cg), b.add(
+                        b.mul(o, self.c(cg)), c), 1))
+
+    def g_transform(self, a: ir.Value, m: ir.Value, z: ir.Value) -> list[ir.Value]:
+        """G (a, m, z): a, (a + m + z) / 2, (a - m + z) / 2, z."""
+        b = self.b
+        half = ir.Constant(self.ty, 0.5)
+        az = b.fadd(a, z)
+        return [a, b.fmul(b.fadd(az, m), half), b.fmul(b.fsub(az, m), half), z]
+
+    # -- V = B^T d B -----------------------------------------------------------------------------
+    def transform_input(self, blk: ir.Value, v: ir.Value, lines: ir.Value,
+                        zeros: ir.Value) -> None:
+        """V[xi, c, q * pitch + tx] for the block's tile rows q and every channel.
+
+        Down the rows: e_r = (B^T d)[r] for each pair t of input columns (2 t - pad_left and
+        the next), kept as two lines, even and odd, at q * pitch + t (a tile row has
+        tile_cols + 1 pairs). Across: tile tx of tile row q reads pairs i and i + 1 of both,
+        i = q * pitch + tx, so one unit-stride loop over i covers the block (the pitch's last
+        column of each tile row is computed and never used)."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, lay, cg, n = self.b, self.lay, self.cg, self.n
+        first = b.mul(blk, self.c(lay.rows))
+        last = self.min(b.add(first, self.c(lay.rows)), self.c(lay.total))
+        x = self.k.params[self.xb]
+        plane, line = self.h_in * self.w_in, n + 1
+
+        def at(c: ir.Value, r: int, odd: int, i: ir.Value) -> ir.Value:
+            return self.at_in(lines, b.add(b.mul(c, self.c(8)), self.c(2 * r + odd)), i, line)
+
+        # the pairs whose two columns are both inside the input; the rest by themselves
+        inside = [t for t in range(lay.pitch)
+                  if 0 <= 2 * t - self.pad_left and 2 * t + 1 - self.pad_left < self.w_in]
+        t_lo, t_hi = (inside[0], inside[-1] + 1) if inside else (0, 0)
+        with for_range(b, last, "tr", start=first) as tr:
+            img, ty = b.sdiv(tr, self.c(lay.tile_rows)), b.srem(tr, self.c(lay.tile_rows))
+            q0 = b.mul(b.sub(tr, first), self.c(lay.pitch))
+            with for_range(b, cg, "ic") as c:
+                base = b.mul(b.add(b.mul(img, self.c(x.shape[1])), c), self.c(plane))
+                rows = []
+                for k in range(4):  # input row 2 ty - pad_top + k, or a line of zeros
+                    y = b.add(b.mul(ty, self.c(2)), self.c(k - self.pad_top))
+                    ok = b.and_(b.icmp_signed(">=", y, self.c(0)),
+                                b.icmp_signed("<", y, self.c(self.h_in)))
+                    row = self.ptr(self.xb, b.add(base, b.mul(self.select_index(ok, y),
+                                                              self.c(self.w_in))))
+                    rows.append(b.select(ok, row, zeros))
+
+                def pair(t: ir.Value, odd: int) -> None:
+                    column = b.add(b.mul(t, self.c(2)), self.c(odd - self.pad_left))
+                    d = [b.load(b.gep(r, [column], inbounds=True, source_etype=self.ty),
+                                typ=self.ty) for r in rows]
+                    for r, value in enumerate(self.bt_transform(*d)):
+                        b.store(value, at(c, r, odd, b.add(q0, t)))
+
+                with for_range(b, t_hi, "it", start=self.c(t_lo)) as t:
+                    pair(t, 0)
+                    pair(t, 1)
+                for t_edge in range(lay.pitch):  # pairs with a column in the padding
+                    for odd in range(2):
+                        column = 2 * t_edge + odd - self.pad_left
+                        if not t_lo <= t_edge < t_hi and 0 <= column < self.w_in:
+                            pair(self.c(t_edge), odd)
+        with for_range(b, cg, "jc") as c:
+            for r in range(4):
+                with for_range(b, n, "ii") as i:
+                    nxt = b.add(i, self.c(1))
+                    e = [b.load(at(c, r, odd, j), typ=self.ty)
+                         for j, odd in ((i, 0), (i, 1), (nxt, 0), (nxt, 1))]
+                    for s, value in enumerate(self.bt_transform(*e)):
+                        b.store(value, self.at_in(v, b.add(self.c((4 * r + s) * cg), c), i, n))
+
+    def select_index(self, inside: ir.Value, y: ir.Value) -> ir.Value:
+        """y where inside, else 0 (the pointer is formed even where the zero line is read)."""
+        return self.b.select(inside, y, self.c(0))
+
+    def bt_transform(self, d0: ir.Value, d1: ir.Value, d2: ir.Value, d3: ir.Value
+                     ) -> list[ir.Value]:
+        """B^T (d0, d1, d2, d3): d0 - d2, d1 + d2, d2 - d1, d1 - d3."""
+        b = self.b
+        return [b.fsub(d0, d2), b.fadd(d1, d2), b.fsub(d2, d1), b.fsub(d1, d3)]
+
+    # -- Y = A^T M A -----------------------------------------------------------------------------
+    def transform_output(self, blk: ir.Value, r_lo: ir.Value, r_hi: ir.Value,
+                         m: ir.Value) -> None:
+        """out[img, o, 2 ty + i, 2 tx + j] = (A^T M A)[i, j] + bias[o], then the epilogue, for
+        the block's tile rows and the output channels [r_lo, r_hi)."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, lay, em = self.b, self.lay, self.em
+        first = b.mul(blk, self.c(lay.rows))
+        last = self.min(b.add(first, self.c(lay.rows)), self.c(lay.total))
+        c_out = self.k.params[-1].shape[1]
+        whole = self.w // 2  # tiles with both columns in the output
+        epilogue = conv_epilogue(self.k)
+        with for_range(b, r_hi, "oo", start=r_lo) as o:
+            bias = b.load(self.ptr(self.bias, o), typ=self.ty) if self.bias >= 0 \
+                else ir.Constant(self.ty, 0.0)
+            with for_range(b, last, "otr", start=first) as tr:
+                img, ty = b.sdiv(tr, self.c(lay.tile_rows)), b.srem(tr, self.c(lay.tile_rows))
+                no = b.add(b.mul(img, self.c(c_out)), o)
+                em.vars["no"] = no
+                col0 = b.mul(b.sub(tr, first), self.c(lay.pitch))
+                y0 = b.mul(ty, self.c(2))
+
+                def tiles(both_rows: bool) -> None:
+                    with for_range(b, whole, "otx") as tx:
+                        self.output_tile(m, o, no, col0, tx, y0, bias, both_rows, True)
+                    if whole < lay.tile_cols:  # an odd width: the last tile's first column
+                        self.output_tile(m, o, no, col0, self.c(whole), y0, bias, both_rows,
+                                         False)
+
+                def rows(count: int) -> None:
+                    tiles(count == 2)
+                    if epilogue is None:
+                        return
+                    # the epilogue over whole output lines: in the tile loop, its load of each
+                    # value just stored became gathers and scatters
+                    for i in range(count):
+                        em.vars["y0"] = b.add(y0, self.c(i))
+                        with for_range(b, self.w, "ox") as x:
+                            em.vars["y1"] = x
+                            em.stmt(epilogue)
+
+                if self.h % 2 == 0:
+                    rows(2)
+                else:  # an odd height: the last tile row has one output row
+                    with b.if_else(b.icmp_signed("<", b.add(y0, self.c(1)), self.c(self.h))) \
+                            as (then, otherwise):
+                        with then:
+                            rows(2)
+                        with otherwise:
+                            rows(1)
+
+    def output_tile(self, m: ir.Value, o: ir.Value, no: ir.Value, col0: ir.Value,
+                    tx: ir.Value, y0: ir.Value, bias: ir.Value, both_rows: bool,
+                    both_cols: bool) -> None:
+        b = self.b
+        col = b.add(col0, tx)
+        t = [[b.load(self.at_in(m, self.c((4 * r + s) * self.og * self.n), b.add(b.mul(
+            o, self.c(self.n)), col), 1), typ=self.ty) for s in range(4)] for r in range(4)]
+        z = [self.at_transform(*[t[r][s] for r in range(4)]) for s in range(4)]  # A^T M
+        y = [self.at_transform(*[z[s][i] for s in range(4)]) for i in range(2)]  # (A^T M) A
+        x0 = b.mul(tx, self.c(2))
+        plane = b.mul(no, self.c(self.h * self.w))
+        for i in range(2 if both_rows else 1):
+            row = b.add(y0, self.c(i))
+            for j in range(2 if both_cols else 1):
+                x = b.add(x0, self.c(j))
+                at = b.add(plane, b.add(b.mul(row, self.c(self.w)), x))
+                b.store(b.fadd(y[i][j], bias), self.ptr(self.o, at))
+
+    def at_transform(self, m0: ir.Value, m1: ir.Value, m2: ir.Value, m3: ir.Value
+                     ) -> list[ir.Value]:
+        """A^T (m0, m1, m2, m3): m0 + m1 + m2, m1 - m2 - m3."""
+        b = self.b
+        return [b.fadd(b.fadd(m0, m1), m2), b.fsub(b.fsub(m1, m2), m3)]
