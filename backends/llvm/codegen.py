@@ -146,6 +146,9 @@ class KernelEmitter:
         self._runtime: tuple[ir.Function, ir.GlobalVariable] | None = None
         # tuned schedules by kernel name (tuning.py): the template's knobs and ``threads``
         self.schedules: dict[str, dict[str, int]] = {}
+        # by kernel name, the parameters bound to constants (the same array in every run), whose
+        # derived data a template may compute once (the Winograd weights)
+        self.constant_params: dict[str, frozenset[int]] = {}
 
     def runtime(self) -> tuple[ir.Function, ir.GlobalVariable]:
         """Declarations of the runtime's parallel-for and thread count (linked in by the JIT)."""
@@ -200,7 +203,7 @@ class KernelEmitter:
                   for i in range(n)]
         b.call(impl, [*params, lo, hi])
         b.ret_void()
-        return self._wrapper(kernel, chunk, extent, template if workspace else None, workspace)
+        return self._wrapper(kernel, chunk, extent, template, workspace)
 
     def _signature(self, kernel: Kernel, name: str) -> ir.Function:
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * len(kernel.params)),
@@ -236,9 +239,9 @@ class KernelEmitter:
     def _wrapper(self, kernel: Kernel, chunk: ir.Function, extent: int,
                  template: type[gemm.GemmEmitter] | None = None, workspace: int = 0
                  ) -> ir.Function:
-        """``name(p0, ..., out)``: packs the pointers and runs the chunk on all threads; with a
-        ``workspace``, allocates that many values for the threads (after the pointers) and runs
-        the template's ``finish`` once they are done."""
+        """``name(p0, ..., out)``: packs the pointers and runs the chunk on all threads, after
+        the template's ``prepare``; with a ``workspace``, allocates that many values for the
+        threads (after the pointers) and runs the template's ``finish`` once they are done."""
         parallel_for, num_threads = self.runtime()
         fn = self._signature(kernel, kernel.name)
         self.fn, self.kernel, self.params = fn, kernel, list(fn.args)
@@ -249,8 +252,8 @@ class KernelEmitter:
                        name="params")
         for i, arg in enumerate(fn.args):
             b.store(arg, b.gep(ctx, [ir.Constant(I64, i)], source_etype=PTR))
-        emitter = self._template(template, kernel) if template and workspace else None
-        if emitter is not None:
+        emitter = self._template(template, kernel) if template else None
+        if emitter is not None and workspace:
             buffer = emitter.malloc(workspace)
             self.params.append(buffer)
             b.store(buffer, b.gep(ctx, [ir.Constant(I64, len(fn.args))], source_etype=PTR))
@@ -259,8 +262,10 @@ class KernelEmitter:
         if cap > 0:  # a tuned thread count: at most cap
             threads = b.select(b.icmp_signed(">", threads, ir.Constant(I64, cap)),
                                ir.Constant(I64, cap), threads)
-        b.call(parallel_for, [chunk, ctx, ir.Constant(I64, extent), threads])
         if emitter is not None:
+            emitter.prepare()
+        b.call(parallel_for, [chunk, ctx, ir.Constant(I64, extent), threads])
+        if emitter is not None and workspace:
             emitter.finish()
             emitter.free(buffer)
         self.b.ret_void()

@@ -17,25 +17,30 @@ So the sum over channels is 16 independent GEMMs, one per position xi of the 4x4
 tile: M[xi] (og x tiles) = U[xi] (og x cg) @ V[xi] (cg x tiles), 16 multiply-adds per 4 output
 pixels where the direct convolution does 36: 2.25 times fewer.
 
-Per call, each thread transforms all the weights into U (16 x og x cg values, at most 1 MiB:
-``MAX_WEIGHTS``), then works through its items: an item is a block of whole tile rows (across
-images: the tile rows of all images are numbered img * tile_rows + ty) and, where there are few
-blocks, half of the output channels. For a block it transforms the input into V (16 x cg x
-columns: a tile row's tiles and one unused column, rounded up to whole register tiles), runs
-the 16 GEMMs (``gemm.GemmEmitter``'s micro-kernel, with a, b and the output addressed in U, V
-and M), then transforms M back into output pixels with the bias, and runs the fused epilogue
-over whole output lines. A block's V and M take about ``BLOCK_BYTES``, so they stay in L2
-between the GEMMs and the output transform. Every pass is a unit-stride loop LLVM vectorises
+The weights are transformed into U (16 x og x cg values, at most 1 MiB: ``MAX_WEIGHTS``, a
+global array of the module) on the calling thread before the threads start (``prepare``): once
+per module where the weights are a constant (inference), once per call otherwise. Then each
+thread works through its items: an item is a block of whole tile rows (across images: the
+tile rows of all images are numbered img * tile_rows + ty) and, where there are few blocks,
+half of the output channels. For a block it transforms the input into V (16 x cg x columns: a
+tile row's tiles and one unused column, rounded up to whole register tiles), runs the 16 GEMMs
+(``gemm.GemmEmitter``'s micro-kernel, with a, b and the output addressed in U, V and M), then
+transforms M back into output pixels with the bias, and runs the fused epilogue over whole
+output lines. A block's V and M take about ``BLOCK_BYTES``, so they stay in L2 between the
+GEMMs and the output transform. Every pass is a unit-stride loop LLVM vectorises
 (``transform_input`` says how the input's two passes avoid strided reads).
 
 Measured (2 threads, AVX-512 Xeon, float32, interleaved in one process, against the implicit
-GEMM): W2 batch 64's 26x26x32 -> 64 0.76-0.89x, 12x12x64 -> 128 0.80-0.94x; ResNet-18's
-56x56x64 0.87-0.88x, 28x28x128 (196 tiles) 0.99-1.05x; W2 batch 1 (144 and 25 tiles)
-1.4-2.5x slower: each thread transforms the weights per call, which only many tiles repay,
-hence ``MIN_TILES``. conv_transpose (the convolution with flipped weights) measured 1.2-1.8x
-slower than col2im on W6's data gradients (their output has more pixels than their input, and
-Winograd computes per output pixel), so it is not taken. Rounding differs from the direct
-sum (the transforms add and halve): about 1e-6 of the output's scale for unit-scale data.
+GEMM, constant weights): W2 batch 64's 26x26x32 -> 64 0.76-0.89x, 12x12x64 -> 128
+0.78-0.94x; ResNet-18's 56x56x64 0.86-0.90x, 28x28x128 (196 tiles) 0.71-0.85x; 14x14x128
+(49 tiles) 0.84-0.95x. Not taken (``MIN_TILES``): W2 batch 1's 26x26x32 -> 64 (144 tiles, 32
+channels deep: 1.10-1.15x) and 12x12x64 -> 128 (25 tiles: 1.00-1.04x). With the weights
+transformed per thread and call, before ``prepare``, ResNet-18's 28x28x128 had been 0.99-1.05x
+and W2 batch 1 1.4-2.5x. conv_transpose (the convolution with flipped weights) measured
+1.2-1.8x slower than col2im on W6's data gradients (their output has more pixels than their
+input, and Winograd computes per output pixel), so it is not taken. Rounding differs from the
+direct sum (the transforms add and halve): about 1e-6 of the output's scale for unit-scale
+data.
 """
 
 from __future__ import annotations
@@ -54,7 +59,9 @@ if TYPE_CHECKING:
 
 MAX_WEIGHTS = 128 * 128  # og * cg at most: U is 16 of these per thread (1 MiB of float32)
 MIN_CHANNELS = 16  # input channels at least: below, the GEMMs are too shallow to pay
-MIN_TILES = 512  # output tiles in all at least (below, transforming the weights costs more)
+# output tiles (2x2 pixels) in all at least: with fewer than DEEP_CHANNELS input channels the
+# 16 GEMMs are shallow (their accumulators' loads and stores weigh more), so they need more
+MIN_TILES, MIN_TILES_DEEP, DEEP_CHANNELS = 512, 48, 64
 BLOCK_BYTES = 1 << 20  # a block's V and M: 16 x (cg + og) x columns float32 values, in L2
 SPLIT_BELOW = 4  # fewer blocks than this: each block's output channels split in two items
 
@@ -73,11 +80,14 @@ def winograd_shape(kernel: Kernel) -> Shape | None:
 
 
 def winograd_applies(kernel: Kernel, bits: int = 128) -> bool:
-    """A 3x3, stride-1, dilation-1, one-group float32 convolution (or conv_transpose) with at
-    least MIN_CHANNELS input channels, MR output channels and MIN_TILES output tiles, whose
-    transformed weights fit ``MAX_WEIGHTS``."""
+    """A 3x3, stride-1, dilation-1, one-group float32 convolution with at least MIN_CHANNELS
+    input channels, MR output channels and MIN_TILES output tiles (MIN_TILES_DEEP from
+    DEEP_CHANNELS input channels), whose transformed weights fit ``MAX_WEIGHTS``."""
     shape = winograd_shape(kernel)
-    return shape is not None and _Layout(kernel, shape, bits).tiles >= MIN_TILES
+    if shape is None:
+        return False
+    least = MIN_TILES if shape.cg < DEEP_CHANNELS else MIN_TILES_DEEP
+    return _Layout(kernel, shape, bits).tiles >= least
 
 
 class _Layout:
@@ -140,13 +150,14 @@ class WinogradConv(GemmEmitter):
         b, lay, og, cg, n = self.b, self.lay, self.og, self.cg, self.n
         lo, hi = bounds if bounds is not None else (self.c(0),
                                                     self.c(lay.blocks * lay.splits))
+        if bounds is None:  # the kernel unsplit, no wrapper: nobody prepared U
+            self.prepare()
         self.slots()
-        u, v, m = self.malloc(16 * og * cg), self.malloc(16 * cg * n), self.malloc(16 * og * n)
+        u, v, m = self.weights_buffer(), self.malloc(16 * cg * n), self.malloc(16 * og * n)
         pairs = 2 * 4 * cg * (n + 1)  # B^T d, a line per channel and row r: even, odd columns
         lines, zeros = self.malloc(pairs), self.malloc(self.w_in)
         for buffer, size in ((v, 16 * cg * n), (lines, pairs), (zeros, self.w_in)):
             self.zero(buffer, size)  # V's columns past the last block's tiles stay finite
-        self.transform_weights(u)
         done = self.slot(ir.IntType(64), "done_block")  # the block now in V
         b.store(self.c(-1), done)
         per = -(-og // lay.splits)
@@ -165,7 +176,7 @@ class WinogradConv(GemmEmitter):
                 full = b.mul(b.sdiv(b.sub(r_hi, r_lo), self.c(self.mr)), self.c(self.mr))
                 self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=False)
             self.transform_output(blk, r_lo, r_hi, m)
-        for buffer in (u, v, m, lines, zeros):
+        for buffer in (v, m, lines, zeros):
             self.free(buffer)
         self.release()
 
@@ -173,6 +184,32 @@ class WinogradConv(GemmEmitter):
         return self.b.gep(buffer, [self.at(row, col, pitch)], inbounds=True, source_etype=self.ty)
 
     # -- U = G g G^T -----------------------------------------------------------------------------
+    def weights_buffer(self) -> ir.Value:
+        """U: a global array of the module (16 x og x cg values, zero-filled memory, not part
+        of the object file), which ``prepare`` fills before the threads read it."""
+        module, name = self.em.module, f"{self.k.name}_winograd_u"
+        if name not in module.globals:
+            ty = ir.ArrayType(self.ty, 16 * self.og * self.cg)
+            u = ir.GlobalVariable(module, ty, name)
+            u.linkage, u.initializer, u.align = "internal", ir.Constant(ty, None), 64
+            ready = ir.GlobalVariable(module, ir.IntType(8), name + "_ready")
+            ready.linkage, ready.initializer = "internal", ir.Constant(ir.IntType(8), 0)
+        # its first element's address: llvmlite types a global's pointer by the array
+        return self.b.gep(module.globals[name], [self.c(0), self.c(0)], inbounds=True)
+
+    def prepare(self) -> None:
+        """U from the weights, once per call; once for the module where the weights are a
+        constant (the same array, never written, in every run: inference), so a run's cost is
+        the GEMMs' and the data transforms'."""
+        b, u = self.b, self.weights_buffer()
+        if self.wb not in self.em.constant_params.get(self.k.name, frozenset()):
+            self.transform_weights(u)
+            return
+        ready = self.em.module.globals[f"{self.k.name}_winograd_u_ready"]
+        with b.if_then(b.icmp_unsigned("==", b.load(ready), ir.Constant(ir.IntType(8), 0))):
+            self.transform_weights(u)
+            b.store(ir.Constant(ir.IntType(8), 1), ready)
+
     def weight(self, o: ir.Value, c: ir.Value, t: int) -> ir.Value:
         """Tap t (row-major 3x3) of output channel o and input channel c: w[o, c, t]."""
         b = self.b

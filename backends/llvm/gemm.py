@@ -210,6 +210,10 @@ class GemmEmitter:
         thread's ``emit`` (as ``em.params[len(kernel.params)]``), then to ``finish``: 0, none."""
         return 0
 
+    def prepare(self) -> None:
+        """What the wrapper runs on the calling thread before the threads start (or ``emit``
+        itself, called with no bounds, where the kernel runs on one thread)."""
+
     def finish(self) -> None:
         """What the wrapper runs once every thread is done (with a workspace only)."""
 

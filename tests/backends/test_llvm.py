@@ -552,6 +552,7 @@ def test_implicit_gemm_convolution(xs: tuple, ws: tuple, kw: dict, by_columns: b
     ((3, 20, 30, 33), (12, 20, 3, 3), {}, False),  # no padding, odd width, 12 channels out
     ((1, 16, 52, 51), (48, 16, 3, 3), {"padding": (2, 1)}, False),  # one block: split channels
     ((24, 64, 12, 12), (128, 64, 3, 3), {"padding": 0}, False),  # W2's 3rd layer, batch 24
+    ((1, 64, 14, 13), (72, 64, 3, 3), {"padding": 1}, False),  # 64 deep: 49 tiles suffice
     ((3, 24, 30, 30), (24, 16, 3, 3), {"padding": 1}, True)])  # conv_transpose: not taken
 @pytest.mark.parametrize("threads", [1, 3])
 def test_winograd_convolution(xs: tuple, ws: tuple, kw: dict, transposed: bool,
@@ -588,6 +589,45 @@ def test_winograd_convolution(xs: tuple, ws: tuple, kw: dict, transposed: bool,
         assert not chosen
     else:
         assert len(chosen) == 1 and len(chosen[0].source) > 1  # the epilogue fused in
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_winograd_weights_are_transformed_again_when_variables_change(threads: int) -> None:
+    """The transformed weights are computed once per module only for constant weights: with a
+    variable, each run transforms its current value (after load_variables, and after an assign
+    in the previous run), while a constant's stay right over repeated runs."""
+    rng = np.random.default_rng(4)
+    xv = rng.standard_normal((2, 16, 32, 32)).astype(np.float32)
+    w0 = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    w1 = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    with gn.Graph() as g:
+        x = gn.placeholder(xv.shape, name="x")
+        w = gn.variable(w0, name="w")
+        y = gn.conv(x, w, padding=1)
+        halve = gn.assign(w, w * 0.5)
+        fixed = gn.conv(x, gn.constant(w0), padding=1)
+    sess = gn.Session(g, backend=LLVMBackend(cache=False, threads=threads), opt_level=2)
+    ref = gn.Session(g, backend="reference")
+
+    def want(weights: np.ndarray) -> np.ndarray:
+        ref.load_variables({w: weights})
+        return ref.run(y, {x: xv})
+
+    def check(got: np.ndarray, weights: np.ndarray) -> None:
+        expected = want(weights)
+        np.testing.assert_allclose(got, expected, rtol=1e-4,
+                                   atol=2e-6 * float(np.abs(expected).max()))
+
+    check(sess.run(y, {x: xv}), w0)
+    sess.load_variables({w: w1})
+    check(sess.run(y, {x: xv}), w1)
+    check(sess.run([y, halve], {x: xv})[0], w1)  # the run reads w before the assign
+    check(sess.run(y, {x: xv}), w1 * 0.5)
+    for _ in range(2):
+        check(sess.run(fixed, {x: xv}), w0)
+    kernels = [k for entry in sess._cache.values() for k in entry.exe.kernels]
+    assert any(k.schedule[:1] == ("conv",) and k.params[-1].shape == (2, 24, 32, 32)
+               for k in kernels)
 
 
 @pytest.mark.parametrize("shape", [(3, 37, 64), (2, 3, 10, 48), (1, 128, 256)])

@@ -19,7 +19,8 @@ import graphnn as gn
 
 
 def _graph() -> tuple[gn.Graph, list[gn.Node], dict[str, np.ndarray]]:
-    """A GEMM with bias + ReLU, a split-K GEMV and a padded convolution: three templates."""
+    """A GEMM with bias + ReLU, a split-K GEMV, a padded convolution (the implicit GEMM) and a
+    64-channel 3x3 one (Winograd): four templates."""
     rng = np.random.default_rng(0)
     with gn.Graph("g") as g:
         a = gn.placeholder((40, 600), name="a")
@@ -30,10 +31,14 @@ def _graph() -> tuple[gn.Graph, list[gn.Node], dict[str, np.ndarray]]:
         gemv = v @ gn.constant(rng.standard_normal((784, 512)).astype(np.float32))
         conv = gn.conv(x, gn.constant(rng.standard_normal((16, 8, 3, 3)).astype(np.float32)),
                        padding=1)
+        z = gn.placeholder((1, 64, 14, 14), name="z")
+        winograd = gn.conv(z, gn.constant(rng.standard_normal((24, 64, 3, 3)).astype(
+            np.float32) / 8), padding=1)
     feeds = {"a": rng.standard_normal((40, 600)).astype(np.float32),
+             "z": rng.standard_normal((1, 64, 14, 14)).astype(np.float32),
              "v": rng.standard_normal((1, 784)).astype(np.float32),
              "x": rng.standard_normal((2, 8, 20, 20)).astype(np.float32)}
-    return g, [dense, gemv, conv], feeds
+    return g, [dense, gemv, conv, winograd], feeds
 
 
 def _check(got: list[np.ndarray], want: list[np.ndarray]) -> None:
@@ -60,7 +65,7 @@ def test_tuned_choices_are_cached_recalled_and_remeasured_when_damaged(
     backend = LLVMBackend(tune=True, cache=False, threads=2)
     _check(gn.Session(g, backend=backend).run(outs, feeds), want)
     entries = sorted((tmp_path / "tuning").glob("*.json"))
-    assert len(measured) == len(entries) == 3  # one per templated kernel
+    assert len(measured) == len(entries) == 4  # one per templated kernel
 
     measured.clear()  # a new session (as a new process would) recalls every choice
     _check(gn.Session(g, backend=LLVMBackend(tune=True, cache=False, threads=2)).run(outs, feeds),
@@ -75,7 +80,7 @@ def test_tuned_choices_are_cached_recalled_and_remeasured_when_damaged(
 
     measured.clear()  # another thread count is another key
     gn.Session(g, backend=LLVMBackend(tune=True, cache=False, threads=1)).run(outs, feeds)
-    assert len(measured) == 3
+    assert len(measured) == 4
 
 
 def test_tuning_is_off_by_default_and_on_with_the_environment(
@@ -101,7 +106,7 @@ def test_every_knob_changes_the_code_and_not_the_result() -> None:
     exe = next(iter(sess._cache.values())).exe
     bits = vector_bits(backend.target.features)
     templated = [k for k in exe.kernels if tuning.space(k, bits)]
-    assert len(templated) == 3
+    assert len(templated) == 4
     for kernel, want in zip(templated, gn.Session(g, backend="reference").run(outs, feeds)):
         default = _emit(kernel, bits, {})
         assert "graphnn_parallel_for" in default
