@@ -151,7 +151,10 @@ class Param:
     are the only stores that need not depend on a parallel loop's variable (every iteration
     writes the same code).
     ``counter`` marks the session's run counter (int64[1], the last parameter) that random
-    kernels (dropout) key their numbers on; the executable writes it before each run."""
+    kernels (dropout) key their numbers on; the executable writes it before each run.
+    ``constant`` marks an input bound to a constant node: the same array, never written, in
+    every run, so a renderer may keep what it derives from it (the LLVM backend's Winograd
+    template transforms constant weights once)."""
 
     name: str
     dtype: DType
@@ -159,6 +162,7 @@ class Param:
     output: bool = False
     status: bool = False
     counter: bool = False
+    constant: bool = False
 
     @property
     def size(self) -> int:

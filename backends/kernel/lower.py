@@ -14,6 +14,7 @@ body graph; reductions fold them into the accumulation loop.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -1833,7 +1834,18 @@ def lower(node: Node, name: str, skip: frozenset[str] = frozenset(), gpu: bool =
     docstring) or its op is in ``skip`` (ops a backend prefers to leave to their reference
     implementation). ``gpu``: the kernel's
     parallel iterations become work-items of a GPU, not threads of a CPU; the scatter kernels
-    (take_grad, gather_grad) then take a loop order that suits that."""
+    (take_grad, gather_grad) then take a loop order that suits that. The parameters of inputs
+    that are constant nodes are marked ``Param.constant``."""
+    kernel = _lower(node, name, skip, gpu)
+    constants = {i for i, x in enumerate(node.inputs) if x.op == "constant"}
+    if kernel is None or not constants:
+        return kernel
+    return dataclasses.replace(kernel, params=tuple(
+        dataclasses.replace(p, constant=True) if i in constants else p
+        for i, p in enumerate(kernel.params)))
+
+
+def _lower(node: Node, name: str, skip: frozenset[str], gpu: bool) -> Kernel | None:
     if any(d is None for d in node.shape) or any(d is None for i in node.inputs for d in i.shape):
         return None
     if node.op in skip or (node.op == "fused" and skip & set(node.attrs["body"].ops)):

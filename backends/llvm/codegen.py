@@ -146,9 +146,6 @@ class KernelEmitter:
         self._runtime: tuple[ir.Function, ir.GlobalVariable] | None = None
         # tuned schedules by kernel name (tuning.py): the template's knobs and ``threads``
         self.schedules: dict[str, dict[str, int]] = {}
-        # by kernel name, the parameters bound to constants (the same array in every run), whose
-        # derived data a template may compute once (the Winograd weights)
-        self.constant_params: dict[str, frozenset[int]] = {}
 
     def runtime(self) -> tuple[ir.Function, ir.GlobalVariable]:
         """Declarations of the runtime's parallel-for and thread count (linked in by the JIT)."""

@@ -202,7 +202,7 @@ class WinogradConv(GemmEmitter):
         constant (the same array, never written, in every run: inference), so a run's cost is
         the GEMMs' and the data transforms'."""
         b, u = self.b, self.weights_buffer()
-        if self.wb not in self.em.constant_params.get(self.k.name, frozenset()):
+        if not self.k.params[self.wb].constant:
             self.transform_weights(u)
             return
         ready = self.em.module.globals[f"{self.k.name}_winograd_u_ready"]

@@ -146,13 +146,7 @@ class LLVMExecutable:
         """Everything ``_emit_module`` reads, as text: the compile cache's key."""
         segments = [[(kernel.name, slots) for kernel, _, slots in calls] for calls in self._calls]
         return "\n".join([*map(repr, self.kernels), repr(sorted(self._schedules.items())),
-                          repr(segments), repr(sorted(self._constant_params().items())),
-                          f"vector bits {self._bits}"])
-
-    def _constant_params(self) -> dict[str, list[int]]:
-        """By kernel name, the parameters bound to constant nodes (the same array every run)."""
-        return {kernel.name: [i for i, x in enumerate(node.inputs) if x.op == "constant"]
-                for calls in self._calls for kernel, node, _ in calls}
+                          repr(segments), f"vector bits {self._bits}"])
 
     def _emit_module(self) -> str:
         """The LLVM IR: every kernel, then per segment an entry ``seg<k>(ptr slots)`` calling
@@ -160,8 +154,6 @@ class LLVMExecutable:
         module = ir.Module(name=self._name)
         emitter = KernelEmitter(module, self._bits)
         emitter.schedules.update(self._schedules)
-        emitter.constant_params.update({name: frozenset(params) for name, params in
-                                        self._constant_params().items()})
         for kernel in self.kernels:
             emitter.emit(kernel)
         for k, calls in enumerate(self._calls):
