@@ -17,17 +17,17 @@ So the sum over channels is 16 independent GEMMs, one per position xi of the 4x4
 tile: M[xi] (og x tiles) = U[xi] (og x cg) @ V[xi] (cg x tiles), 16 multiply-adds per 4 output
 pixels where the direct convolution does 36: 2.25 times fewer.
 
-The weights are transformed into U (16 x og x cg values, at most 1 MiB: ``MAX_WEIGHTS``, a
-global array of the module) on the calling thread before the threads start (``prepare``): once
-per module where the weights are a constant (inference), once per call otherwise. Then each
-thread works through its items: an item is a block of whole tile rows (across images: the
-tile rows of all images are numbered img * tile_rows + ty) and, where there are few blocks,
-half of the output channels. For a block it transforms the input into V (16 x cg x columns: a
-tile row's tiles and one unused column, rounded up to whole register tiles), runs the 16 GEMMs
-(``gemm.GemmEmitter``'s micro-kernel, with a, b and the output addressed in U, V and M), then
-transforms M back into output pixels with the bias, and runs the fused epilogue over whole
-output lines. A block's V and M take about ``BLOCK_BYTES``, so they stay in L2 between the
-GEMMs and the output transform. Every pass is a unit-stride loop LLVM vectorises
+The weights are transformed into U (16 x og x cg values, a global array of the module: at most
+1 MiB, ``MAX_WEIGHTS``, or 4 MiB for constant weights) on the calling thread before the threads
+start (``prepare``): once per module where the weights are a constant (inference), once per
+call otherwise. Then each thread works through its items: an item is a block of whole tile rows
+(across images: the tile rows of all images are numbered img * tile_rows + ty) and, where there
+are few blocks, half of the output channels. For a block it transforms the input into V (16 x
+cg x columns: a tile row's tiles and one unused column, rounded up to whole register tiles),
+runs the 16 GEMMs (``gemm.GemmEmitter``'s micro-kernel, with a, b and the output addressed in
+U, V and M), then transforms M back into output pixels with the bias, and runs the fused
+epilogue over whole output lines. A block's V and M take about ``BLOCK_BYTES``, so they stay in
+L2 between the GEMMs and the output transform. Every pass is a unit-stride loop LLVM vectorises
 (``transform_input`` says how the input's two passes avoid strided reads).
 
 Measured (2 threads, AVX-512 Xeon, float32, interleaved in one process, against the implicit
@@ -57,7 +57,10 @@ from graphnn.dtypes import DType
 if TYPE_CHECKING:
     from graphnn.backends.llvm.codegen import KernelEmitter
 
-MAX_WEIGHTS = 128 * 128  # og * cg at most: U is 16 of these per thread (1 MiB of float32)
+# og * cg at most (U holds 16 of these: 1 MiB of float32), as transforming weights every call
+# costs; constant weights, transformed once, up to MAX_CONSTANT_WEIGHTS (ResNet-18's
+# 14x14x256 layers: 0.75-0.79x the implicit GEMM's time, for 4 MiB of U each)
+MAX_WEIGHTS, MAX_CONSTANT_WEIGHTS = 128 * 128, 256 * 256
 MIN_CHANNELS = 16  # input channels at least: below, the GEMMs are too shallow to pay
 # output tiles (2x2 pixels) in all at least: with fewer than DEEP_CHANNELS input channels the
 # 16 GEMMs are shallow (their accumulators' loads and stores weigh more), so they need more
@@ -74,7 +77,10 @@ def winograd_shape(kernel: Kernel) -> Shape | None:
     if shape.transposed or shape.groups != 1 or shape.taps != (3, 3) or \
             shape.dilation != (1, 1):
         return None
-    if shape.cg < MIN_CHANNELS or shape.og < MR or shape.og * shape.cg > MAX_WEIGHTS:
+    constant = kernel.params[int(kernel.schedule[2])].constant
+    pairs = shape.og * shape.cg
+    if shape.cg < MIN_CHANNELS or shape.og < MR or pairs > MAX_CONSTANT_WEIGHTS or \
+            (pairs > MAX_WEIGHTS and not constant):
         return None
     return shape
 
@@ -82,7 +88,8 @@ def winograd_shape(kernel: Kernel) -> Shape | None:
 def winograd_applies(kernel: Kernel, bits: int = 128) -> bool:
     """A 3x3, stride-1, dilation-1, one-group float32 convolution with at least MIN_CHANNELS
     input channels, MR output channels and MIN_TILES output tiles (MIN_TILES_DEEP from
-    DEEP_CHANNELS input channels), whose transformed weights fit ``MAX_WEIGHTS``."""
+    DEEP_CHANNELS input channels), whose transformed weights fit ``MAX_WEIGHTS`` (or, constant,
+    ``MAX_CONSTANT_WEIGHTS``)."""
     shape = winograd_shape(kernel)
     if shape is None:
         return False

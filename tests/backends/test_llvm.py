@@ -553,6 +553,7 @@ def test_implicit_gemm_convolution(xs: tuple, ws: tuple, kw: dict, by_columns: b
     ((1, 16, 52, 51), (48, 16, 3, 3), {"padding": (2, 1)}, False),  # one block: split channels
     ((24, 64, 12, 12), (128, 64, 3, 3), {"padding": 0}, False),  # W2's 3rd layer, batch 24
     ((1, 64, 14, 13), (72, 64, 3, 3), {"padding": 1}, False),  # 64 deep: 49 tiles suffice
+    ((1, 160, 14, 14), (160, 160, 3, 3), {"padding": 1}, False),  # constant weights: 160^2
     ((3, 24, 30, 30), (24, 16, 3, 3), {"padding": 1}, True)])  # conv_transpose: not taken
 @pytest.mark.parametrize("threads", [1, 3])
 def test_winograd_convolution(xs: tuple, ws: tuple, kw: dict, transposed: bool,
@@ -625,6 +626,10 @@ def test_winograd_weights_are_transformed_again_when_variables_change(threads: i
     check(sess.run(y, {x: xv}), w1 * 0.5)
     for _ in range(2):
         check(sess.run(fixed, {x: xv}), w0)
+    from graphnn.backends.kernel.lower import lower
+
+    (big,) = [lower(n, "k") for n in g.nodes if n.op == "conv" and n.inputs[1].op == "constant"]
+    assert big is not None and big.params[1].constant and not big.params[0].constant
     kernels = [k for entry in sess._cache.values() for k in entry.exe.kernels]
     assert any(k.schedule[:1] == ("conv",) and k.params[-1].shape == (2, 24, 32, 32)
                for k in kernels)
