@@ -463,6 +463,7 @@ def test_split_k_gemv_declines_small_and_batched_matmuls() -> None:
     ((2, 6, 201), (12, 6, 5), {"stride": 2, "padding": 2}),
     ((1, 4, 8, 9, 10), (8, 4, 3, 3, 3), {"padding": 1}),
     ((1, 3, 45, 47), (16, 3, 7, 7), {"stride": 2, "padding": 3}),
+    ((1, 64, 50, 50), (16, 64, 3, 3), {"stride": 2, "padding": 1}),  # chunks of 192 pixels
     ((1, 12, 30, 29), (18, 4, 3, 3), {"padding": (2, 1), "dilation": (2, 1), "groups": 3}),
     ((1, 8, 1600), (12, 8, 5), {"stride": 3, "padding": 4}),
     ((2, 16, 7, 7), (264, 16, 3, 3), {"padding": 1})])  # PACK_ROWS rows: packed panels
