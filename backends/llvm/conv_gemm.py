@@ -245,7 +245,7 @@ class PixelConvGemm(ConvGemm):
             for g in range(self.groups):
                 self.im2col(cols, self.c(0), self.c(g), q_lo, q_hi, width)
                 self.a_at = lambda row, k: self.ptr(self.wb, self.at(row, k, self.kk))
-                self.b_at = lambda k, col, q_lo=q_lo, width=width: b.gep(
+                self.b_at = lambda k, col: b.gep(
                     cols, [b.add(b.mul(k, width), b.sub(col, q_lo))], inbounds=True,
                     source_etype=self.ty)
                 self.out_at = lambda row, col: self.ptr(self.o, self.at(row, col, self.pixels))
