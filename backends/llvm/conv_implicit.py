@@ -156,6 +156,7 @@ class ImplicitConvGemm(GemmEmitter):
     ``emit`` switch to blocks of wide columns where ``columns_split`` holds."""
 
     packable = False  # b is the input itself: no panel is copied
+    slack = 0  # values after the padded buffer that whole tiles past the last pixel may read
 
     def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
         shape = Shape.of(kernel)
@@ -172,6 +173,12 @@ class ImplicitConvGemm(GemmEmitter):
         blocks = -(-self.kk // KC_IMPLICIT)
         self.block_channels = -(-self.cg // blocks)
         self.by_columns = columns_split(kernel)
+        if self.padded and not self.by_columns:
+            # whole register tiles: the columns past the last output pixel's read the padded
+            # buffer's slack (zeros); edge tiles cost about as much as whole ones (ResNet-18's
+            # 7x7 layers: 61 wide columns were one whole tile and two edge tiles)
+            self.slack = -self.n % self.nr
+            self.n += self.slack
         self.src: ir.Value | None = None  # the group's (padded) input channel 0
         # the weight w[o, c, t] of output channel o (absolute), input channel c of its group
         # and tap t (flat), for the group of the rows being computed
@@ -326,8 +333,16 @@ class ImplicitConvGemm(GemmEmitter):
         return _prod(self.pitches[:-1])
 
     def padded_buffer(self) -> ir.Value | None:
-        """This call's buffer for one image's padded group of channels, where there is padding."""
-        return self.malloc(self.cg * self.plane_size) if self.padded else None
+        """This call's buffer for one image's padded group of channels, where there is padding,
+        and ``slack`` zeros after them."""
+        if not self.padded:
+            return None
+        size = self.cg * self.plane_size
+        xpad = self.malloc(size + self.slack)
+        if self.slack:
+            self.zero(self.b.gep(xpad, [self.c(size)], inbounds=True, source_etype=self.ty),
+                      self.slack)
+        return xpad
 
     def source(self, xpad: ir.Value | None, img: ir.Value, g: ir.Value, l_lo: ir.Value,
                l_hi: ir.Value) -> ir.Value:
