@@ -17,18 +17,18 @@ So the sum over channels is 16 independent GEMMs, one per position xi of the 4x4
 tile: M[xi] (og x tiles) = U[xi] (og x cg) @ V[xi] (cg x tiles), 16 multiply-adds per 4 output
 pixels where the direct convolution does 36: 2.25 times fewer.
 
-The weights are transformed into U (16 x og x cg values, a global array of the module: at most
-1 MiB, ``MAX_WEIGHTS``, or 4 MiB for constant weights) on the calling thread before the threads
-start (``prepare``): once per module where the weights are a constant (inference), once per
-call otherwise. Then each thread works through its items: an item is a block of whole tile rows
-(across images: the tile rows of all images are numbered img * tile_rows + ty) and, where there
-are few blocks, half of the output channels. For a block it transforms the input into V (16 x
-cg x columns: a tile row's tiles and one unused column, rounded up to whole register tiles),
-runs the 16 GEMMs (``gemm.GemmEmitter``'s micro-kernel, with a, b and the output addressed in
-U, V and M), then transforms M back into output pixels with the bias, and runs the fused
-epilogue over whole output lines. A block's V and M take about ``BLOCK_BYTES``, so they stay in
-L2 between the GEMMs and the output transform. Every pass is a unit-stride loop LLVM vectorises
-(``transform_input`` says how the input's two passes avoid strided reads).
+The weights are transformed into U (16 x og x cg values) on the calling thread before the
+threads start (``prepare``): into a workspace the kernel's wrapper allocates per call (at most
+1 MiB, ``MAX_WEIGHTS``), or, for constant weights, once per module into a global array of the
+module (at most 4 MiB; inference). Then each thread works through its items: an item is a block
+of whole tile rows (across images: the tile rows of all images are numbered img * tile_rows +
+ty) and, where there are few blocks, half of the output channels. For a block it transforms the
+input into V (16 x cg x columns: a tile row's tiles and one unused column, rounded up to whole
+register tiles), runs the 16 GEMMs (``gemm.GemmEmitter``'s micro-kernel, with a, b and the
+output addressed in U, V and M), then transforms M back into output pixels with the bias, and
+runs the fused epilogue over whole output lines. A block's V and M take about ``BLOCK_BYTES``,
+so they stay in L2 between the GEMMs and the output transform. Every pass is a unit-stride loop
+LLVM vectorises (``transform_input`` says how the input's two passes avoid strided reads).
 
 Measured (2 threads, AVX-512 Xeon, float32, interleaved in one process, against the implicit
 GEMM, constant weights): W2 batch 64's 26x26x32 -> 64 0.76-0.89x, 12x12x64 -> 128
@@ -157,7 +157,7 @@ class WinogradConv(GemmEmitter):
         b, lay, og, cg, n = self.b, self.lay, self.og, self.cg, self.n
         lo, hi = bounds if bounds is not None else (self.c(0),
                                                     self.c(lay.blocks * lay.splits))
-        if bounds is None:  # the kernel unsplit, no wrapper: nobody prepared U
+        if bounds is None:  # the kernel unsplit, no wrapper (constant weights): U is not ready
             self.prepare()
         self.slots()
         u, v, m = self.weights_buffer(), self.malloc(16 * cg * n), self.malloc(16 * og * n)
@@ -191,9 +191,22 @@ class WinogradConv(GemmEmitter):
         return self.b.gep(buffer, [self.at(row, col, pitch)], inbounds=True, source_etype=self.ty)
 
     # -- U = G g G^T -----------------------------------------------------------------------------
+    @staticmethod
+    def workspace(kernel: Kernel, bits: int) -> int:
+        """U for weights that may change between calls (the wrapper allocates it per call, so
+        calls running at once, as an AOT library's contexts may, each have their own); none
+        for constant weights, whose U is the module's."""
+        shape = winograd_shape(kernel)
+        assert shape is not None
+        constant = kernel.params[int(kernel.schedule[2])].constant
+        return 0 if constant else 16 * shape.og * shape.cg
+
     def weights_buffer(self) -> ir.Value:
-        """U: a global array of the module (16 x og x cg values, zero-filled memory, not part
-        of the object file), which ``prepare`` fills before the threads read it."""
+        """U: the workspace; for constant weights a global array of the module (16 x og x cg
+        values, zero-filled memory, not part of the object file) with a flag set once it is
+        filled."""
+        if not self.k.params[self.wb].constant:
+            return self.em.params[len(self.k.params)]
         module, name = self.em.module, f"{self.k.name}_winograd_u"
         if name not in module.globals:
             ty = ir.ArrayType(self.ty, 16 * self.og * self.cg)
@@ -205,9 +218,9 @@ class WinogradConv(GemmEmitter):
         return self.b.gep(module.globals[name], [self.c(0), self.c(0)], inbounds=True)
 
     def prepare(self) -> None:
-        """U from the weights, once per call; once for the module where the weights are a
-        constant (the same array, never written, in every run: inference), so a run's cost is
-        the GEMMs' and the data transforms'."""
+        """U from the weights, before the threads start: every call, or once for the module
+        where the weights are a constant (the same array, never written, in every run of the
+        JIT's executable; AOT libraries, whose contexts may run at once, mark none)."""
         b, u = self.b, self.weights_buffer()
         if not self.k.params[self.wb].constant:
             self.transform_weights(u)

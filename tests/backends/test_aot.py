@@ -182,6 +182,46 @@ def test_threads_give_the_same_result(tmp_path: pathlib.Path) -> None:
     np.testing.assert_allclose(one, reference(graph, x)[0], rtol=1e-5, atol=1e-5)
 
 
+def test_winograd_convolution_in_contexts_running_at_once(tmp_path: pathlib.Path) -> None:
+    """A library's Winograd convolution transforms its weights per call (an AOT kernel marks
+    no input constant), so two contexts running on two threads at once agree with the
+    reference."""
+    import threading
+
+    from graphnn.backends.kernel.lower import lower
+    from graphnn.backends.llvm.codegen import template_for
+    from graphnn.backends.llvm.gemm import vector_bits
+    from graphnn.backends.llvm.jit import Target
+
+    rng = np.random.default_rng(5)
+    with gn.Graph("wino") as graph:
+        p = gn.placeholder((2, 16, 32, 32), name="x")
+        y = gn.relu(gn.conv(p, gn.constant(rng.standard_normal((24, 16, 3, 3)).astype(
+            np.float32)), gn.constant(rng.standard_normal(24).astype(np.float32)), padding=1))
+        graph.outputs = [y]
+    xs = [rng.standard_normal((2, 16, 32, 32)).astype(np.float32) for _ in range(2)]
+    bits = vector_bits(Target.host().features)
+    convs = [lower(n, "k") for n in prepare(graph, [xs[0]]).nodes if n.op in ("conv", "fused")]
+    assert any(k is not None and getattr(template_for(k, bits), "__name__", "") ==
+               "WinogradConv" for k in convs)
+    art = gn.compile(graph, [xs[0]], output=str(tmp_path / "wino"))
+    models_ = [gn.load_compiled(art.library, threads=2) for _ in xs]
+    got: list[list[np.ndarray]] = [[], []]
+
+    def work(k: int) -> None:
+        for _ in range(20):
+            got[k].append(models_[k](xs[k]))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for k, x in enumerate(xs):
+        want = reference(graph, x)[0]
+        for out in got[k]:
+            np.testing.assert_allclose(out, want, rtol=1e-4,
+                                       atol=2e-6 * float(np.abs(want).max()))
+
+
 def test_clear_errors(tmp_path: pathlib.Path) -> None:
     with gn.Graph("t") as g:
         x = gn.placeholder((None, 4), name="x")
