@@ -68,6 +68,12 @@ def vectorize_here(module: ir.Module) -> ir.MDValue:
     return _LoopID(module, hints, name=str(len(module.metadata)))
 
 
+def no_unroll(module: ir.Module) -> ir.MDValue:
+    """Loop hints: do not unroll this loop (its body may still be unrolled and vectorised)."""
+    hints = [module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")])]
+    return _LoopID(module, hints, name=str(len(module.metadata)))
+
+
 def unroll_fully(module: ir.Module) -> ir.MDValue:
     """Loop hints: unroll this constant-trip loop completely (at O3, so the IR stays one copy:
     the implicit GEMM's loop over 9 taps, written out 9 times, made a cached graph slow to

@@ -226,7 +226,7 @@ class TransposedConvGemm(GemmEmitter):
     def scatter(self, d: int, ranges: list[tuple[int, int]], taps: tuple[int, ...],
                 row: ir.Value, plane: ir.Value, i_flat: ir.Value, z_flat: ir.Value,
                 cols: ir.Value) -> None:
-        from graphnn.backends.llvm.codegen import for_range, vectorize_here
+        from graphnn.backends.llvm.codegen import for_range, no_unroll, vectorize_here
 
         b = self.b
         lo, hi = ranges[d]
@@ -235,7 +235,8 @@ class TransposedConvGemm(GemmEmitter):
         # constant-bound nest and vectorises it with gathers and scatters (W6's 24-wide rows:
         # 12.4 -> 8.0 ms); shorter rows did better that way (10 wide: 5.1 ms, 6.0 with hints)
         long_row = d + 1 == self.nd and hi - lo >= self.width
-        hints = vectorize_here(self.em.module) if long_row else None
+        hints = vectorize_here(self.em.module) if long_row else \
+            no_unroll(self.em.module) if d + 1 < self.nd else None
         with for_range(b, self.c(hi), f"si{d}", start=self.c(lo), hints=hints) as i:
             z = b.add(b.mul(i, self.c(self.stride[d])), self.c(off))
             i_at = b.add(b.mul(i_flat, self.c(self.isz[d])), i)
