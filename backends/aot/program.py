@@ -16,7 +16,6 @@ Everything but the C API is given internal linkage, so several models link into 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -164,12 +163,9 @@ def build_program(graph: Graph, name: str, input_names: list[str], output_names:
             continue
         if n not in where:
             where[n] = at(arena, plan.offsets[node_id(n, i)][0])
-        kernel = lower(n, f"k{len(kernels)}_{n.op}")
         # no input marked constant: contexts may run on several threads at once, and a
         # module-wide cache filled on first use (the Winograd weights) would race between them
-        if kernel is not None:
-            kernel = dataclasses.replace(kernel, params=tuple(
-                dataclasses.replace(p, constant=False) for p in kernel.params))
+        kernel = lower(n, f"k{len(kernels)}_{n.op}", mark_constants=False)
         if kernel is None:
             raise GraphError(f"{n.op} ({describe(n)}) has no native kernel yet, so the model "
                              "cannot be compiled ahead of time")

@@ -1828,16 +1828,17 @@ def _handlers(gpu: bool) -> dict[str, Callable[[Node, str], Kernel | None]]:
         "gather_grad": lambda n, nm: _scatter_add(n, nm, gather_like=True, gpu=gpu)}
 
 
-def lower(node: Node, name: str, skip: frozenset[str] = frozenset(), gpu: bool = False
-          ) -> Kernel | None:
+def lower(node: Node, name: str, skip: frozenset[str] = frozenset(), gpu: bool = False,
+          mark_constants: bool = True) -> Kernel | None:
     """The kernel computing ``node``, or None when the lowering declines it (see the module
     docstring) or its op is in ``skip`` (ops a backend prefers to leave to their reference
     implementation). ``gpu``: the kernel's
     parallel iterations become work-items of a GPU, not threads of a CPU; the scatter kernels
-    (take_grad, gather_grad) then take a loop order that suits that. The parameters of inputs
-    that are constant nodes are marked ``Param.constant``."""
+    (take_grad, gather_grad) then take a loop order that suits that. With ``mark_constants``,
+    the parameters of inputs that are constant nodes are marked ``Param.constant`` (off where
+    several calls of the code may run at once: an AOT library's contexts)."""
     kernel = _lower(node, name, skip, gpu)
-    constants = {i for i, x in enumerate(node.inputs) if x.op == "constant"}
+    constants = {i for i, x in enumerate(node.inputs) if x.op == "constant" and mark_constants}
     if kernel is None or not constants:
         return kernel
     return dataclasses.replace(kernel, params=tuple(

@@ -238,10 +238,9 @@ class WinogradConv(GemmEmitter):
 
     def transform_weights(self, u: ir.Value) -> None:
         """U[xi, o, c] = (G g_oc G^T)[xi] for every output and input channel."""
-        from graphnn.backends.llvm.codegen import for_range
+        from graphnn.backends.llvm.codegen import for_range, vectorize_here
 
         b, og, cg = self.b, self.og, self.cg
-        from graphnn.backends.llvm.codegen import vectorize_here
 
         with for_range(b, og, "wo") as o, for_range(b, cg, "wc",
                                                      hints=vectorize_here(self.em.module)) as c:
@@ -272,8 +271,7 @@ class WinogradConv(GemmEmitter):
         from graphnn.backends.llvm.codegen import for_range
 
         b, lay, cg, n = self.b, self.lay, self.cg, self.n
-        first = b.mul(blk, self.c(lay.rows))
-        last = self.min(b.add(first, self.c(lay.rows)), self.c(lay.total))
+        first, last = self.block(blk, lay.rows, lay.total)
         x = self.k.params[self.xb]
         plane, line = self.h_in * self.w_in, n + 1
 
@@ -294,8 +292,8 @@ class WinogradConv(GemmEmitter):
                     y = b.add(b.mul(ty, self.c(2)), self.c(k - self.pad_top))
                     ok = b.and_(b.icmp_signed(">=", y, self.c(0)),
                                 b.icmp_signed("<", y, self.c(self.h_in)))
-                    row = self.ptr(self.xb, b.add(base, b.mul(self.select_index(ok, y),
-                                                              self.c(self.w_in))))
+                    y = b.select(ok, y, self.c(0))  # a pointer inside x even where unused
+                    row = self.ptr(self.xb, b.add(base, b.mul(y, self.c(self.w_in))))
                     rows.append(b.select(ok, row, zeros))
 
                 def pair(t: ir.Value, odd: int) -> None:
@@ -322,10 +320,6 @@ class WinogradConv(GemmEmitter):
                     for s, value in enumerate(self.bt_transform(*e)):
                         b.store(value, self.at_in(v, b.add(self.c((4 * r + s) * cg), c), i, n))
 
-    def select_index(self, inside: ir.Value, y: ir.Value) -> ir.Value:
-        """y where inside, else 0 (the pointer is formed even where the zero line is read)."""
-        return self.b.select(inside, y, self.c(0))
-
     def bt_transform(self, d0: ir.Value, d1: ir.Value, d2: ir.Value, d3: ir.Value
                      ) -> list[ir.Value]:
         """B^T (d0, d1, d2, d3): d0 - d2, d1 + d2, d2 - d1, d1 - d3."""
@@ -340,8 +334,7 @@ class WinogradConv(GemmEmitter):
         from graphnn.backends.llvm.codegen import for_range
 
         b, lay, em = self.b, self.lay, self.em
-        first = b.mul(blk, self.c(lay.rows))
-        last = self.min(b.add(first, self.c(lay.rows)), self.c(lay.total))
+        first, last = self.block(blk, lay.rows, lay.total)  # the block's tile rows
         c_out = self.k.params[-1].shape[1]
         whole = self.w // 2  # tiles with both columns in the output
         epilogue = conv_epilogue(self.k)
