@@ -15,6 +15,7 @@ body graph; reductions fold them into the accumulation loop.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -297,16 +298,51 @@ _INIT: dict[str, Callable[[DType], Const]] = {
 _COMBINE = {"sum": "add", "mean": "add", "prod": "mul", "max": "max", "min": "min"}
 
 
+def _reduce_groups(x_shape: tuple[int, ...], axes: Sequence[int],
+                   operands: Sequence[tuple[int, ...]]) -> list[list[int]]:
+    """Runs of adjacent dims of ``x_shape`` that a reduction may address as one: all reduced or
+    all kept, and each operand (right-aligned, broadcast to ``x_shape``) broadcast along all of
+    them or along none. Sum over (N, H, W) of NCHW becomes a sum over (N, H*W): one
+    contiguous inner loop LLVM vectorises (the 24-long W loop was unrolled, and the H loop
+    around it vectorised with gathers)."""
+    def broadcast(shape: tuple[int, ...], d: int) -> bool:
+        lead = len(x_shape) - len(shape)
+        return d < lead or shape[d - lead] == 1 and x_shape[d] != 1
+
+    groups: list[list[int]] = []
+    for d in range(len(x_shape)):
+        if groups and (d - 1 in axes) == (d in axes) and all(
+                broadcast(s, d - 1) == broadcast(s, d) for s in operands):
+            groups[-1].append(d)
+        else:
+            groups.append([d])
+    return groups
+
+
+def _merge(shape: tuple[int, ...], rank: int, groups: list[list[int]]) -> tuple[int, ...]:
+    """``shape`` (right-aligned to ``rank`` dims) with each group's dims multiplied into one."""
+    full = (1,) * (rank - len(shape)) + tuple(shape)
+    return tuple(math.prod(full[d] for d in g) for g in groups)
+
+
 def _lower_reduce(node: Any, name: str, x_shape: tuple[int, ...], x_dtype: DType,
-                  value: Callable[[list[Expr], Expr], Expr], params: tuple[Param, ...],
-                  source: tuple[str, ...]) -> Kernel:
-    """out[kept] = combine over reduced dims of value(multi-index, flat input index)."""
-    axes, op, dt = node.attrs["axes"], node.op, node.dtype
+                  value: Callable[[list[Expr], Expr, Callable[[tuple[int, ...]], tuple[int, ...]]],
+                                  Expr],
+                  params: tuple[Param, ...], source: tuple[str, ...],
+                  operands: Sequence[tuple[int, ...]] = ()) -> Kernel:
+    """out[kept] = combine over reduced dims of value(multi-index, flat input index, merge),
+    over ``x_shape`` with adjacent dims merged where every operand allows (``_reduce_groups``);
+    ``merge`` maps an operand's shape to the merged dims, for its loads."""
+    groups = _reduce_groups(x_shape, node.attrs["axes"], operands)
+    axes = [k for k, g in enumerate(groups) if g[0] in node.attrs["axes"]]
+    merge = functools.partial(_merge, rank=len(x_shape), groups=groups)
+    x_shape = merge(x_shape)
+    op, dt = node.op, node.dtype
     kept = [d for d in range(len(x_shape)) if d not in axes]
     vars_: list[Expr] = [Var(f"r{d}") if d in axes else Var(f"i{d}") for d in range(len(x_shape))]
     x_index = linear_index(vars_, row_major_strides(x_shape))
     acc = Var("acc", dt)
-    update: Stmt = Assign("acc", Binary(_COMBINE[op], acc, value(vars_, x_index), dt))
+    update: Stmt = Assign("acc", Binary(_COMBINE[op], acc, value(vars_, x_index, merge), dt))
     inner: tuple[Stmt, ...] = (update,)
     for d in reversed(axes):
         inner = (Loop(f"r{d}", x_shape[d], inner),)
@@ -325,7 +361,7 @@ def _lower_plain_reduce(node: Node, name: str) -> Kernel:
     x = node.inputs[0]
     params = (Param("in0", x.dtype, _static(x)), Param("out", node.dtype, _static(node), True))
     return _lower_reduce(node, name, _static(x), x.dtype,
-                         lambda vars_, idx: Load(0, idx, x.dtype), params, (node.op,))
+                         lambda vars_, idx, merge: Load(0, idx, x.dtype), params, (node.op,))
 
 
 def _lower_fused_reduce(node: Node, name: str) -> Kernel | None:
@@ -339,15 +375,17 @@ def _lower_fused_reduce(node: Node, name: str) -> Kernel | None:
     params = tuple(Param(f"in{k}", i.dtype, _static(i)) for k, i in enumerate(node.inputs)) + (
         Param("out", node.dtype, _static(node), True),)
 
-    def value(vars_: list[Expr], _: Expr) -> Expr:
+    def value(vars_: list[Expr], _: Expr,
+              merge: Callable[[tuple[int, ...]], tuple[int, ...]]) -> Expr:
         loads: dict[Node, Expr] = {
-            p: Load(k, linear_index(vars_, _broadcast_strides(_static(p), x_shape)), p.dtype)
+            p: Load(k, linear_index(vars_, _broadcast_strides(merge(_static(p)),
+                                                              merge(x_shape))), p.dtype)
             for k, p in enumerate(body.placeholders)}
         return _scalar_body(body, loads, root.inputs[0])
 
     fake = _ReduceView(root)
     return _lower_reduce(fake, name, x_shape, root.inputs[0].dtype, value, params,
-                         tuple(node.attrs["body"].ops))
+                         tuple(node.attrs["body"].ops), [_static(p) for p in body.placeholders])
 
 
 class _ReduceView:

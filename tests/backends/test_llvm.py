@@ -69,6 +69,66 @@ def test_col2im_rows_are_vectorised_without_gathers() -> None:
     assert packed_ops(asm) & {"addps", "vaddps"} and not re.search(r"\bv(p?gather|scatter)", asm)
 
 
+def test_implicit_conv_copy_out_is_vectorised_without_gathers() -> None:
+    """A one-channel 3x3 convolution + ReLU (W2's first layer: the GEMM is 9 deep, so copying
+    the wide columns out with the bias and epilogue is most of the work) copies each output
+    line with vector loads and stores: LLVM had unrolled the 26-pixel line and vectorised the
+    loop over lines with gathers and scatters (2.5x the time)."""
+    from graphnn.backends.llvm import codegen, conv_implicit, gemm
+
+    rng = np.random.default_rng(0)
+    wv = rng.standard_normal((32, 1, 3, 3)).astype(np.float32)
+    with gn.Graph() as g:
+        x = gn.placeholder((4, 1, 28, 28), name="x")
+        y = gn.relu(gn.conv2d(x, gn.constant(wv), gn.constant(np.ones(32, np.float32))))
+    sess = gn.Session(g, backend=LLVMBackend(cache=False), opt_level=2)
+    xv = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(y, {x: xv}), gn.Session(g, "reference").run(y, {x: xv}),
+                               rtol=1e-5, atol=1e-5)
+    (exe,) = [entry.exe for entry in sess._cache.values()]
+    (kernel,) = exe.kernels
+    bits = gemm.vector_bits(LLVMBackend().target.features)
+    assert codegen.template_for(kernel, bits) is conv_implicit.ImplicitConvGemm
+    asm = exe.compiled.assembly
+    assert packed_ops(asm) & {"addps", "vaddps"} and not re.search(r"\bv(p?gather|scatter)", asm)
+
+
+@pytest.mark.parametrize("axes", [(0, 2, 3), (2, 3), (0, 1), (1,)])
+def test_reductions_address_adjacent_dims_as_one(axes: tuple[int, ...]) -> None:
+    """Adjacent reduced (or kept) dims become one loop, so a bias gradient's sum over (N, H, W)
+    of 24x24 planes reads 576 contiguous values per image in one vectorised loop (it had
+    vectorised the loop over H with gathers); a fused operand broadcast along only one of two
+    dims keeps them apart. Checked against the reference backend."""
+    shape = (4, 6, 24, 24)
+    rng = np.random.default_rng(1)
+    xv = rng.standard_normal(shape).astype(np.float32)
+    sv = rng.standard_normal((24, 1)).astype(np.float32)  # broadcast along W, not H
+    mv = rng.standard_normal((1, 6, 1, 1)).astype(np.float32)
+    with gn.Graph() as g:
+        x = gn.placeholder(shape, name="x")
+        plain = gn.sum(x, axis=axes)
+        centred = gn.sum((x - gn.constant(mv)) ** 2, axis=axes)  # broadcast along N, H, W
+        scaled = gn.sum(x * gn.constant(sv), axis=axes)
+    sess = gn.Session(g, backend=LLVMBackend(cache=False), opt_level=2)
+    want = gn.Session(g, "reference").run([plain, centred, scaled], {x: xv})
+    for got, ref in zip(sess.run([plain, centred, scaled], {x: xv}), want):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-3)
+    extents = {k.source: sorted(loop.extent for loop in _loops(k.body)) for entry in
+               sess._cache.values() for k in entry.exe.kernels}
+    if axes == (0, 2, 3):  # plain and centred: N and H*W; scaled: H and W stay apart
+        assert sorted(extents.values()) == [[4, 6, 24, 24], [4, 6, 576], [4, 6, 576]]
+        exe = compile_one(lambda x: gn.sum(x, axis=axes), shape)
+        assert not re.search(r"\bv(p?gather|scatter)", exe.compiled.assembly)
+
+
+def _loops(stmts: tuple) -> list[Loop]:  # type: ignore[type-arg]
+    out = []
+    for s in stmts:
+        if isinstance(s, Loop):
+            out += [s, *_loops(s.body)]
+    return out
+
+
 def test_max_pool_grad_over_tiling_windows_is_vectorised() -> None:
     """MaxPool2d(2)'s gradient: windows that tile the input write their own taps with plain
     stores, so the loop over a row's windows compares in vector registers (no gathers or
