@@ -615,6 +615,7 @@ def test_implicit_gemm_convolution(xs: tuple, ws: tuple, kw: dict, by_columns: b
     ((24, 64, 12, 12), (128, 64, 3, 3), {"padding": 0}, False),  # W2's 3rd layer, batch 24
     ((1, 64, 14, 13), (72, 64, 3, 3), {"padding": 1}, False),  # 64 deep: 49 tiles suffice
     ((1, 160, 14, 14), (160, 160, 3, 3), {"padding": 1}, False),  # constant weights: 160^2
+    ((2, 16, 24, 70), (16, 16, 3, 3), {"padding": 1}, False),  # rows of several vectors
     ((3, 24, 30, 30), (24, 16, 3, 3), {"padding": 1}, True)])  # conv_transpose: not taken
 @pytest.mark.parametrize("threads", [1, 3])
 def test_winograd_convolution(xs: tuple, ws: tuple, kw: dict, transposed: bool,
@@ -651,6 +652,11 @@ def test_winograd_convolution(xs: tuple, ws: tuple, kw: dict, transposed: bool,
         assert not chosen
     else:
         assert len(chosen) == 1 and len(chosen[0].source) > 1  # the epilogue fused in
+        # the transforms' stride-2 reads and writes are shuffles, not gathers and scatters
+        # (the weights' transform, before the threads start, may gather its stride-9 taps)
+        asm = next(iter(sess._cache.values())).exe.compiled.assembly
+        body = re.search(rf"^{chosen[0].name}_impl:(.*?)^\.Lfunc_end", asm, re.M | re.S)
+        assert body and not re.search(r"\bv(p?gather|scatter)", body.group(1))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
