@@ -153,11 +153,14 @@ class GemmEmitter:
         return self.b.shuffle_vector(one, undef, mask)
 
     def malloc(self, elements: int | ir.Value) -> ir.Value:
-        """A scratch buffer of ``elements`` values from libc (per call, so threads never share
-        one); ``free`` it before the function returns."""
+        """A scratch buffer of ``elements`` values from the runtime's cache (its own for this
+        call, so threads never share one, and reused by later calls: ``runtime.py``); ``free``
+        it before the function returns."""
         module = self.em.module
-        fn = module.globals.get("malloc") or ir.Function(
-            module, ir.FunctionType(PTR, [I64]), "malloc")
+        fn = module.globals.get("graphnn_scratch_alloc")
+        if fn is None:
+            fn = ir.Function(module, ir.FunctionType(PTR, [I64]), "graphnn_scratch_alloc")
+            fn.return_value.add_attribute("noalias")  # as malloc's: aliases nothing alive
         return self.b.call(fn, [self.bytes(elements)])
 
     def zero(self, at: ir.Value, elements: int | ir.Value) -> None:
@@ -184,8 +187,8 @@ class GemmEmitter:
 
     def free(self, buffer: ir.Value) -> None:
         module = self.em.module
-        fn = module.globals.get("free") or ir.Function(
-            module, ir.FunctionType(ir.VoidType(), [PTR]), "free")
+        fn = module.globals.get("graphnn_scratch_free") or ir.Function(
+            module, ir.FunctionType(ir.VoidType(), [PTR]), "graphnn_scratch_free")
         self.b.call(fn, [buffer])
 
     def slot(self, ty: ir.Type, name: str) -> ir.AllocaInstr:

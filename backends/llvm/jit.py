@@ -133,7 +133,9 @@ class Compiled:
             module = llvm.parse_assembly(THREADS_IR if self.threaded else "")
         else:
             module = llvm.parse_assembly(self.llvm_ir)
-            self.threaded = "graphnn_parallel_for" in self.llvm_ir
+            # whether the code calls the runtime (the pool, the scratch cache): install it
+            self.threaded = "graphnn_parallel_for" in self.llvm_ir or \
+                "graphnn_scratch_" in self.llvm_ir
             if self.threaded:
                 module.link_in(llvm.parse_assembly(THREADS_IR))
         if self.threaded:  # the thread pool is shared by every module of the process

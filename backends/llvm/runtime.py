@@ -21,6 +21,17 @@ GIL is involved: the Python caller is blocked in one native call. Two implementa
   after ``fork`` the child resets the pool (its workers did not survive the fork).
 
 ``graphnn_num_threads`` (one per module) holds the thread count (``GRAPHNN_NUM_THREADS``).
+
+``graphnn_scratch_alloc(bytes)`` / ``graphnn_scratch_free(p)``: the templates' per-call scratch
+buffers (im2col columns, Winograd's transformed tiles, packed panels), from a cache of
+``SCRATCH_SLOTS`` buffers kept between calls (each claimed by a compare-and-swap: the smallest
+free one big enough, else any free one, grown), so threads running at once get buffers of
+their own and a kernel's calls reuse them. Plain malloc and free churned: glibc returns a
+freed top of the heap to the system past its trim threshold, and every call then faulted its
+pages in again (221 page faults a call, 2.2x the time, for a Winograd convolution whose 1 MiB of
+buffers went back to the system after each call, in a process that had also run another
+model). The cache keeps, at most, each slot's largest buffer until the process (or the AOT
+library) goes away.
 """
 
 from __future__ import annotations
@@ -30,6 +41,10 @@ import functools
 import os
 import threading
 from typing import Any
+
+# buffers the scratch cache keeps (graphnn_scratch_alloc): a kernel's (at most 4) for each of
+# 16 threads; past it, buffers come from malloc and go back to free
+SCRATCH_SLOTS = 64
 
 RUNTIME_IR = r"""
 %task = type { ptr, ptr, i64, i64 }
@@ -122,7 +137,149 @@ join.done:
 
 declare i64 @llvm.smin.i64(i64, i64)
 declare i64 @llvm.smax.i64(i64, i64)
-"""
+""" + r"""
+; -- scratch buffers: a cache of SLOTS malloc'd buffers, claimed by compare-and-swap ---------
+@gs_busy = internal global [SLOTS x i64] zeroinitializer, align 64
+@gs_ptr = internal global [SLOTS x ptr] zeroinitializer, align 64
+@gs_size = internal global [SLOTS x i64] zeroinitializer, align 64
+@gs_owner = internal global [SLOTS x i64] zeroinitializer, align 64  ; the last thread's id
+
+declare ptr @aligned_alloc(i64, i64)
+declare void @free(ptr)
+declare i64 @pthread_self()
+
+define internal i1 @gs_claim(i64 %i) {
+entry:
+  %bp = getelementptr [SLOTS x i64], ptr @gs_busy, i64 0, i64 %i
+  %r = cmpxchg ptr %bp, i64 0, i64 1 acquire monotonic
+  %ok = extractvalue { i64, i1 } %r, 1
+  ret i1 %ok
+}
+
+; the smallest free buffers of at least %bytes: {this thread's last, anyone's} (-1: none)
+define internal { i64, i64 } @gs_best(i64 %bytes, i64 %self) {
+entry:
+  br label %scan
+scan:
+  %i = phi i64 [0, %entry], [%i1, %scan]
+  %best = phi i64 [-1, %entry], [%best1, %scan]
+  %bsize = phi i64 [-1, %entry], [%bsize1, %scan]
+  %mbest = phi i64 [-1, %entry], [%mbest1, %scan]
+  %msize = phi i64 [-1, %entry], [%msize1, %scan]
+  %sp = getelementptr [SLOTS x i64], ptr @gs_size, i64 0, i64 %i
+  %size = load atomic i64, ptr %sp monotonic, align 8
+  %bp = getelementptr [SLOTS x i64], ptr @gs_busy, i64 0, i64 %i
+  %busy = load atomic i64, ptr %bp monotonic, align 8
+  %op = getelementptr [SLOTS x i64], ptr @gs_owner, i64 0, i64 %i
+  %owner = load atomic i64, ptr %op monotonic, align 8
+  %free = icmp eq i64 %busy, 0
+  %big = icmp uge i64 %size, %bytes
+  %fits = and i1 %free, %big
+  %smaller = icmp ult i64 %size, %bsize
+  %better = and i1 %fits, %smaller
+  %best1 = select i1 %better, i64 %i, i64 %best
+  %bsize1 = select i1 %better, i64 %size, i64 %bsize
+  %mine = icmp eq i64 %owner, %self
+  %mfits = and i1 %fits, %mine
+  %msmaller = icmp ult i64 %size, %msize
+  %mbetter = and i1 %mfits, %msmaller
+  %mbest1 = select i1 %mbetter, i64 %i, i64 %mbest
+  %msize1 = select i1 %mbetter, i64 %size, i64 %msize
+  %i1 = add i64 %i, 1
+  %more = icmp ult i64 %i1, SLOTS
+  br i1 %more, label %scan, label %done
+done:
+  %r0 = insertvalue { i64, i64 } undef, i64 %mbest1, 0
+  %r1 = insertvalue { i64, i64 } %r0, i64 %best1, 1
+  ret { i64, i64 } %r1
+}
+
+define ptr @graphnn_scratch_alloc(i64 %want) {
+entry:
+  %w63 = add i64 %want, 63                ; whole cache lines, at least one (aligned_alloc's
+  %whole = and i64 %w63, -64              ; size is a multiple of its alignment; never 0)
+  %bytes = call i64 @llvm.smax.i64(i64 %whole, i64 64)
+  %self = call i64 @pthread_self()
+  ; a buffer this thread used last (likely still in its core's caches), else anyone's
+  %bests = call { i64, i64 } @gs_best(i64 %bytes, i64 %self)
+  %mine = extractvalue { i64, i64 } %bests, 0
+  %best = extractvalue { i64, i64 } %bests, 1
+  %hasmine = icmp sge i64 %mine, 0
+  br i1 %hasmine, label %claim.mine, label %other
+claim.mine:
+  %gotmine = call i1 @gs_claim(i64 %mine)
+  br i1 %gotmine, label %claimed, label %other
+other:
+  %found = icmp sge i64 %best, 0
+  br i1 %found, label %claim.best, label %any
+claim.best:
+  %got = call i1 @gs_claim(i64 %best)
+  br i1 %got, label %claimed, label %any
+any:                                    ; else any free slot, its buffer grown
+  %j = phi i64 [0, %other], [0, %claim.best], [%j1, %any.next]
+  %gotj = call i1 @gs_claim(i64 %j)
+  br i1 %gotj, label %claimed, label %any.next
+any.next:
+  %j1 = add i64 %j, 1
+  %jmore = icmp ult i64 %j1, SLOTS
+  br i1 %jmore, label %any, label %untracked
+untracked:                              ; every slot busy: a buffer of its own
+  %p = call ptr @aligned_alloc(i64 64, i64 %bytes)
+  ret ptr %p
+claimed:                                ; the slot is ours: no one else writes it
+  %k = phi i64 [%mine, %claim.mine], [%best, %claim.best], [%j, %any]
+  %kop = getelementptr [SLOTS x i64], ptr @gs_owner, i64 0, i64 %k
+  store atomic i64 %self, ptr %kop monotonic, align 8
+  %ksp = getelementptr [SLOTS x i64], ptr @gs_size, i64 0, i64 %k
+  %have = load atomic i64, ptr %ksp monotonic, align 8
+  %kpp = getelementptr [SLOTS x ptr], ptr @gs_ptr, i64 0, i64 %k
+  %old = load atomic ptr, ptr %kpp monotonic, align 8
+  %enough = icmp uge i64 %have, %bytes
+  br i1 %enough, label %reuse, label %grow
+reuse:
+  ret ptr %old
+grow:
+  store atomic ptr null, ptr %kpp monotonic, align 8  ; before free: malloc may hand the
+  call void @free(ptr %old)                           ; address to another slot at once
+  %new = call ptr @aligned_alloc(i64 64, i64 %bytes)  ; vectors never straddle two lines
+  %null = icmp eq ptr %new, null
+  %kept = select i1 %null, i64 0, i64 %bytes
+  store atomic ptr %new, ptr %kpp monotonic, align 8
+  store atomic i64 %kept, ptr %ksp monotonic, align 8
+  br i1 %null, label %failed, label %reuse.new
+failed:                                 ; out of memory: give the slot back, return null
+  %fbp = getelementptr [SLOTS x i64], ptr @gs_busy, i64 0, i64 %k
+  store atomic i64 0, ptr %fbp release, align 8
+  ret ptr null
+reuse.new:
+  ret ptr %new
+}
+
+define void @graphnn_scratch_free(ptr %p) {
+entry:
+  %none = icmp eq ptr %p, null
+  br i1 %none, label %done, label %scan
+scan:                                   ; the slot holding p is the caller's: give it back
+  %i = phi i64 [0, %entry], [%i1, %scan.next]
+  %pp = getelementptr [SLOTS x ptr], ptr @gs_ptr, i64 0, i64 %i
+  %q = load atomic ptr, ptr %pp monotonic, align 8
+  %mine = icmp eq ptr %q, %p
+  br i1 %mine, label %release, label %scan.next
+release:
+  %bp = getelementptr [SLOTS x i64], ptr @gs_busy, i64 0, i64 %i
+  store atomic i64 0, ptr %bp release, align 8
+  ret void
+scan.next:
+  %i1 = add i64 %i, 1
+  %more = icmp ult i64 %i1, SLOTS
+  br i1 %more, label %scan, label %untracked
+untracked:
+  call void @free(ptr %p)
+  br label %done
+done:
+  ret void
+}
+""".replace("SLOTS", str(SCRATCH_SLOTS))
 
 # The JIT modules' own part of the runtime: the thread count; graphnn_parallel_for resolves to
 # the pool's (install_pool).
@@ -317,9 +474,11 @@ entry:                                     ; the child of a fork has no workers:
   call void @llvm.memset.p0.i64(ptr @gp_done, i8 0, i64 128, i1 false)
   store i64 0, ptr @gp_workers
   store i64 0, ptr @gp_pending
+  ; no thread of the child holds a scratch buffer (the forking one runs no kernel)
+  call void @llvm.memset.p0.i64(ptr @gs_busy, i8 0, i64 SLOTS_BYTES, i1 false)
   ret void
 }
-""".replace("SPIN", str(SPIN))
+""".replace("SPIN", str(SPIN)).replace("SLOTS_BYTES", str(8 * SCRATCH_SLOTS))
 
 
 _INSTALL_LOCK = threading.Lock()
@@ -346,7 +505,8 @@ def _install_pool() -> Any:
     module.verify()
     engine = llvm.create_mcjit_compiler(module, tm)
     engine.finalize_object()
-    llvm.add_symbol("graphnn_parallel_for", engine.get_function_address("graphnn_parallel_for"))
+    for name in ("graphnn_parallel_for", "graphnn_scratch_alloc", "graphnn_scratch_free"):
+        llvm.add_symbol(name, engine.get_function_address(name))
     reset = ctypes.CFUNCTYPE(None)(engine.get_function_address("graphnn_pool_after_fork"))
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=reset)

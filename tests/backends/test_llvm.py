@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+from typing import Any
 
 import numpy as np
 import pytest
@@ -338,6 +339,72 @@ def test_pool_installed_once_when_threads_compile_at_once() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def _scratch() -> tuple[Any, Any]:
+    """The runtime's graphnn_scratch_alloc and graphnn_scratch_free, callable from Python."""
+    import ctypes
+
+    from graphnn.backends.llvm.runtime import install_pool
+
+    engine = install_pool()
+    alloc = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_int64)(
+        engine.get_function_address("graphnn_scratch_alloc"))
+    free = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(
+        engine.get_function_address("graphnn_scratch_free"))
+    return alloc, free
+
+
+def test_scratch_cache_reuses_aligned_buffers() -> None:
+    """The templates' scratch buffers come from the runtime's cache: 64-byte aligned, the
+    same buffer again for the same thread's next request of that size, a new one while it is
+    held; past all the slots, buffers of their own (freed by free); null frees nothing."""
+    from graphnn.backends.llvm.runtime import SCRATCH_SLOTS
+
+    alloc, free = _scratch()
+    size = 64 * 1001 + 5  # a size no kernel of the suite asks for
+    a = alloc(size)
+    assert a and a % 64 == 0
+    b = alloc(size)
+    assert b != a and b % 64 == 0
+    free(a)
+    assert alloc(size) == a  # the smallest free buffer big enough, this thread's first
+    free(a)
+    free(b)
+    held = [alloc(4096) for _ in range(SCRATCH_SLOTS + 5)]
+    assert len(set(held)) == len(held) and all(p % 64 == 0 for p in held)
+    for p in held:
+        free(p)
+    free(None)
+
+
+def test_scratch_cache_gives_threads_their_own_buffers() -> None:
+    """Threads taking and giving back buffers at once (ctypes releases the GIL) never share
+    one: each fills its buffers with its own byte and finds it intact before giving them
+    back."""
+    import ctypes
+    import threading
+
+    alloc, free = _scratch()
+    errors: list[str] = []
+
+    def work(tag: int) -> None:
+        for i in range(300):
+            sizes = (1000 + 64 * (i % 7), 50_000, 64 * (tag + 1))
+            buffers = [alloc(n) for n in sizes]
+            for p, n in zip(buffers, sizes):
+                ctypes.memset(p, tag, n)
+            for p, n in zip(buffers, sizes):
+                if ctypes.string_at(p, n) != bytes([tag]) * n:
+                    errors.append(f"thread {tag}: buffer {p:#x} changed under it")
+                free(p)
+
+    threads = [threading.Thread(target=work, args=(tag,)) for tag in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
 
 
 def test_compile_cache_hits_in_a_new_process_and_rebuilds_damaged_entries(
