@@ -27,11 +27,14 @@ input into V (16 x cg x columns: a tile row's tiles and one unused column, round
 register tiles), runs the 16 GEMMs (``gemm.GemmEmitter``'s micro-kernel, with a, b and the
 output addressed in U, V and M), then transforms M back into output pixels with the bias, and
 runs the fused epilogue over whole output lines. A block's V and M take about ``BLOCK_BYTES``,
-so they stay in L2 between the GEMMs and the output transform. Every pass is a unit-stride loop
-(``transform_input`` says how the input's two passes avoid strided reads); the two that read or
-write every other column (the input's column pairs, the output's pixel pairs) work on explicit
-vectors with shuffles: left to LLVM they became gathers and scatters (the explicit ones measured
-0.86-0.88x the time of W2 batch 64's layers, 0.96-0.97x of ResNet-18's 56x56 and 28x28 ones).
+so they stay in L2 between the GEMMs and the output transform. The input and output transforms,
+which read or write every other column (a tile's columns 0, 2 and 1, 3; its two pixels of a
+row), work on explicit vectors of tiles with shuffles, the padding as masked-off lanes: left to
+LLVM they became gathers and scatters (the explicit ones measured 0.86-0.88x the time of W2
+batch 64's layers, 0.96-0.97x of ResNet-18's 56x56 and 28x28 ones); the input's in one pass
+(the first version went down the rows into a buffer of column pairs, then across: one pass
+measured 0.86-1.02x of that, and tiles over the padding left to scalar code had taken 40% of a
+transposed convolution's time).
 
 Measured (2 threads, AVX-512 Xeon, float32, interleaved in one process, against the implicit
 GEMM, constant weights): W2 batch 64's 26x26x32 -> 64 0.76-0.89x, 12x12x64 -> 128
@@ -165,9 +168,8 @@ class WinogradConv(GemmEmitter):
             self.prepare()
         self.slots()
         u, v, m = self.weights_buffer(), self.malloc(16 * cg * n), self.malloc(16 * og * n)
-        pairs = 2 * 4 * cg * (n + 1)  # B^T d, a line per channel and row r: even, odd columns
-        lines, zeros = self.malloc(pairs), self.malloc(self.w_in)
-        for buffer, size in ((v, 16 * cg * n), (lines, pairs), (zeros, self.w_in)):
+        zeros = self.malloc(self.w_in)
+        for buffer, size in ((v, 16 * cg * n), (zeros, self.w_in)):
             self.zero(buffer, size)  # V's columns past the last block's tiles stay finite
         done = self.slot(ir.IntType(64), "done_block")  # the block now in V
         b.store(self.c(-1), done)
@@ -177,7 +179,7 @@ class WinogradConv(GemmEmitter):
             r_lo = b.mul(b.srem(item, self.c(lay.splits)), self.c(per))
             r_hi = self.min(b.add(r_lo, self.c(per)), self.c(og))
             with b.if_then(b.icmp_signed("!=", b.load(done), blk)):
-                self.transform_input(blk, v, lines, zeros)
+                self.transform_input(blk, v, zeros)
                 b.store(blk, done)
             with for_range(b, 16, "xi") as xi:
                 self.a_at = lambda row, k: self.at_in(u, b.add(b.mul(xi, self.c(og)), row), k, cg)
@@ -187,7 +189,7 @@ class WinogradConv(GemmEmitter):
                 full = b.mul(b.sdiv(b.sub(r_hi, r_lo), self.c(self.mr)), self.c(self.mr))
                 self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=False)
             self.transform_output(blk, r_lo, r_hi, m)
-        for buffer in (v, m, lines, zeros):
+        for buffer in (v, m, zeros):
             self.free(buffer)
         self.release()
 
@@ -263,29 +265,16 @@ class WinogradConv(GemmEmitter):
         return [a, b.fmul(b.fadd(az, m), half), b.fmul(b.fsub(az, m), half), z]
 
     # -- V = B^T d B -----------------------------------------------------------------------------
-    def transform_input(self, blk: ir.Value, v: ir.Value, lines: ir.Value,
-                        zeros: ir.Value) -> None:
-        """V[xi, c, q * pitch + tx] for the block's tile rows q and every channel.
-
-        Down the rows: e_r = (B^T d)[r] for each pair t of input columns (2 t - pad_left and
-        the next), kept as two lines, even and odd, at q * pitch + t (a tile row has
-        tile_cols + 1 pairs). Across: tile tx of tile row q reads pairs i and i + 1 of both,
-        i = q * pitch + tx, so one unit-stride loop over i covers the block (the pitch's last
-        column of each tile row is computed and never used)."""
+    def transform_input(self, blk: ir.Value, v: ir.Value, zeros: ir.Value) -> None:
+        """V[xi, c, q * pitch + tx] for the block's tile rows q and every channel, in one pass:
+        tile tx reads input columns 2 tx - pad_left + (0..3) of 4 input rows (a line of zeros
+        for rows in the padding), a vector of tiles at a time (``tiles_in``)."""
         from graphnn.backends.llvm.codegen import for_range
 
         b, lay, cg, n = self.b, self.lay, self.cg, self.n
         first, last = self.block(blk, lay.rows, lay.total)
         x = self.k.params[self.xb]
-        plane, line = self.h_in * self.w_in, n + 1
-
-        def at(c: ir.Value, r: int, odd: int, i: ir.Value) -> ir.Value:
-            return self.at_in(lines, b.add(b.mul(c, self.c(8)), self.c(2 * r + odd)), i, line)
-
-        # the pairs whose two columns are both inside the input; the rest by themselves
-        inside = [t for t in range(lay.pitch)
-                  if 0 <= 2 * t - self.pad_left and 2 * t + 1 - self.pad_left < self.w_in]
-        t_lo, t_hi = (inside[0], inside[-1] + 1) if inside else (0, 0)
+        plane = self.h_in * self.w_in
         with for_range(b, last, "tr", start=first) as tr:
             img, ty = b.sdiv(tr, self.c(lay.tile_rows)), b.srem(tr, self.c(lay.tile_rows))
             q0 = b.mul(b.sub(tr, first), self.c(lay.pitch))
@@ -299,64 +288,43 @@ class WinogradConv(GemmEmitter):
                     y = b.select(ok, y, self.c(0))  # a pointer inside x even where unused
                     row = self.ptr(self.xb, b.add(base, b.mul(y, self.c(self.w_in))))
                     rows.append(b.select(ok, row, zeros))
+                for t0 in range(0, lay.tile_cols, self.width):
+                    self.tiles_in(t0, min(self.width, lay.tile_cols - t0), rows, lambda xi, t: (
+                        self.at_in(v, b.add(self.c(xi * cg), c), b.add(q0, self.c(t)), n)))
 
-                def pair(t: ir.Value, odd: int) -> None:
-                    column = b.add(b.mul(t, self.c(2)), self.c(odd - self.pad_left))
-                    d = [b.load(b.gep(r, [column], inbounds=True, source_etype=self.ty),
-                                typ=self.ty) for r in rows]
-                    for r, value in enumerate(self.bt_transform(*d)):
-                        b.store(value, at(c, r, odd, b.add(q0, t)))
-
-                self.vector_pairs(t_lo, t_hi, rows, lambda r, odd, t: at(c, r, odd, b.add(q0, t)))
-                for t_edge in range(lay.pitch):  # pairs with a column in the padding
-                    for odd in range(2):
-                        column = 2 * t_edge + odd - self.pad_left
-                        if not t_lo <= t_edge < t_hi and 0 <= column < self.w_in:
-                            pair(self.c(t_edge), odd)
-        with for_range(b, cg, "jc") as c:
-            for r in range(4):
-                with for_range(b, n, "ii") as i:
-                    nxt = b.add(i, self.c(1))
-                    e = [b.load(at(c, r, odd, j), typ=self.ty)
-                         for j, odd in ((i, 0), (i, 1), (nxt, 0), (nxt, 1))]
-                    for s, value in enumerate(self.bt_transform(*e)):
-                        b.store(value, self.at_in(v, b.add(self.c((4 * r + s) * cg), c), i, n))
-
-    def vector_pairs(self, t_lo: int, t_hi: int, rows: list[ir.Value],
-                     dest: Callable[[int, int, ir.Value], ir.Value]) -> None:
-        """B^T d down the 4 rows for the column pairs [t_lo, t_hi) (all inside the input), a
-        vector of pairs at a time: two loads of 2 x width columns per row, split into even and
-        odd columns by shuffles, the results stored at dest(r, odd, t), contiguous in t. The
-        last vector's lanes past t_hi are masked off. (Left to LLVM, the stride-2 reads became
-        gathers.)"""
-        from graphnn.backends.llvm.codegen import for_range
-
+    def tiles_in(self, t0: int, lanes: int, rows: list[ir.Value],
+                 dest: Callable[[int, int], ir.Value]) -> None:
+        """B^T d B for the tiles [t0, t0 + lanes) of a tile row, one per vector lane: per input
+        row, loads of 2 x width columns from the tiles' first column and from two further,
+        split into even and odd columns by shuffles (the tiles' columns 0, 1 and 2, 3); the 16
+        values stored at dest(xi, t0), contiguous in the tiles. The loads' masks leave out the
+        columns in the padding (masked-off lanes read as zero: the padding's value) and past
+        the last tile; the stores', the lanes past the last tile. (Left to LLVM, the stride-2
+        reads became gathers; tiles over the padding done one by one took 40% of the time.)"""
         b, width = self.b, self.width
         even = ir.Constant(ir.VectorType(I32, width), list(range(0, 2 * width, 2)))
         odd = ir.Constant(ir.VectorType(I32, width), list(range(1, 2 * width, 2)))
-
-        def chunk(t: ir.Value, lanes: int) -> None:
-            column = b.sub(b.mul(t, self.c(2)), self.c(self.pad_left))
-            halves = [self.lane_mask([h * width // 2 + e // 2 < lanes for e in range(width)])
-                      for h in range(2)]
-            split: list[list[ir.Value]] = [[], []]
-            for row in rows:
-                at = b.gep(row, [column], inbounds=True, source_etype=self.ty)
-                v0 = self.load_vec(at, halves[0])
-                v1 = self.load_vec(b.gep(at, [self.c(width)], inbounds=True,
-                                         source_etype=self.ty), halves[1])
-                split[0].append(b.shuffle_vector(v0, v1, even))
-                split[1].append(b.shuffle_vector(v0, v1, odd))
-            mask = self.lane_mask([e < lanes for e in range(width)])
-            for parity in range(2):
-                for r, value in enumerate(self.bt_transform(*split[parity])):
-                    self.store_vec(value, dest(r, parity, t), mask)
-
-        whole = (t_hi - t_lo) // width
-        with for_range(b, whole, "it") as i:
-            chunk(b.add(self.c(t_lo), b.mul(i, self.c(width))), width)
-        if t_lo + whole * width < t_hi:
-            chunk(self.c(t_lo + whole * width), t_hi - t_lo - whole * width)
+        d = []
+        for row in rows:
+            line = []
+            for shift in (0, 2):
+                first = 2 * t0 - self.pad_left + shift  # the column of lane 0 of the half 0
+                halves = []
+                for h in range(2):
+                    keep = [h * width // 2 + e // 2 < lanes and
+                            0 <= first + h * width + e < self.w_in for e in range(width)]
+                    # not inbounds: the address may lie before the row (its lanes masked off)
+                    at = b.gep(row, [self.c(first + h * width)], source_etype=self.ty)
+                    halves.append(self.load_vec(at, self.lane_mask(keep)) if any(keep)
+                                  else ir.Constant(self.vec, [0.0] * width))
+                line += [b.shuffle_vector(*halves, even), b.shuffle_vector(*halves, odd)]
+            d.append(line)
+        across = [self.bt_transform(*line) for line in d]
+        down = [self.bt_transform(*[across[k][s] for k in range(4)]) for s in range(4)]
+        mask = self.lane_mask([e < lanes for e in range(width)])
+        for r in range(4):
+            for s in range(4):
+                self.store_vec(down[s][r], dest(4 * r + s, t0), mask)
 
     def lane_mask(self, keep: list[bool]) -> ir.Constant | None:
         """A constant mask of the vector lanes to keep, or None where all are kept."""
