@@ -72,8 +72,18 @@ MIN_CHANNELS = 16  # input channels at least: below, the GEMMs are too shallow t
 # output tiles (2x2 pixels) in all at least: with fewer than DEEP_CHANNELS input channels the
 # 16 GEMMs are shallow (their accumulators' loads and stores weigh more), so they need more
 MIN_TILES, MIN_TILES_DEEP, DEEP_CHANNELS = 512, 48, 64
+# constant weights: multiply-adds of the direct convolution, and the share of the GEMMs' columns
+# that are tiles, at least (measured against the implicit GEMM, 2 threads: W2 batch 1's
+# 26x26x32 -> 64, 10.6M and 0.90, 0.96x the time; 12x12x64 -> 128, 7.4M and 0.78, 0.81x;
+# 1x64x28x28 -> 64, 28.9M and 0.77, 0.74x; but 1x128x7x7 -> 128, 7.2M and 0.50, 1.38x;
+# 1x16x26x26 -> 32, 2.7M, 1.09x; 1x32x14x14 -> 32, 1.8M, 1.22x)
+MIN_MACS, MIN_FILL_TILES = 1 << 22, 0.7
 BLOCK_BYTES = 1 << 20  # a block's V and M: 16 x (cg + og) x columns float32 values, in L2
 SPLIT_BELOW = 4  # fewer blocks than this: each block's output channels split in two items
+# ... unless SPLIT_BELOW blocks use this much of their GEMM columns at least (1x64x28x28 -> 64:
+# 4 blocks of 60 of 64 columns 0.80x the time of 2 blocks of 105 of 128, split in halves;
+# 1x256x14x14: 4 blocks of 16 of 32 columns 1.4x the time of 2 blocks, split)
+MIN_FILL = 0.875
 
 
 def winograd_shape(kernel: Kernel) -> Shape | None:
@@ -94,14 +104,20 @@ def winograd_shape(kernel: Kernel) -> Shape | None:
 
 def winograd_applies(kernel: Kernel, bits: int = 128) -> bool:
     """A 3x3, stride-1, dilation-1, one-group float32 convolution with at least MIN_CHANNELS
-    input channels, MR output channels and MIN_TILES output tiles (MIN_TILES_DEEP from
-    DEEP_CHANNELS input channels), whose transformed weights fit ``MAX_WEIGHTS`` (or, constant,
-    ``MAX_CONSTANT_WEIGHTS``)."""
+    input channels and MR output channels, whose transformed weights fit ``MAX_WEIGHTS`` (or,
+    constant, ``MAX_CONSTANT_WEIGHTS``); with constant weights (transformed once), at least
+    MIN_MACS multiply-adds done directly and tiles filling MIN_FILL_TILES of the GEMM columns,
+    else (transformed every call) MIN_TILES output tiles (MIN_TILES_DEEP from DEEP_CHANNELS
+    input channels)."""
     shape = winograd_shape(kernel)
     if shape is None:
         return False
+    lay = _Layout(kernel, shape, bits)
+    if kernel.params[int(kernel.schedule[2])].constant:
+        macs = shape.og * shape.cg * 9 * lay.tiles * 4
+        return macs >= MIN_MACS and lay.tiles >= MIN_FILL_TILES * lay.blocks * lay.columns
     least = MIN_TILES if shape.cg < DEEP_CHANNELS else MIN_TILES_DEEP
-    return _Layout(kernel, shape, bits).tiles >= least
+    return lay.tiles >= least
 
 
 class _Layout:
@@ -116,13 +132,17 @@ class _Layout:
         total = images * self.tile_rows  # tile rows of all images
         nr = _lanes(DType.float32, bits)
         budget = max(nr, BLOCK_BYTES // (16 * (shape.cg + shape.og) * 4))
+        self.pitch = self.tile_cols + 1  # GEMM columns a tile row: its tiles and one unused
         blocks = -(-total // max(1, budget // self.tile_cols))
         if blocks >= SPLIT_BELOW:  # a multiple of 4 blocks, so 2 or 4 threads share evenly
             blocks = min(total, -(-blocks // 4) * 4)
+        elif total >= SPLIT_BELOW:  # few blocks: SPLIT_BELOW smaller ones if they fill their
+            rows = -(-total // SPLIT_BELOW)  # register tiles, else halves of the channels
+            if rows * self.pitch >= MIN_FILL * (-(-rows * self.pitch // nr) * nr):
+                blocks = SPLIT_BELOW
         self.rows = -(-total // blocks)
         self.blocks = -(-total // self.rows)
         self.total = total
-        self.pitch = self.tile_cols + 1  # GEMM columns a tile row: its tiles and one unused
         # whole register tiles: the edge tiles of a ragged width cost about as much as whole
         # ones (their broadcasts of a bound them) for a fraction of the columns
         self.columns = -(-self.rows * self.pitch // nr) * nr
