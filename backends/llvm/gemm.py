@@ -95,6 +95,7 @@ class GemmEmitter:
 
     groups = 1  # the convolutions' groups: m // groups rows per GEMM
     packable = True  # whether big GEMMs may pack panels of b (``b_at`` addresses every k)
+    write_back = False  # ``rows`` runs the fused epilogue on each block it finishes (emit's)
     KNOBS: tuple[str, ...] = ("kc", "nc", "mr")  # what schedule tuning may set (tuning.py)
 
     def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
@@ -227,11 +228,12 @@ class GemmEmitter:
         lo, hi = bounds if bounds is not None else (
             self.c(0), self.c(self.parallel_extent(self.k, 0) or 0))
         self.slots()
-        if not self.batched_b:  # rows [lo, hi) of the one matrix
+        if not self.batched_b:  # rows [lo, hi) of the one matrix, the epilogue on each block
             full = b.mul(b.sdiv(b.sub(hi, lo), self.c(self.mr)), self.c(self.mr))
+            self.write_back = len(row_loop(self.k).body) >= 3
             self.rows(lo, hi, full, b.add(lo, full), accumulate=False)
+            self.write_back = False
             self.release()
-            self.epilogue(lo, hi)
             return
         m, n, kk = self.m, self.n, self.kk
         with for_range(b, hi, "bt", start=lo) as bt:  # one GEMM per batch index
@@ -302,25 +304,40 @@ class GemmEmitter:
         with for_range(b, blocks, "kc") as kc:
             k0, k1 = self.k_block(kc)
             first = b.icmp_signed("==", kc, self.c(0))
+            last = b.icmp_signed("==", kc, self.c(blocks - 1))
             if accumulate:
                 first = ir.Constant(ir.IntType(1), 0)
+
+            def finished(i0: ir.Value, r: int, c_lo: ir.Value, c_hi: ir.Value) -> None:
+                if self.write_back:  # the block is final: its epilogue while it is in L1
+                    with b.if_then(last):
+                        self.epilogue_block(i0, r, c_lo, c_hi)
+
             with for_range(b, panels, "jc") as jc:
                 j_lo = b.add(j_begin, b.mul(jc, self.c(self.nc)))
                 tiles = b.sdiv(b.sub(self.min(b.add(j_lo, self.c(self.nc)), j_end), j_lo),
                                self.c(self.nr))
+                j_hi = b.add(j_lo, b.mul(tiles, self.c(self.nr)))
                 if self.packs:
                     self.pack(j_lo, tiles, k0, k1)
+
+                def block(i0: ir.Value, r: int) -> None:
+                    self.panel(i0, r, j_lo, tiles, k0, k1, first)
+                    finished(i0, r, j_lo, j_hi)
+
                 with for_range(b, b.sdiv(full, self.c(self.mr)), "ib") as ib:
-                    self.panel(b.add(lo, b.mul(ib, self.c(self.mr))), self.mr, j_lo, tiles, k0,
-                               k1, first)
-                self.leftover_rows(split, hi, lambda i0, r: self.panel(i0, r, j_lo, tiles, k0,
-                                                                      k1, first))
+                    block(b.add(lo, b.mul(ib, self.c(self.mr))), self.mr)
+                self.leftover_rows(split, hi, block)
             if whole < self.n:
+
+                def edge(i0: ir.Value, r: int) -> None:
+                    self.edges(i0, r, k0, k1, first)
+                    finished(i0, r, self.c(whole), self.c(self.n))
+
                 with b.if_then(edges if edges is not None else ir.Constant(ir.IntType(1), 1)):
                     with for_range(b, b.sdiv(full, self.c(self.mr)), "ie") as ib:
-                        self.edges(b.add(lo, b.mul(ib, self.c(self.mr))), self.mr, k0, k1,
-                                   first)
-                    self.leftover_rows(split, hi, lambda i0, r: self.edges(i0, r, k0, k1, first))
+                        edge(b.add(lo, b.mul(ib, self.c(self.mr))), self.mr)
+                    self.leftover_rows(split, hi, edge)
 
     def k_blocks(self) -> int:
         """How many cache blocks the k range is cut into (``k_block`` gives each one's)."""
@@ -469,8 +486,10 @@ class GemmEmitter:
         module = self.em.module
         return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, args), name)
 
-    def epilogue(self, lo: ir.Value, hi: ir.Value) -> None:
-        """The kernel's fused epilogue loop (the IR's last statement in the row loop)."""
+    def epilogue(self, lo: ir.Value, hi: ir.Value,
+                 cols: tuple[ir.Value, ir.Value] | None = None) -> None:
+        """The kernel's fused epilogue loop (the IR's last statement in the row loop) over the
+        flat rows [lo, hi) and the columns ``cols`` (default: all)."""
         from graphnn.backends.llvm.codegen import for_range
 
         rows = row_loop(self.k)
@@ -483,7 +502,13 @@ class GemmEmitter:
             for d in reversed(range(len(shape) - 2)):
                 self.em.vars[f"b{d}"] = b.srem(b.sdiv(flat, self.c(inner)), self.c(shape[d]))
                 inner *= shape[d]
-            self.em.stmt(rows.body[-1])
+            self.em.stmt(rows.body[-1], cols)
+
+    def epilogue_block(self, i0: ir.Value, rows: int, c_lo: ir.Value, c_hi: ir.Value) -> None:
+        """The fused epilogue over a finished block of the output (rows x columns), while the
+        micro-kernel's stores of it are still in L1: run over whole rows after the GEMM, it
+        read a thread's share back from memory (W4's 1024 x 1024 GELU layer: 4 MB)."""
+        self.epilogue(i0, self.b.add(i0, self.c(rows)), (c_lo, c_hi))
 
 
 def innermost(stmt: Stmt) -> Stmt:
