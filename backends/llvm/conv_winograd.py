@@ -39,12 +39,14 @@ transposed convolution's time).
 Measured (2 threads, AVX-512 Xeon, float32, interleaved in one process, against the implicit
 GEMM, constant weights): W2 batch 64's 26x26x32 -> 64 0.76-0.89x, 12x12x64 -> 128
 0.78-0.94x; ResNet-18's 56x56x64 0.86-0.90x, 28x28x128 (196 tiles) 0.71-0.85x; 14x14x128
-(49 tiles) 0.84-0.95x. Not taken (``MIN_TILES``): W2 batch 1's 26x26x32 -> 64 (144 tiles, 32
-channels deep: 1.10-1.15x) and 12x12x64 -> 128 (25 tiles: 1.00-1.04x). With the weights
-transformed per thread and call, before ``prepare``, ResNet-18's 28x28x128 had been 0.99-1.05x
-and W2 batch 1 1.4-2.5x. conv_transpose (the convolution with flipped weights) measured
-1.2-1.8x slower than col2im on W6's data gradients (their output has more pixels than their
-input, and Winograd computes per output pixel), so it is not taken. Rounding differs from the
+(49 tiles) 0.84-0.95x; with the vector transforms and aligned scratch buffers, W2 batch 1's
+26x26x32 -> 64 (144 tiles) 0.96x and 12x12x64 -> 128 (25 tiles) 0.81x, taken since (``MIN_MACS``,
+``MIN_FILL_TILES``); small ones still lose (1x128x7x7 -> 128, 16 tiles in 32 columns: 1.38x).
+With the weights transformed per thread and call, before ``prepare``, ResNet-18's 28x28x128
+had been 0.99-1.05x. conv_transpose (the convolution with flipped weights) measured 1.2-1.8x
+slower than col2im on W6's data gradients, 0.96x and 1.28x with the vector transforms (their
+output has more pixels than their input, and Winograd computes per output pixel), so it is not
+taken. Rounding differs from the
 direct sum (the transforms add and halve): about 1e-6 of the output's scale for unit-scale
 data.
 """
