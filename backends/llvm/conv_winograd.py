@@ -310,19 +310,41 @@ class WinogradConv(GemmEmitter):
                     y = b.select(ok, y, self.c(0))  # a pointer inside x even where unused
                     row = self.ptr(self.xb, b.add(base, b.mul(y, self.c(self.w_in))))
                     rows.append(b.select(ok, row, zeros))
-                for t0 in range(0, lay.tile_cols, self.width):
-                    self.tiles_in(t0, min(self.width, lay.tile_cols - t0), rows, lambda xi, t: (
-                        self.at_in(v, b.add(self.c(xi * cg), c), b.add(q0, self.c(t)), n)))
+                def dest(xi: int, t: ir.Value) -> ir.Value:
+                    return self.at_in(v, b.add(self.c(xi * cg), c), b.add(q0, t), n)
 
-    def tiles_in(self, t0: int, lanes: int, rows: list[ir.Value],
-                 dest: Callable[[int, int], ir.Value]) -> None:
+                self.tile_row_in(rows, dest)
+
+    def tile_row_in(self, rows: list[ir.Value],
+                    dest: Callable[[int, ir.Value], ir.Value]) -> None:
+        """``tiles_in`` over a tile row, a vector of tiles at a time: the vectors over the
+        padding or past the last tile one by one (their masks differ), those between them in a
+        loop (an image thousands of pixels wide stays a short loop body)."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        width, cols = self.width, self.lay.tile_cols
+        starts = range(0, cols, width)
+        plain = [t0 for t0 in starts if t0 + width <= cols and 2 * t0 - self.pad_left >= 0
+                 and 2 * (t0 + width) + 1 - self.pad_left < self.w_in]
+        lo, hi = (plain[0], plain[-1] + width) if plain else (0, 0)
+        for t0 in starts:
+            if not lo <= t0 < hi:
+                self.tiles_in(t0, min(width, cols - t0), rows, dest)
+            elif t0 == lo:
+                with for_range(self.b, (hi - lo) // width, "tv") as i:
+                    self.tiles_in(self.b.add(self.c(lo), self.b.mul(i, self.c(width))), width,
+                                  rows, dest)
+
+    def tiles_in(self, t0: int | ir.Value, lanes: int, rows: list[ir.Value],
+                 dest: Callable[[int, ir.Value], ir.Value]) -> None:
         """B^T d B for the tiles [t0, t0 + lanes) of a tile row, one per vector lane: per input
         row, loads of 2 x width columns from the tiles' first column and from two further,
         split into even and odd columns by shuffles (the tiles' columns 0, 1 and 2, 3); the 16
-        values stored at dest(xi, t0), contiguous in the tiles. The loads' masks leave out the
-        columns in the padding (masked-off lanes read as zero: the padding's value) and past
-        the last tile; the stores', the lanes past the last tile. (Left to LLVM, the stride-2
-        reads became gathers; tiles over the padding done one by one took 40% of the time.)"""
+        values stored at dest(xi, t0), contiguous in the tiles. For a constant t0 the loads'
+        masks leave out the columns in the padding (masked-off lanes read as zero: the
+        padding's value) and past the last tile, the stores' the lanes past the last tile; a
+        variable t0 takes whole vectors inside the input. (Left to LLVM, the stride-2 reads
+        became gathers; tiles over the padding done one by one took 40% of the time.)"""
         b, width = self.b, self.width
         even = ir.Constant(ir.VectorType(I32, width), list(range(0, 2 * width, 2)))
         odd = ir.Constant(ir.VectorType(I32, width), list(range(1, 2 * width, 2)))
@@ -330,23 +352,30 @@ class WinogradConv(GemmEmitter):
         for row in rows:
             line = []
             for shift in (0, 2):
-                first = 2 * t0 - self.pad_left + shift  # the column of lane 0 of the half 0
                 halves = []
                 for h in range(2):
-                    keep = [h * width // 2 + e // 2 < lanes and
-                            0 <= first + h * width + e < self.w_in for e in range(width)]
-                    # not inbounds: the address may lie before the row (its lanes masked off)
-                    at = b.gep(row, [self.c(first + h * width)], source_etype=self.ty)
-                    halves.append(self.load_vec(at, self.lane_mask(keep)) if any(keep)
-                                  else ir.Constant(self.vec, [0.0] * width))
+                    if isinstance(t0, int):
+                        first = 2 * t0 - self.pad_left + shift + h * width  # lane 0's column
+                        keep = [h * width // 2 + e // 2 < lanes and 0 <= first + e < self.w_in
+                                for e in range(width)]
+                        # not inbounds: the address may lie before the row (lanes masked off)
+                        at = b.gep(row, [self.c(first)], source_etype=self.ty)
+                        halves.append(self.load_vec(at, self.lane_mask(keep)) if any(keep)
+                                      else ir.Constant(self.vec, [0.0] * width))
+                    else:
+                        first = b.add(b.mul(t0, self.c(2)),
+                                      self.c(shift + h * width - self.pad_left))
+                        halves.append(self.load_vec(b.gep(row, [first], inbounds=True,
+                                                          source_etype=self.ty), None))
                 line += [b.shuffle_vector(*halves, even), b.shuffle_vector(*halves, odd)]
             d.append(line)
         across = [self.bt_transform(*line) for line in d]
         down = [self.bt_transform(*[across[k][s] for k in range(4)]) for s in range(4)]
         mask = self.lane_mask([e < lanes for e in range(width)])
+        at = self.c(t0) if isinstance(t0, int) else t0
         for r in range(4):
             for s in range(4):
-                self.store_vec(down[s][r], dest(4 * r + s, t0), mask)
+                self.store_vec(down[s][r], dest(4 * r + s, at), mask)
 
     def lane_mask(self, keep: list[bool]) -> ir.Constant | None:
         """A constant mask of the vector lanes to keep, or None where all are kept."""

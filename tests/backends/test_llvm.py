@@ -696,6 +696,7 @@ def test_implicit_gemm_convolution(xs: tuple, ws: tuple, kw: dict, by_columns: b
     ((1, 64, 14, 13), (72, 64, 3, 3), {"padding": 1}, False),  # 64 deep: 49 tiles suffice
     ((1, 160, 14, 14), (160, 160, 3, 3), {"padding": 1}, False),  # constant weights: 160^2
     ((2, 16, 24, 70), (16, 16, 3, 3), {"padding": 1}, False),  # rows of several vectors
+    ((2, 16, 6, 310), (16, 16, 3, 3), {"padding": 1}, False),  # a loop over inner vectors
     ((3, 24, 30, 30), (24, 16, 3, 3), {"padding": 1}, True)])  # conv_transpose: not taken
 @pytest.mark.parametrize("threads", [1, 3])
 def test_winograd_convolution(xs: tuple, ws: tuple, kw: dict, transposed: bool,
