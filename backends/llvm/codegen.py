@@ -78,6 +78,13 @@ def no_unroll(module: ir.Module) -> ir.MDValue:
     return _LoopID(module, hints, name=str(len(module.metadata)))
 
 
+def no_vectorize(module: ir.Module) -> ir.MDValue:
+    """Loop hints: leave this loop scalar (a short tail after explicit vectors)."""
+    hints = [module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.enable"),
+                                  ir.Constant(I1, 0)])]
+    return _LoopID(module, hints, name=str(len(module.metadata)))
+
+
 def unroll_fully(module: ir.Module) -> ir.MDValue:
     """Loop hints: unroll this constant-trip loop completely (at O3, so the IR stays one copy:
     the implicit GEMM's loop over 9 taps, written out 9 times, made a cached graph slow to

@@ -164,7 +164,7 @@ class ConvGemm(GemmEmitter):
                      taps: tuple[int, ...], ranges: list[tuple[int, int]], line: ir.Value,
                      coords: list[ir.Value], x_lo: ir.Value, x_hi: ir.Value) -> None:
         """One tap's row of cols over one output line's columns [x_lo, x_hi)."""
-        from graphnn.backends.llvm.codegen import for_range
+        from graphnn.backends.llvm.codegen import for_range, no_vectorize
 
         b = self.b
         in_sz = tuple(self.k.params[self.xb].shape[2:])
@@ -186,10 +186,36 @@ class ConvGemm(GemmEmitter):
         with b.if_then(ok):
             base = b.add(plane, b.mul(src, self.c(in_sz[-1])))
             off = taps[-1] * self.dil[-1] - self.pads[-1]
-            with for_range(b, self.min(x_hi, self.c(t_hi)), "xx", start=start) as xx:
+            stop, hints = self.min(x_hi, self.c(t_hi)), None
+            if self.stride[-1] == 2:  # vectors of the even columns (LLVM gathered them)
+                start = self.even_columns(cols, dst0, b.add(base, self.c(off)), start, stop)
+                hints = no_vectorize(self.em.module)  # the tail: less than a vector
+            with for_range(b, stop, "xx", start, hints) as xx:
                 at = b.add(base, b.add(b.mul(xx, self.c(self.stride[-1])), self.c(off)))
                 b.store(b.load(self.ptr(self.xb, at), typ=self.ty),
                         b.gep(cols, [b.add(dst0, xx)], inbounds=True, source_etype=self.ty))
+
+    def even_columns(self, cols: ir.Value, dst0: ir.Value, src0: ir.Value, start: ir.Value,
+                     stop: ir.Value) -> ir.Value:
+        """cols[dst0 + xx] = x[src0 + 2 xx] for whole vectors of xx from ``start``: two loads
+        and a shuffle of the even lanes per vector (the odd value after the last even one
+        masked off, so no read passes the row's last used column). Returns where the scalar
+        tail starts."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, width = self.b, self.width
+        even = ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(0, 2 * width, 2)))
+        last_off = ir.Constant(ir.VectorType(ir.IntType(1), width), [1] * (width - 1) + [0])
+        count = b.sdiv(b.sub(stop, start), self.c(width))
+        count = b.select(b.icmp_signed(">", count, self.c(0)), count, self.c(0))  # none left
+        with for_range(b, count, "xv") as v:
+            xx = b.add(start, b.mul(v, self.c(width)))
+            at = b.add(src0, b.mul(xx, self.c(2)))
+            lo = self.load_vec(self.ptr(self.xb, at), None)
+            hi = self.load_vec(self.ptr(self.xb, b.add(at, self.c(width))), last_off)
+            self.store_vec(b.shuffle_vector(lo, hi, even), b.gep(
+                cols, [b.add(dst0, xx)], inbounds=True, source_etype=self.ty), None)
+        return b.add(start, b.mul(count, self.c(width)))
 
 CHUNK_VALUES = 1 << 17  # a chunk's columns at most (512 KiB of float32), PixelConvGemm
 
