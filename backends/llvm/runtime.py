@@ -30,8 +30,8 @@ their own and a kernel's calls reuse them. Plain malloc and free churned: glibc 
 freed top of the heap to the system past its trim threshold, and every call then faulted its
 pages in again (221 page faults a call, 2.2x the time, for a Winograd convolution whose 1 MiB of
 buffers went back to the system after each call, in a process that had also run another
-model). The cache keeps, at most, each slot's largest buffer until the process (or the AOT
-library) goes away.
+model). The cache keeps, at most, each slot's largest buffer until the process ends (an AOT
+library unloaded with dlclose leaves its cached buffers allocated: they are freed by no one).
 """
 
 from __future__ import annotations
