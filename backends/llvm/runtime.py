@@ -156,16 +156,15 @@ entry:
   ret i1 %ok
 }
 
-; the smallest free buffers of at least %bytes: {this thread's last, anyone's} (-1: none)
-define internal { i64, i64 } @gs_best(i64 %bytes, i64 %self) {
+; the free slot holding at least %bytes with the smallest buffer, this thread's last ones
+; first (likely still in its core's caches): the smallest key, size + 2^62 for others' (-1: none)
+define internal i64 @gs_best(i64 %bytes, i64 %self) {
 entry:
   br label %scan
 scan:
   %i = phi i64 [0, %entry], [%i1, %scan]
   %best = phi i64 [-1, %entry], [%best1, %scan]
-  %bsize = phi i64 [-1, %entry], [%bsize1, %scan]
-  %mbest = phi i64 [-1, %entry], [%mbest1, %scan]
-  %msize = phi i64 [-1, %entry], [%msize1, %scan]
+  %bkey = phi i64 [-1, %entry], [%bkey1, %scan]
   %sp = getelementptr [SLOTS x i64], ptr @gs_size, i64 0, i64 %i
   %size = load atomic i64, ptr %sp monotonic, align 8
   %bp = getelementptr [SLOTS x i64], ptr @gs_busy, i64 0, i64 %i
@@ -175,23 +174,18 @@ scan:
   %free = icmp eq i64 %busy, 0
   %big = icmp uge i64 %size, %bytes
   %fits = and i1 %free, %big
-  %smaller = icmp ult i64 %size, %bsize
+  %mine = icmp eq i64 %owner, %self
+  %penalty = select i1 %mine, i64 0, i64 4611686018427387904
+  %key = add i64 %size, %penalty
+  %smaller = icmp ult i64 %key, %bkey
   %better = and i1 %fits, %smaller
   %best1 = select i1 %better, i64 %i, i64 %best
-  %bsize1 = select i1 %better, i64 %size, i64 %bsize
-  %mine = icmp eq i64 %owner, %self
-  %mfits = and i1 %fits, %mine
-  %msmaller = icmp ult i64 %size, %msize
-  %mbetter = and i1 %mfits, %msmaller
-  %mbest1 = select i1 %mbetter, i64 %i, i64 %mbest
-  %msize1 = select i1 %mbetter, i64 %size, i64 %msize
+  %bkey1 = select i1 %better, i64 %key, i64 %bkey
   %i1 = add i64 %i, 1
   %more = icmp ult i64 %i1, SLOTS
   br i1 %more, label %scan, label %done
 done:
-  %r0 = insertvalue { i64, i64 } undef, i64 %mbest1, 0
-  %r1 = insertvalue { i64, i64 } %r0, i64 %best1, 1
-  ret { i64, i64 } %r1
+  ret i64 %best1
 }
 
 define ptr @graphnn_scratch_alloc(i64 %want) {
@@ -200,23 +194,14 @@ entry:
   %whole = and i64 %w63, -64              ; size is a multiple of its alignment; never 0)
   %bytes = call i64 @llvm.smax.i64(i64 %whole, i64 64)
   %self = call i64 @pthread_self()
-  ; a buffer this thread used last (likely still in its core's caches), else anyone's
-  %bests = call { i64, i64 } @gs_best(i64 %bytes, i64 %self)
-  %mine = extractvalue { i64, i64 } %bests, 0
-  %best = extractvalue { i64, i64 } %bests, 1
-  %hasmine = icmp sge i64 %mine, 0
-  br i1 %hasmine, label %claim.mine, label %other
-claim.mine:
-  %gotmine = call i1 @gs_claim(i64 %mine)
-  br i1 %gotmine, label %claimed, label %other
-other:
+  %best = call i64 @gs_best(i64 %bytes, i64 %self)
   %found = icmp sge i64 %best, 0
   br i1 %found, label %claim.best, label %any
 claim.best:
   %got = call i1 @gs_claim(i64 %best)
   br i1 %got, label %claimed, label %any
 any:                                    ; else any free slot, its buffer grown
-  %j = phi i64 [0, %other], [0, %claim.best], [%j1, %any.next]
+  %j = phi i64 [0, %entry], [0, %claim.best], [%j1, %any.next]
   %gotj = call i1 @gs_claim(i64 %j)
   br i1 %gotj, label %claimed, label %any.next
 any.next:
@@ -227,7 +212,7 @@ untracked:                              ; every slot busy: a buffer of its own
   %p = call ptr @aligned_alloc(i64 64, i64 %bytes)
   ret ptr %p
 claimed:                                ; the slot is ours: no one else writes it
-  %k = phi i64 [%mine, %claim.mine], [%best, %claim.best], [%j, %any]
+  %k = phi i64 [%best, %claim.best], [%j, %any]
   %kop = getelementptr [SLOTS x i64], ptr @gs_owner, i64 0, i64 %k
   store atomic i64 %self, ptr %kop monotonic, align 8
   %ksp = getelementptr [SLOTS x i64], ptr @gs_size, i64 0, i64 %k
