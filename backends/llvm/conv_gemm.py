@@ -204,8 +204,8 @@ class ConvGemm(GemmEmitter):
         from graphnn.backends.llvm.codegen import for_range
 
         b, width = self.b, self.width
-        even = ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(0, 2 * width, 2)))
-        last_off = ir.Constant(ir.VectorType(ir.IntType(1), width), [1] * (width - 1) + [0])
+        even = self.lane_order(list(range(0, 2 * width, 2)))
+        last_off = self.lane_mask([e < width - 1 for e in range(width)])
         count = b.sdiv(b.sub(stop, start), self.c(width))
         count = b.select(b.icmp_signed(">", count, self.c(0)), count, self.c(0))  # none left
         with for_range(b, count, "xv") as v:

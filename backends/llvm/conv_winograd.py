@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING
 
 from graphnn.backends.kernel.ir import Kernel
 from graphnn.backends.llvm.conv_implicit import Shape, conv_epilogue
-from graphnn.backends.llvm.gemm import I32, MR, GemmEmitter, _lanes
+from graphnn.backends.llvm.gemm import MR, GemmEmitter, _lanes
 from llvmlite import ir
 
 from graphnn.dtypes import DType
@@ -346,8 +346,8 @@ class WinogradConv(GemmEmitter):
         variable t0 takes whole vectors inside the input. (Left to LLVM, the stride-2 reads
         became gathers; tiles over the padding done one by one took 40% of the time.)"""
         b, width = self.b, self.width
-        even = ir.Constant(ir.VectorType(I32, width), list(range(0, 2 * width, 2)))
-        odd = ir.Constant(ir.VectorType(I32, width), list(range(1, 2 * width, 2)))
+        even = self.lane_order(list(range(0, 2 * width, 2)))
+        odd = self.lane_order(list(range(1, 2 * width, 2)))
         d = []
         for row in rows:
             line = []
@@ -376,11 +376,6 @@ class WinogradConv(GemmEmitter):
         for r in range(4):
             for s in range(4):
                 self.store_vec(down[s][r], dest(4 * r + s, at), mask)
-
-    def lane_mask(self, keep: list[bool]) -> ir.Constant | None:
-        """A constant mask of the vector lanes to keep, or None where all are kept."""
-        return None if all(keep) else ir.Constant(ir.VectorType(ir.IntType(1), self.width),
-                                                  [int(x) for x in keep])
 
     def bt_transform(self, d0: ir.Value, d1: ir.Value, d2: ir.Value, d3: ir.Value
                      ) -> list[ir.Value]:
@@ -448,10 +443,8 @@ class WinogradConv(GemmEmitter):
         from graphnn.backends.llvm.codegen import for_range
 
         b, width, n = self.b, self.width, self.n
-        low = ir.Constant(ir.VectorType(I32, width),
-                          [e // 2 + (width if e % 2 else 0) for e in range(width)])
-        high = ir.Constant(ir.VectorType(I32, width),
-                           [width // 2 + e // 2 + (width if e % 2 else 0) for e in range(width)])
+        low, high = (self.lane_order([h * width // 2 + e // 2 + (width if e % 2 else 0)
+                                      for e in range(width)]) for h in range(2))
         plane = b.mul(no, self.c(self.h * self.w))
         biases = self.splat(bias)
 
