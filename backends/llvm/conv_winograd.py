@@ -23,11 +23,15 @@ threads start (``prepare``): into a workspace the kernel's wrapper allocates per
 module (at most 4 MiB; inference). Then each thread works through its items: an item is a block
 of whole tile rows (across images: the tile rows of all images are numbered img * tile_rows +
 ty) and, where there are few blocks, half of the output channels. For a block it transforms the
-input into V (16 x cg x columns: a tile row's tiles and one unused column, rounded up to whole
-register tiles), runs the 16 GEMMs (``gemm.GemmEmitter``'s micro-kernel, with a, b and the
-output addressed in U, V and M), then transforms M back into output pixels with the bias, and
-runs the fused epilogue over whole output lines. A block's V and M take about ``BLOCK_BYTES``,
-so they stay in L2 between the GEMMs and the output transform. The input and output transforms,
+input into V (16 x cg x columns: the block's tiles, row after row, rounded up to whole
+register tiles; only the columns past the shortest block's tiles are zeroed, once a call: a
+memset of all of V had taken 5% of W2 batch 1's time, and an unused column after each tile
+row, left from a first input transform, 8% more GEMM columns for 26x26 inputs: without
+both, W2 batch 1 0.93-0.94x the time), runs the 16 GEMMs (``gemm.GemmEmitter``'s micro-kernel,
+with a, b and the output addressed in U, V and M), then transforms M back into output pixels
+with the bias, and runs the fused epilogue over whole output lines. A block's V and M take
+about ``BLOCK_BYTES``, so they stay in L2 between the GEMMs and the output transform. The input
+and output transforms,
 which read or write every other column (a tile's columns 0, 2 and 1, 3; its two pixels of a
 row), work on explicit vectors of tiles with shuffles, the padding as masked-off lanes: left to
 LLVM they became gathers and scatters (the explicit ones measured 0.86-0.88x the time of W2
@@ -80,6 +84,13 @@ MIN_TILES, MIN_TILES_DEEP, DEEP_CHANNELS = 512, 48, 64
 # 1x64x28x28 -> 64, 28.9M and 0.77, 0.74x; but 1x128x7x7 -> 128, 7.2M and 0.50, 1.38x;
 # 1x16x26x26 -> 32, 2.7M, 1.09x; 1x32x14x14 -> 32, 1.8M, 1.22x)
 MIN_MACS, MIN_FILL_TILES = 1 << 22, 0.7
+# ... and output pixels filling MIN_PIXEL_SHARE of the tiles' (1x128x9x9 -> 128: a 7x7 output in
+# 16 tiles, 0.77 of them, 1.07x the implicit GEMM's time; 1x128x8x8 padded, 0.98x); with fewer
+# than WIDE_CHANNELS output channels, MIN_TILES_NARROW tiles (each input channel's transform is
+# shared by fewer GEMM rows: 1x64x14x14 -> 64 padded, 49 tiles, 1.11x; 1x32x12x12 -> 64, 36
+# tiles, 1.26x; 2x64x14x14 -> 64, 98 tiles, 0.91x; 1x32x26x26 -> 64, 144 tiles, 0.87x; with 128
+# output channels 0.96-0.99x from 16 tiles on, 0.82x for 1x64x12x12 -> 128)
+MIN_PIXEL_SHARE, WIDE_CHANNELS, MIN_TILES_NARROW = 0.85, 128, 96
 BLOCK_BYTES = 1 << 20  # a block's V and M: 16 x (cg + og) x columns float32 values, in L2
 SPLIT_BELOW = 4  # fewer blocks than this: each block's output channels split in two items
 # ... unless SPLIT_BELOW blocks use this much of their GEMM columns at least (1x64x28x28 -> 64:
@@ -108,16 +119,20 @@ def winograd_applies(kernel: Kernel, bits: int = 128) -> bool:
     """A 3x3, stride-1, dilation-1, one-group float32 convolution with at least MIN_CHANNELS
     input channels and MR output channels, whose transformed weights fit ``MAX_WEIGHTS`` (or,
     constant, ``MAX_CONSTANT_WEIGHTS``); with constant weights (transformed once), at least
-    MIN_MACS multiply-adds done directly and tiles filling MIN_FILL_TILES of the GEMM columns,
-    else (transformed every call) MIN_TILES output tiles (MIN_TILES_DEEP from DEEP_CHANNELS
-    input channels)."""
+    MIN_MACS multiply-adds done directly, tiles filling MIN_FILL_TILES of the GEMM columns,
+    output pixels MIN_PIXEL_SHARE of the tiles' and, below WIDE_CHANNELS output channels,
+    MIN_TILES_NARROW tiles, else (transformed every call) MIN_TILES output tiles
+    (MIN_TILES_DEEP from DEEP_CHANNELS input channels)."""
     shape = winograd_shape(kernel)
     if shape is None:
         return False
     lay = _Layout(kernel, shape, bits)
     if kernel.params[int(kernel.schedule[2])].constant:
-        macs = shape.og * shape.cg * 9 * lay.tiles * 4
-        return macs >= MIN_MACS and lay.tiles >= MIN_FILL_TILES * lay.blocks * lay.columns
+        pixels = kernel.params[-1].shape[0] * shape.out_sz[0] * shape.out_sz[1]
+        macs = shape.og * shape.cg * 9 * pixels
+        return macs >= MIN_MACS and lay.tiles >= MIN_FILL_TILES * lay.blocks * lay.columns \
+            and pixels >= MIN_PIXEL_SHARE * 4 * lay.tiles \
+            and (shape.og >= WIDE_CHANNELS or lay.tiles >= MIN_TILES_NARROW)
     least = MIN_TILES if shape.cg < DEEP_CHANNELS else MIN_TILES_DEEP
     return lay.tiles >= least
 
@@ -134,7 +149,7 @@ class _Layout:
         total = images * self.tile_rows  # tile rows of all images
         nr = _lanes(DType.float32, bits)
         budget = max(nr, BLOCK_BYTES // (16 * (shape.cg + shape.og) * 4))
-        self.pitch = self.tile_cols + 1  # GEMM columns a tile row: its tiles and one unused
+        self.pitch = self.tile_cols  # GEMM columns a tile row
         blocks = -(-total // max(1, budget // self.tile_cols))
         if blocks >= SPLIT_BELOW:  # a multiple of 4 blocks, so 2 or 4 threads share evenly
             blocks = min(total, -(-blocks // 4) * 4)
@@ -148,6 +163,8 @@ class _Layout:
         # whole register tiles: the edge tiles of a ragged width cost about as much as whole
         # ones (their broadcasts of a bound them) for a fraction of the columns
         self.columns = -(-self.rows * self.pitch // nr) * nr
+        # columns no block's input transform writes: past the shortest (last) block's tiles
+        self.unwritten = self.columns - (total - (self.blocks - 1) * self.rows) * self.pitch
         self.splits = 2 if self.blocks < SPLIT_BELOW and shape.og >= 4 * MR else 1
 
 
@@ -191,8 +208,10 @@ class WinogradConv(GemmEmitter):
         self.slots()
         u, v, m = self.weights_buffer(), self.malloc(16 * cg * n), self.malloc(16 * og * n)
         zeros = self.malloc(self.w_in)
-        for buffer, size in ((v, 16 * cg * n), (zeros, self.w_in)):
-            self.zero(buffer, size)  # V's columns past the last block's tiles stay finite
+        self.zero(zeros, self.w_in)
+        if lay.unwritten:  # V's columns past the last block's tiles: finite, for the GEMMs
+            with for_range(b, 16 * cg, "vrow") as row:
+                self.zero(self.at_in(v, row, self.c(n - lay.unwritten), n), lay.unwritten)
         done = self.slot(ir.IntType(64), "done_block")  # the block now in V
         b.store(self.c(-1), done)
         per = -(-og // lay.splits)

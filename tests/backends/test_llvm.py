@@ -704,7 +704,7 @@ def test_implicit_gemm_convolution(xs: tuple, ws: tuple, kw: dict, by_columns: b
     ((3, 20, 30, 33), (12, 20, 3, 3), {}, False),  # no padding, odd width, 12 channels out
     ((1, 16, 52, 51), (48, 16, 3, 3), {"padding": (2, 1)}, False),  # one block: split channels
     ((24, 64, 12, 12), (128, 64, 3, 3), {"padding": 0}, False),  # W2's 3rd layer, batch 24
-    ((1, 64, 14, 13), (72, 64, 3, 3), {"padding": 1}, False),  # 64 deep: 49 tiles suffice
+    ((1, 64, 14, 13), (128, 64, 3, 3), {"padding": 1}, False),  # 128 out: 49 tiles suffice
     ((1, 160, 14, 14), (160, 160, 3, 3), {"padding": 1}, False),  # constant weights: 160^2
     ((2, 16, 24, 70), (16, 16, 3, 3), {"padding": 1}, False),  # rows of several vectors
     ((2, 16, 6, 310), (16, 16, 3, 3), {"padding": 1}, False),  # a loop over inner vectors
@@ -749,6 +749,27 @@ def test_winograd_convolution(xs: tuple, ws: tuple, kw: dict, transposed: bool,
         asm = next(iter(sess._cache.values())).exe.compiled.assembly
         body = re.search(rf"^{chosen[0].name}_impl:(.*?)^\.Lfunc_end", asm, re.M | re.S)
         assert body and not re.search(r"\bv(p?gather|scatter)", body.group(1))
+
+
+@pytest.mark.parametrize(("xs", "og", "pad", "taken"), [
+    ((1, 32, 26, 26), 64, 0, True),  # W2 batch 1's second layer: 144 tiles
+    ((1, 64, 12, 12), 128, 0, True),  # its third: 25 tiles, 128 channels out
+    ((1, 128, 9, 9), 128, 0, False),  # a 7x7 output: 16 tiles, 0.77 of their pixels
+    ((1, 64, 14, 14), 64, 1, False),  # 64 channels out, 49 tiles
+    ((1, 16, 26, 26), 32, 0, False)])  # 2.7M multiply-adds
+def test_winograd_choice_for_constant_weights(xs: tuple, og: int, pad: int,
+                                              taken: bool) -> None:
+    """Constant-weight (inference) convolutions take Winograd where it measured faster than the
+    implicit GEMM (conv_winograd.py's thresholds: work, the tiles' fill of the GEMM columns and
+    of the output, the tile count below 128 output channels)."""
+    from graphnn.backends.kernel.lower import lower
+    from graphnn.backends.llvm.conv_winograd import winograd_applies
+
+    with gn.Graph():
+        y = gn.conv(gn.placeholder(xs, name="x"), gn.constant(np.ones((og, xs[1], 3, 3),
+                                                                      np.float32)), padding=pad)
+    kernel = lower(y, "k")
+    assert kernel is not None and winograd_applies(kernel, 512) == taken
 
 
 @pytest.mark.parametrize("threads", [1, 2])
