@@ -71,8 +71,10 @@ def applies(kernel: Kernel, bits: int = 128) -> bool:
     """The template handles float matmuls (with any fused epilogue) of a 2-D b, with a and the
     output 2-D or with the same batch dims (a dense layer over a sequence: the rows of all
     batches form one row-major matrix), or of a, b and out with the same batch dims (attention's
-    q k^T and p v: one GEMM per batch index), big enough to pay: at least MR rows, NR columns
-    (else the edge tiles do all the work) and MIN_WORK multiply-adds per matrix."""
+    q k^T and p v: one GEMM per batch index), big enough to pay: at least MR rows and MIN_WORK
+    multiply-adds per matrix. Any number of columns: fewer than a vector are one masked vector
+    (the edge tiles), which still beat the loop nest (its accumulators in memory) by far: a
+    256x512 @ 512x10 dense layer 0.15x the time, @ 512x1 0.38x, 1024x64 @ 64x3 0.60x."""
     if kernel.schedule[:1] != ("matmul",) or splits_columns(kernel):
         return False
     _, a, b = kernel.schedule
@@ -87,7 +89,7 @@ def applies(kernel: Kernel, bits: int = 128) -> bool:
         return False
     n, k = out.shape[-1], pa.shape[-1]
     return out.dtype in (DType.float32, DType.float64) and m >= MR and k >= 1 and \
-        n >= _lanes(out.dtype, bits) and m * n * k >= MIN_WORK
+        n >= 1 and m * n * k >= MIN_WORK
 
 
 class GemmEmitter:
