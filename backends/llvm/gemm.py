@@ -17,7 +17,8 @@ AVX2 have them); rows past the last whole MR block go in blocks of 8 and 4 (thos
 MR), pairs, then alone. The fused epilogue (bias, activation, residual) runs over the thread's
 rows once all k-blocks are done. This is the BLIS/GotoBLAS blocking; GEMMs of PACK_ROWS rows or
 more also pack each panel of b so that every NR-column tile's KC x NR block is contiguous (a of
-a row block is read in place).
+a row block is read in place); a constant b is packed so once per module (``prepacked``), for
+any row count.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ KC = 256  # k-steps per cache block
 NR_TILE = 64  # pixels per parallel iteration of a one-image convolution: a multiple of every NR
 NC = 256  # columns per panel: a KC x NC float32 block of b is 256 KiB, a quarter of an L2
 PACK_ROWS = 256  # rows of one GEMM from which its panels of b are packed
+MAX_PREPACKED = 1 << 23  # values of a constant b packed once per module, at most (32 MiB f32)
 MIN_WORK = 1 << 15  # m * n * k below this: the generic loop nest (no blocking overhead)
 
 
@@ -228,7 +230,53 @@ class GemmEmitter:
 
     def prepare(self) -> None:
         """What the wrapper runs on the calling thread before the threads start (or ``emit``
-        itself, called with no bounds, where the kernel runs on one thread)."""
+        itself, called with no bounds, where the kernel runs on one thread): a constant b's
+        panels packed, on the module's first call (``prepacked``)."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        if not self.prepacked():
+            return
+        b, (base, ready) = self.b, self.prepacked_globals()
+        with b.if_then(b.icmp_unsigned("==", b.load(ready), ir.Constant(ir.IntType(8), 0))):
+            tiles = self.n // self.nr
+            with for_range(b, self.k_blocks(), "pkc") as kc:
+                k0, k1 = self.k_block(kc)
+                self.packed = self.prepacked_panel(base, kc, self.c(0))
+                self.pack(self.c(0), self.c(tiles), k0, k1)
+            b.store(ir.Constant(ir.IntType(8), 1), ready)
+
+    def prepacked(self) -> bool:
+        """Whether b is a constant (inference weights) whose panels are packed once per module
+        into a global array: every panel's copy saved on every call and thread, and b read as
+        one stream however few rows the GEMM has. AOT libraries mark no input constant (their
+        contexts may run at once: a module-wide array filled on first use would race)."""
+        return self.packable and self.k.schedule[:1] == ("matmul",) and not self.batched_b \
+            and self.k.params[self.bb].constant and self.n >= self.nr \
+            and self.k_blocks() * self.kc * (self.n // self.nr) * self.nr <= MAX_PREPACKED
+
+    def prepacked_globals(self) -> tuple[ir.Value, ir.GlobalVariable]:
+        """The packed panels of a constant b (k-block by k-block, each whole NR-column tile's
+        KC x NR block contiguous: zero-filled memory, not part of the object file) and the flag
+        set once they are filled."""
+        module, name = self.em.module, f"{self.k.name}_packed_b"
+        if name not in module.globals:
+            size = self.k_blocks() * self.kc * (self.n // self.nr) * self.nr
+            ty = ir.ArrayType(self.ty, size)
+            packed = ir.GlobalVariable(module, ty, name)
+            packed.linkage, packed.initializer, packed.align = "internal", ir.Constant(ty, None), 64
+            ready = ir.GlobalVariable(module, ir.IntType(8), name + "_ready")
+            ready.linkage, ready.initializer = "internal", ir.Constant(ir.IntType(8), 0)
+        # an untyped pointer (llvmlite types a global's address by the array, and keeps that
+        # type through a bitcast), as the vector loads and stores take it
+        base = self.b.inttoptr(self.b.ptrtoint(module.globals[name], I64), PTR)
+        return base, module.globals[name + "_ready"]
+
+    def prepacked_panel(self, base: ir.Value, kc: ir.Value, j_lo: ir.Value) -> ir.Value:
+        """Where k-block kc's panel starting at column j_lo begins in the packed array."""
+        b, tiles = self.b, self.n // self.nr
+        tile = b.add(b.mul(kc, self.c(tiles)), b.sdiv(j_lo, self.c(self.nr)))
+        return b.gep(base, [b.mul(tile, self.c(self.kc * self.nr))], inbounds=True,
+                     source_etype=self.ty)
 
     def finish(self) -> None:
         """What the wrapper runs once every thread is done (with a workspace only)."""
@@ -239,6 +287,8 @@ class GemmEmitter:
         b = self.b
         lo, hi = bounds if bounds is not None else (
             self.c(0), self.c(self.parallel_extent(self.k, 0) or 0))
+        if bounds is None:  # the kernel unsplit, no wrapper: a constant b is not packed yet
+            self.prepare()
         self.slots()
         if not self.batched_b:  # rows [lo, hi) of the one matrix, the epilogue on each block
             full = b.mul(b.sdiv(b.sub(hi, lo), self.c(self.mr)), self.c(self.mr))
@@ -264,8 +314,11 @@ class GemmEmitter:
         self.accs = [[self.slot(self.vec, f"acc{r}_{v}") for v in range(2)] for r in range(self.mr)]
         # packing costs a pass over each panel, which pays once enough row blocks read it
         # (measured, 2 threads: 1024^3 10.8 -> 10.1 ms; 64x288x576 0.108 -> 0.121 ms)
-        self.packs = self.packable and self.m // self.groups >= PACK_ROWS
-        if self.packs:
+        self.prepacks = self.prepacked()
+        self.packs = self.prepacks or (self.packable and self.m // self.groups >= PACK_ROWS)
+        if self.prepacks:
+            self.packed_base = self.prepacked_globals()[0]
+        elif self.packs:
             self.pack_raw = self.malloc(self.kc * self.nc + 64 // self.align)
             addr = self.b.ptrtoint(self.pack_raw, I64)  # aligned to a cache line
             addr = self.b.and_(self.b.add(addr, self.c(63)), self.c(-64))
@@ -273,7 +326,7 @@ class GemmEmitter:
 
     def release(self) -> None:
         """Frees what ``slots`` allocated."""
-        if self.packs:
+        if self.packs and not self.prepacks:
             self.free(self.pack_raw)
 
     def pack(self, j_lo: ir.Value, tiles: ir.Value, k0: ir.Value, k1: ir.Value) -> None:
@@ -331,7 +384,9 @@ class GemmEmitter:
                 tiles = b.sdiv(b.sub(self.min(b.add(j_lo, self.c(self.nc)), j_end), j_lo),
                                self.c(self.nr))
                 j_hi = b.add(j_lo, b.mul(tiles, self.c(self.nr)))
-                if self.packs:
+                if self.prepacks:
+                    self.packed = self.prepacked_panel(self.packed_base, kc, j_lo)
+                elif self.packs:
                     self.pack(j_lo, tiles, k0, k1)
 
                 def block(i0: ir.Value, r: int) -> None:

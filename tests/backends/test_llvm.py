@@ -816,6 +816,36 @@ def test_winograd_weights_are_transformed_again_when_variables_change(threads: i
                for k in kernels)
 
 
+@pytest.mark.parametrize(("m", "k", "n"), [(128, 600, 300), (20, 70, 64), (300, 40, 33)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_constant_weights_are_packed_once(m: int, k: int, n: int, threads: int) -> None:
+    """A dense layer's constant weights are packed into the module's array on the first run
+    (several k-blocks: k > KC; several panels; edge columns past the last whole tile read b
+    itself) and give the same result on later runs; a variable's are packed per call, so
+    a new value counts at once."""
+    from graphnn.backends.llvm import gemm
+
+    rng = np.random.default_rng(m + k + n)
+    xv, w0, w1 = (rng.standard_normal(s).astype(np.float32) for s in [(m, k), (k, n), (k, n)])
+    with gn.Graph() as g:
+        x = gn.placeholder((m, k), name="x")
+        fixed = gn.relu(x @ gn.constant(w0))
+        w = gn.variable(w0, name="w")
+        moving = x @ w
+    sess = gn.Session(g, backend=LLVMBackend(cache=False, threads=threads), opt_level=2)
+    want = np.maximum(xv.astype(np.float64) @ w0, 0)
+    for _ in range(3):
+        np.testing.assert_allclose(sess.run(fixed, {x: xv}), want, rtol=1e-4, atol=1e-4)
+    exe = next(iter(sess._cache.values())).exe
+    assert "_packed_b" in exe.compiled.llvm_ir
+    assert [kn for kn in exe.kernels if gemm.applies(kn, 512) and kn.params[1].constant]
+    np.testing.assert_allclose(sess.run(moving, {x: xv}), xv @ w0, rtol=1e-4, atol=1e-4)
+    sess.load_variables({w: w1})
+    np.testing.assert_allclose(sess.run(moving, {x: xv}), xv @ w1, rtol=1e-4, atol=1e-4)
+    moving_exe = list(sess._cache.values())[-1].exe
+    assert "_packed_b" not in moving_exe.compiled.llvm_ir
+
+
 @pytest.mark.parametrize("shape", [(3, 37, 64), (2, 3, 10, 48), (1, 128, 256)])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_gemm_template_over_batched_rows(shape: tuple, threads: int) -> None:
