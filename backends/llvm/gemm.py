@@ -91,7 +91,7 @@ def applies(kernel: Kernel, bits: int = 128) -> bool:
         return False
     n, k = out.shape[-1], pa.shape[-1]
     return out.dtype in (DType.float32, DType.float64) and m >= MR and k >= 1 and \
-        n >= 1 and m * n * k >= MIN_WORK
+        m * n * k >= MIN_WORK
 
 
 class GemmEmitter:
