@@ -239,6 +239,9 @@ def test_generic_target_has_no_avx() -> None:
     host = compile_one(lambda x: x * 3.0, (4096,)).compiled.assembly
     if "+avx2" in LLVMBackend().target.features:
         assert re.search(r"%(ymm|zmm)\d+", host)
+    if "+avx512f" in LLVMBackend().target.features.split(","):  # whole zmm registers
+        assert "-prefer-256-bit" in LLVMBackend().target.features
+        assert re.search(r"\bvmulps\s+\S+,\s*%zmm\d+", host)
 
 
 def test_static_shapes_are_required_and_specialised_by_the_session() -> None:
