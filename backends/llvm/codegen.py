@@ -139,8 +139,10 @@ def template_for(kernel: Kernel, vector_bits: int) -> type[gemm.GemmEmitter] | N
 
 
 # A kernel goes multi-threaded when its loops do at least this many iterations in all: below,
-# starting threads costs more than it saves.
-PARALLEL_MIN_WORK = 1 << 16
+# handing work to the pool's threads costs more than it saves. (1 << 16 while every call started
+# its threads; with the pool's spinning workers 1 << 14 measured W2 batch 1 0.89-0.91x, its
+# pooling layers split, and W1 batch 1 0.83x; 1 << 12 lost W1's gain; the rest the same.)
+PARALLEL_MIN_WORK = 1 << 14
 
 
 def _work(stmts: tuple[Stmt, ...]) -> int:
