@@ -31,14 +31,13 @@ both, W2 batch 1 0.93-0.94x the time), runs the 16 GEMMs (``gemm.GemmEmitter``'s
 with a, b and the output addressed in U, V and M), then transforms M back into output pixels
 with the bias, and runs the fused epilogue over whole output lines. A block's V and M take
 about ``BLOCK_BYTES``, so they stay in L2 between the GEMMs and the output transform. The input
-and output transforms,
-which read or write every other column (a tile's columns 0, 2 and 1, 3; its two pixels of a
-row), work on explicit vectors of tiles with shuffles, the padding as masked-off lanes: left to
-LLVM they became gathers and scatters (the explicit ones measured 0.86-0.88x the time of W2
-batch 64's layers, 0.96-0.97x of ResNet-18's 56x56 and 28x28 ones); the input's in one pass
-(the first version went down the rows into a buffer of column pairs, then across: one pass
-measured 0.86-1.02x of that, and tiles over the padding left to scalar code had taken 40% of a
-transposed convolution's time).
+and output transforms, which read or write every other column (a tile's columns 0, 2 and 1, 3;
+its two pixels of a row), work on explicit vectors of tiles with shuffles, the padding as
+masked-off lanes: left to LLVM they became gathers and scatters (the explicit ones measured
+0.86-0.88x the time of W2 batch 64's layers, 0.96-0.97x of ResNet-18's 56x56 and 28x28 ones);
+the input's in one pass (the first version went down the rows into a buffer of column pairs,
+then across: one pass measured 0.86-1.02x of that, and tiles over the padding left to scalar
+code had taken 40% of a transposed convolution's time).
 
 Measured (2 threads, AVX-512 Xeon, float32, interleaved in one process, against the implicit
 GEMM, constant weights): W2 batch 64's 26x26x32 -> 64 0.76-0.89x, 12x12x64 -> 128
