@@ -59,7 +59,7 @@ class Target:
 
 CODEGEN_FLAGS = "O3+loop-vectorize+slp-vectorize"
 _MAGIC = b"GNNOBJ2\n"  # then one flags byte, the payload's sha256, the object file
-_THREADED = 1  # flags: the object calls the runtime's parallel-for (the pool must be installed)
+_USES_RUNTIME = 1  # flags: the object calls the runtime (parallel-for, scratch cache): install it
 
 
 def cache_dir() -> str:
@@ -137,16 +137,16 @@ class Compiled:
         self.from_cache = cached is not None
         if cached is not None:
             flags, obj = cached
-            self.threaded = bool(flags & _THREADED)
-            module = llvm.parse_assembly(THREADS_IR if self.threaded else "")
+            self.uses_runtime = bool(flags & _USES_RUNTIME)
+            module = llvm.parse_assembly(THREADS_IR if self.uses_runtime else "")
         else:
             module = llvm.parse_assembly(self.llvm_ir)
             # whether the code calls the runtime (the pool, the scratch cache): install it
-            self.threaded = "graphnn_parallel_for" in self.llvm_ir or \
+            self.uses_runtime = "graphnn_parallel_for" in self.llvm_ir or \
                 "graphnn_scratch_" in self.llvm_ir
-            if self.threaded:
+            if self.uses_runtime:
                 module.link_in(llvm.parse_assembly(THREADS_IR))
-        if self.threaded:  # the thread pool is shared by every module of the process
+        if self.uses_runtime:  # the thread pool is shared by every module of the process
             install_pool()
         module.triple, module.data_layout = target.triple, str(tm.target_data)
         module.verify()
@@ -165,7 +165,7 @@ class Compiled:
                                      lambda m: cached[1] if cached else None)
         self.engine.finalize_object()
         if fresh and use_cache:
-            _write_object(self.path, _THREADED if self.threaded else 0, fresh[0])
+            _write_object(self.path, _USES_RUNTIME if self.uses_runtime else 0, fresh[0])
         self.seconds = time.perf_counter() - start
         log.debug("%s: %s in %.3f s (cache %s)", key[:12], "object file loaded" if
                   self.from_cache else f"{len(self.llvm_ir)} bytes of LLVM IR compiled",
@@ -197,7 +197,7 @@ class Compiled:
 
     def set_threads(self, n: int) -> None:
         """How many threads large kernels use from now on (the runtime's global)."""
-        if not self.threaded:
+        if not self.uses_runtime:
             return
         ctypes.c_int64.from_address(self.engine.get_global_value_address(
             "graphnn_num_threads")).value = max(1, int(n))
