@@ -32,6 +32,7 @@ from graphnn.backends.aot.api import WEIGHTS_MAGIC, api_functions, render_api
 from graphnn.backends.aot.header import render_header
 from graphnn.backends.aot.program import Program, TensorSpec, build_program
 from graphnn.backends.llvm.gemm import vector_bits
+from graphnn.backends.llvm.jit import host_features
 from graphnn.backends.llvm.runtime import RUNTIME_IR
 
 from graphnn.dtypes import as_dtype
@@ -195,8 +196,7 @@ def target_machine(triple: str | None, cpu: str | None, features: str | None,
     if features is None and cpu in PSABI_LEVELS:
         features = ",".join("+" + f for f in PSABI_LEVELS[cpu])
     elif features is None:
-        features = llvm.get_host_cpu_features().flatten() if native and cpu == \
-            llvm.get_host_cpu_name() else ""
+        features = host_features() if native and cpu == llvm.get_host_cpu_name() else ""
     try:
         target = llvm.Target.from_triple(triple)
     except RuntimeError as e:

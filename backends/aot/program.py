@@ -22,7 +22,7 @@ import numpy as np
 from graphnn.backends.aot.api import FLAG_TO_STATUS
 from graphnn.backends.kernel.ir import Kernel
 from graphnn.backends.kernel.lower import lower
-from graphnn.backends.llvm.codegen import I32, I64, PTR, KernelEmitter
+from graphnn.backends.llvm.codegen import I32, I64, PTR, SPAWN_MIN_WORK, KernelEmitter
 from graphnn.passes.memory import MemoryPlan
 from llvmlite import ir
 
@@ -120,7 +120,8 @@ def build_program(graph: Graph, name: str, input_names: list[str], output_names:
     weights, weight_offset = pack_weights([n for n in graph.nodes if n.op == "constant"])
 
     module = ir.Module(name=name)
-    emitter = KernelEmitter(module, vector_bits)  # the target's width, for the GEMM template
+    # the target's width, for the GEMM template; threads are created per call in a library
+    emitter = KernelEmitter(module, vector_bits, parallel_min_work=SPAWN_MIN_WORK)
     fn = ir.Function(module, ir.FunctionType(
         I32, [PTR] * (1 + len(placeholders) + len(outputs))), f"{name}_run")
     ctx, args = fn.args[0], fn.args[1:]

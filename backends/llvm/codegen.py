@@ -139,10 +139,11 @@ def template_for(kernel: Kernel, vector_bits: int) -> type[gemm.GemmEmitter] | N
 
 
 # A kernel goes multi-threaded when its loops do at least this many iterations in all: below,
-# handing work to the pool's threads costs more than it saves. (1 << 16 while every call started
-# its threads; with the pool's spinning workers 1 << 14 measured W2 batch 1 0.89-0.91x, its
-# pooling layers split, and W1 batch 1 0.83x; 1 << 12 lost W1's gain; the rest the same.)
-PARALLEL_MIN_WORK = 1 << 14
+# handing work to the threads costs more than it saves. With the JIT's pool of spinning workers
+# 1 << 14 (W2 batch 1 0.89-0.91x the time of 1 << 16, its pooling layers split, W1 batch 1
+# 0.83-0.95x; 1 << 12 lost W1's gain; the rest the same); AOT libraries' runtime creates its
+# threads on every call, so there it stays 1 << 16 (SPAWN_MIN_WORK).
+PARALLEL_MIN_WORK, SPAWN_MIN_WORK = 1 << 14, 1 << 16
 
 
 def _work(stmts: tuple[Stmt, ...]) -> int:
@@ -158,9 +159,11 @@ class KernelEmitter:
     the chunk over the whole range, split across ``graphnn_num_threads`` threads when the kernel
     is large (``graphnn_parallel_for`` from the runtime)."""
 
-    def __init__(self, module: ir.Module, vector_bits: int = 128) -> None:
+    def __init__(self, module: ir.Module, vector_bits: int = 128,
+                 parallel_min_work: int = PARALLEL_MIN_WORK) -> None:
         self.module = module
         self.vector_bits = vector_bits  # the target's vector width, for the GEMM template
+        self.parallel_min_work = parallel_min_work  # loop iterations from which to split
         self._noalias = True
         self._runtime: tuple[ir.Function, ir.GlobalVariable] | None = None
         # tuned schedules by kernel name (tuning.py): the template's knobs and ``threads``
@@ -195,7 +198,7 @@ class KernelEmitter:
         workspace = template.workspace(kernel, self.vector_bits) if template else 0
         threads = self.schedules.get(kernel.name, {}).get("threads", 0)  # tuned: at most this
         if not workspace and (outer is None or extent < 2 or threads == 1 or
-                              _work(kernel.body) < PARALLEL_MIN_WORK):
+                              _work(kernel.body) < self.parallel_min_work):
             fn = self._signature(kernel, kernel.name)  # small: one thread, no wrapper
             self._body(kernel, fn, list(fn.args), None, None)
             return fn

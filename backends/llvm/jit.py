@@ -31,6 +31,15 @@ def _initialise() -> None:
     llvm.initialize_native_asmprinter()
 
 
+def host_features() -> str:
+    """The host CPU's features for LLVM; with AVX-512 they turn off LLVM's ``prefer-256-bit``
+    tuning (set for Intel's AVX-512 CPUs, whose first ones slowed their clock for 512-bit
+    instructions), so the loop vectoriser fills whole zmm registers as the templates do: W5's
+    elementwise chain 0.79x the time, the other workloads the same (0.98-1.02x)."""
+    features = llvm.get_host_cpu_features().flatten()
+    return features + ",-prefer-256-bit" if "+avx512f" in features.split(",") else features
+
+
 @dataclass(frozen=True)
 class Target:
     triple: str
@@ -39,17 +48,11 @@ class Target:
 
     @staticmethod
     def host(cpu: str | None = None, features: str | None = None) -> Target:
-        """The host's triple, and its CPU name and features unless given. With AVX-512 the
-        features turn off LLVM's ``prefer-256-bit`` tuning (set for Intel's AVX-512 CPUs, whose
-        first ones slowed their clock for 512-bit instructions), so the loop vectoriser fills
-        whole zmm registers as the templates do: W5's elementwise chain 0.79x the time, the
-        other workloads the same (0.98-1.02x)."""
+        """The host's triple, and its CPU name and features (``host_features``) unless
+        given."""
         _initialise()
-        if features is None:
-            features = llvm.get_host_cpu_features().flatten()
-            if "+avx512f" in features.split(","):
-                features += ",-prefer-256-bit"
-        return Target(llvm.get_default_triple(), cpu or llvm.get_host_cpu_name(), features)
+        return Target(llvm.get_default_triple(), cpu or llvm.get_host_cpu_name(),
+                      features if features is not None else host_features())
 
     def machine(self) -> llvm.TargetMachine:
         _initialise()

@@ -158,6 +158,29 @@ def test_cross_compiled_objects(tmp_path: pathlib.Path) -> None:
         gn.compile(graph, [(1, 1, 8, 8)], output=str(tmp_path / "bad"), triple="nonsense-xyz")
 
 
+def test_libraries_split_fewer_kernels_and_vectorise_as_the_jit() -> None:
+    """A library's runtime creates its threads on every call, so a kernel of 32,768 iterations
+    stays on the calling thread there (SPAWN_MIN_WORK) while the JIT's pool splits it
+    (PARALLEL_MIN_WORK); both target the host's features, zmm-wide loops included."""
+    from graphnn.backends.aot.build import target_machine
+    from graphnn.backends.aot.program import build_program
+    from graphnn.backends.llvm import LLVMBackend
+    from graphnn.backends.llvm.codegen import PARALLEL_MIN_WORK, SPAWN_MIN_WORK
+
+    assert PARALLEL_MIN_WORK <= 32768 < SPAWN_MIN_WORK
+    with gn.Graph() as g:
+        x = gn.placeholder((64, 512), name="x")
+        y = gn.relu(x * 3.0)
+    g.outputs = [y]
+    program = build_program(prepare(g, [np.ones((64, 512), np.float32)]), "m", ["x"], ["y"])
+    assert "graphnn_parallel_for" not in program.llvm_ir
+    jit = LLVMBackend(cache=False).compile(g, [y])
+    assert jit.compiled is not None and "graphnn_parallel_for" in jit.compiled.llvm_ir
+    features = target_machine(None, None, None)[3]
+    assert features == LLVMBackend().target.features
+    assert ("-prefer-256-bit" in features) == ("+avx512f" in features.split(","))
+
+
 def test_only_the_api_is_exported(tmp_path: pathlib.Path) -> None:
     nm = shutil.which("nm")
     if nm is None:
