@@ -248,33 +248,22 @@ class WinogradConv(GemmEmitter):
         return 0 if constant else 16 * shape.og * shape.cg
 
     def weights_buffer(self) -> ir.Value:
-        """U: the workspace; for constant weights a global array of the module (16 x og x cg
-        values, zero-filled memory, not part of the object file) with a flag set once it is
-        filled."""
+        """U: the workspace; for constant weights the module's array (``module_array``)."""
         if not self.k.params[self.wb].constant:
             return self.em.params[len(self.k.params)]
-        module, name = self.em.module, f"{self.k.name}_winograd_u"
-        if name not in module.globals:
-            ty = ir.ArrayType(self.ty, 16 * self.og * self.cg)
-            u = ir.GlobalVariable(module, ty, name)
-            u.linkage, u.initializer, u.align = "internal", ir.Constant(ty, None), 64
-            ready = ir.GlobalVariable(module, ir.IntType(8), name + "_ready")
-            ready.linkage, ready.initializer = "internal", ir.Constant(ir.IntType(8), 0)
+        u, _ = self.module_array("winograd_u", 16 * self.og * self.cg)
         # its first element's address: llvmlite types a global's pointer by the array
-        return self.b.gep(module.globals[name], [self.c(0), self.c(0)], inbounds=True)
+        return self.b.gep(u, [self.c(0), self.c(0)], inbounds=True)
 
     def prepare(self) -> None:
         """U from the weights, before the threads start: every call, or once for the module
-        where the weights are a constant (the same array, never written, in every run of the
-        JIT's executable; AOT libraries, whose contexts may run at once, mark none)."""
-        b, u = self.b, self.weights_buffer()
+        where the weights are a constant (``module_array``)."""
+        u = self.weights_buffer()
         if not self.k.params[self.wb].constant:
             self.transform_weights(u)
             return
-        ready = self.em.module.globals[f"{self.k.name}_winograd_u_ready"]
-        with b.if_then(b.icmp_unsigned("==", b.load(ready), ir.Constant(ir.IntType(8), 0))):
-            self.transform_weights(u)
-            b.store(ir.Constant(ir.IntType(8), 1), ready)
+        _, ready = self.module_array("winograd_u", 16 * self.og * self.cg)
+        self.fill_once(ready, lambda: self.transform_weights(u))
 
     def weight(self, o: ir.Value, c: ir.Value, t: int) -> ir.Value:
         """Tap t (row-major 3x3) of output channel o and input channel c: w[o, c, t]."""

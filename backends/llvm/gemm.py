@@ -15,7 +15,8 @@ ones from the partial sums in the output. Columns past the last whole NR block t
 then one vector with the lanes past n masked off (``llvm.masked.load``/``store``: AVX-512 and
 AVX2 have them); rows past the last whole MR block go in blocks of 8 and 4 (those smaller than
 MR), pairs, then alone. The fused epilogue (bias, activation, residual) runs over the thread's
-rows once all k-blocks are done. This is the BLIS/GotoBLAS blocking; GEMMs of PACK_ROWS rows or
+rows once all k-blocks are done (the plain GEMM's on each finished block, in the last k-block's
+write-back, while it is in L1). This is the BLIS/GotoBLAS blocking; GEMMs of PACK_ROWS rows or
 more also pack each panel of b so that every NR-column tile's KC x NR block is contiguous (a of
 a row block is read in place); a constant b is packed so once per module (``prepacked``), for
 any row count.
@@ -236,40 +237,57 @@ class GemmEmitter:
 
         if not self.prepacked():
             return
-        b, (base, ready) = self.b, self.prepacked_globals()
-        with b.if_then(b.icmp_unsigned("==", b.load(ready), ir.Constant(ir.IntType(8), 0))):
-            tiles = self.n // self.nr
-            with for_range(b, self.k_blocks(), "pkc") as kc:
+        packed, ready = self.module_array("packed_b", self.prepacked_size())
+
+        def fill() -> None:
+            base = self.untyped(packed)
+            with for_range(self.b, self.k_blocks(), "pkc") as kc:
                 k0, k1 = self.k_block(kc)
                 self.packed = self.prepacked_panel(base, kc, self.c(0))
-                self.pack(self.c(0), self.c(tiles), k0, k1)
-            b.store(ir.Constant(ir.IntType(8), 1), ready)
+                self.pack(self.c(0), self.c(self.n // self.nr), k0, k1)
+
+        self.fill_once(ready, fill)
+
+    def module_array(self, what: str, size: int) -> tuple[ir.GlobalVariable, ir.GlobalVariable]:
+        """``{kernel}_{what}``: a global array of ``size`` values of the module (zero-filled
+        memory, not part of the object file, 64-byte aligned) and its flag, 0 until
+        ``fill_once`` has filled it: what a template derives once from a constant input (the
+        same array, never written, in every run of the JIT's executable; AOT libraries mark no
+        input constant, as their contexts may run at once and a module-wide array filled on
+        first use would race between them)."""
+        module, name = self.em.module, f"{self.k.name}_{what}"
+        if name not in module.globals:
+            ty = ir.ArrayType(self.ty, size)
+            array = ir.GlobalVariable(module, ty, name)
+            array.linkage, array.initializer, array.align = "internal", ir.Constant(ty, None), 64
+            ready = ir.GlobalVariable(module, ir.IntType(8), name + "_ready")
+            ready.linkage, ready.initializer = "internal", ir.Constant(ir.IntType(8), 0)
+        return module.globals[name], module.globals[name + "_ready"]
+
+    def fill_once(self, ready: ir.GlobalVariable, fill: Callable[[], None]) -> None:
+        """``fill()`` where ``ready`` is still 0, then ready = 1."""
+        b, flag = self.b, ir.IntType(8)
+        with b.if_then(b.icmp_unsigned("==", b.load(ready, typ=flag), ir.Constant(flag, 0))):
+            fill()
+            b.store(ir.Constant(flag, 1), ready)
+
+    def untyped(self, array: ir.GlobalVariable) -> ir.Value:
+        """An array's address as an untyped pointer, as the vector loads and stores take it
+        (llvmlite types a global's address by the array, and keeps that type through a
+        bitcast)."""
+        return self.b.inttoptr(self.b.ptrtoint(array, I64), PTR)
 
     def prepacked(self) -> bool:
         """Whether b is a constant (inference weights) whose panels are packed once per module
-        into a global array: every panel's copy saved on every call and thread, and b read as
-        one stream however few rows the GEMM has. AOT libraries mark no input constant (their
-        contexts may run at once: a module-wide array filled on first use would race)."""
+        (``module_array``): every panel's copy saved on every call and thread, and b read as
+        one stream however few rows the GEMM has."""
         return self.packable and self.k.schedule[:1] == ("matmul",) and not self.batched_b \
             and self.k.params[self.bb].constant and self.n >= self.nr \
-            and self.k_blocks() * self.kc * (self.n // self.nr) * self.nr <= MAX_PREPACKED
+            and self.prepacked_size() <= MAX_PREPACKED
 
-    def prepacked_globals(self) -> tuple[ir.Value, ir.GlobalVariable]:
-        """The packed panels of a constant b (k-block by k-block, each whole NR-column tile's
-        KC x NR block contiguous: zero-filled memory, not part of the object file) and the flag
-        set once they are filled."""
-        module, name = self.em.module, f"{self.k.name}_packed_b"
-        if name not in module.globals:
-            size = self.k_blocks() * self.kc * (self.n // self.nr) * self.nr
-            ty = ir.ArrayType(self.ty, size)
-            packed = ir.GlobalVariable(module, ty, name)
-            packed.linkage, packed.initializer, packed.align = "internal", ir.Constant(ty, None), 64
-            ready = ir.GlobalVariable(module, ir.IntType(8), name + "_ready")
-            ready.linkage, ready.initializer = "internal", ir.Constant(ir.IntType(8), 0)
-        # an untyped pointer (llvmlite types a global's address by the array, and keeps that
-        # type through a bitcast), as the vector loads and stores take it
-        base = self.b.inttoptr(self.b.ptrtoint(module.globals[name], I64), PTR)
-        return base, module.globals[name + "_ready"]
+    def prepacked_size(self) -> int:
+        """Values of the packed b: every k-block's KC x NR block of each whole tile."""
+        return self.k_blocks() * self.kc * (self.n // self.nr) * self.nr
 
     def prepacked_panel(self, base: ir.Value, kc: ir.Value, j_lo: ir.Value) -> ir.Value:
         """Where k-block kc's panel starting at column j_lo begins in the packed array."""
@@ -317,7 +335,8 @@ class GemmEmitter:
         self.prepacks = self.prepacked()
         self.packs = self.prepacks or (self.packable and self.m // self.groups >= PACK_ROWS)
         if self.prepacks:
-            self.packed_base = self.prepacked_globals()[0]
+            self.packed_base = self.untyped(self.module_array("packed_b",
+                                                              self.prepacked_size())[0])
         elif self.packs:
             self.pack_raw = self.malloc(self.kc * self.nc + 64 // self.align)
             addr = self.b.ptrtoint(self.pack_raw, I64)  # aligned to a cache line
