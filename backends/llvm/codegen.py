@@ -29,7 +29,15 @@ from graphnn.backends.kernel.ir import (
     Unary,
     Var,
 )
-from graphnn.backends.llvm import conv_gemm, conv_grads, conv_implicit, conv_winograd, gemm, gemv
+from graphnn.backends.llvm import (
+    conv_depthwise,
+    conv_gemm,
+    conv_grads,
+    conv_implicit,
+    conv_winograd,
+    gemm,
+    gemv,
+)
 from llvmlite import ir
 
 from graphnn.dtypes import DType
@@ -125,6 +133,7 @@ TEMPLATES: tuple[tuple[Callable[[Kernel, int], bool], type[gemm.GemmEmitter]], .
     (conv_winograd.winograd_applies, conv_winograd.WinogradConv),
     (conv_implicit.implicit_applies, conv_implicit.ImplicitConvGemm),
     (conv_gemm.pixel_applies, conv_gemm.PixelConvGemm), (conv_gemm.applies, conv_gemm.ConvGemm),
+    (conv_depthwise.applies, conv_depthwise.DepthwiseConv),
     (conv_implicit.weight_grad_applies, conv_implicit.ImplicitWeightGrad),
     (conv_grads.weight_grad_applies, conv_grads.WeightGradGemm),
     (conv_grads.transpose_applies, conv_grads.TransposedConvGemm))

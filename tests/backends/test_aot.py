@@ -44,6 +44,22 @@ def test_zoo_models_match_the_reference(name: str, tmp_path: pathlib.Path) -> No
         assert "batch_norm" not in {n.op for n in prepare(graph, [x]).nodes}
 
 
+def test_depthwise_separable_block(tmp_path: pathlib.Path) -> None:
+    """A MobileNet block (depthwise 3x3, stride 2, + ReLU, then pointwise 1x1) compiled ahead
+    of time: the depthwise template's per-thread scratch comes from the library's runtime."""
+    rng = np.random.default_rng(6)
+    with gn.Graph() as graph:
+        x = gn.placeholder((2, 32, 29, 29), name="x")
+        h = gn.relu(gn.conv2d(x, gn.constant(rng.standard_normal((32, 1, 3, 3), np.float32)),
+                              stride=2, padding=1, groups=32))
+        graph.outputs = [gn.conv2d(h, gn.constant(rng.standard_normal((48, 32, 1, 1),
+                                                                     np.float32)))]
+    xv = rng.standard_normal((2, 32, 29, 29), np.float32)
+    lib = gn.load_compiled(gn.compile(graph, [xv], output=str(tmp_path / "dw")).library)
+    for _ in range(2):  # the scratch's padding stays zero between calls
+        np.testing.assert_allclose(lib(xv), reference(graph, xv)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_fitted_module_and_never_called_module(tmp_path: pathlib.Path) -> None:
     rng = np.random.default_rng(1)
     x, y = rng.random((64, 5), dtype=np.float32), rng.integers(0, 3, 64)

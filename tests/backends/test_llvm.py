@@ -776,6 +776,58 @@ def test_winograd_choice_for_constant_weights(xs: tuple, og: int, pad: int,
     assert kernel is not None and winograd_applies(kernel, 512) == taken
 
 
+@pytest.mark.parametrize(("xs", "ws", "kw"), [
+    ((1, 32, 112, 112), (32, 1, 3, 3), {"padding": 1}),  # MobileNet's first depthwise layer
+    ((2, 16, 17, 23), (16, 1, 3, 3), {"stride": 2, "padding": 1}),  # odd sizes, stride 2
+    ((1, 12, 30, 30), (12, 1, 7, 7), {"stride": 2, "padding": 3}),  # a 7x7 kernel
+    ((1, 8, 31, 40), (8, 1, 3, 3), {"stride": 3}),  # stride 3, no padding, unused columns
+    ((3, 4, 9, 37), (4, 1, 3, 3), {"stride": 4, "padding": 1}),  # stride 4
+    ((1, 6, 19, 45), (6, 1, 3, 3), {"padding": 2, "dilation": 2}),  # dilation
+    ((1, 8, 20, 33), (16, 1, 5, 5), {"padding": ((1, 2), (0, 3))}),  # x2 multiplier, uneven
+    ((2, 8, 16, 16), (16, 2, 3, 3), {"padding": 1, "groups": 4}),  # narrow groups: 2 -> 4
+    ((1, 24, 7, 7), (24, 1, 3, 3), {"padding": 1}),  # rows shorter than a vector
+    ((1, 5, 11, 70), (5, 1, 3, 2), {"padding": (1, 0), "stride": (1, 2)})])  # mixed strides
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_depthwise_convolution(xs: tuple, ws: tuple, kw: dict, threads: int, dtype: type
+                               ) -> None:
+    """2-D convolutions with fewer than MR output channels per group (depthwise layers, with
+    a channel multiplier or narrow groups) run as the direct register-blocked kernel
+    (conv_depthwise.py): strides 1-4, dilation, uneven padding, rows shorter than a vector
+    and odd sizes, the bias and a fused residual + ReLU epilogue; its strided reads are
+    shuffles, not gathers."""
+    from graphnn.backends.llvm import gemm
+    from graphnn.backends.llvm.codegen import SHORT_ROW, template_for
+
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    dt = gn.float32 if dtype == np.float32 else gn.float64
+    kw = dict(kw)  # (the parametrised dict is shared between runs)
+    groups = kw.pop("groups", xs[1])
+    with gn.Graph() as g:
+        p = gn.placeholder(xs, dt, name="x")
+        conv = gn.conv(p, gn.constant(w), gn.constant(b), groups=groups, **kw)
+        r = gn.placeholder(conv.shape, dt, name="r")
+        y = gn.relu(conv + r)
+    rv = rng.standard_normal(conv.shape).astype(dtype)
+    sess = gn.Session(g, backend=LLVMBackend(cache=False, threads=threads), opt_level=2)
+    for _ in range(2):  # the scratch's padding stays zero from one call to the next
+        got = sess.run(y, {p: x, r: rv})
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(got, gn.Session(g, "reference").run(y, {p: x, r: rv}),
+                                   rtol=tol, atol=tol)
+    kernels = next(iter(sess._cache.values())).exe.kernels
+    bits = gemm.vector_bits(sess.backend.target.features)
+    chosen = [k for k in kernels
+              if getattr(template_for(k, bits), "__name__", None) == "DepthwiseConv"]
+    assert len(chosen) == 1 and len(chosen[0].source) > 1  # the epilogue fused in
+    if conv.shape[-1] >= SHORT_ROW[0]:  # (shorter rows: LLVM may gather the epilogue's plane)
+        asm = next(iter(sess._cache.values())).exe.compiled.assembly
+        body = re.search(rf"^{chosen[0].name}(_impl)?:(.*?)^\.Lfunc_end", asm, re.M | re.S)
+        assert body and not re.search(r"\bv(p?gather|scatter)", body.group(2))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_winograd_weights_are_transformed_again_when_variables_change(threads: int) -> None:
     """The transformed weights are computed once per module only for constant weights: with a
