@@ -127,16 +127,18 @@ def for_range(builder: ir.IRBuilder, stop: int | ir.Value, name: str,
     builder.position_at_end(done)
 
 
-# Hand-written templates for kernel IR schedules, each behind its applicability test.
+# Hand-written templates for kernel IR schedules, each behind its applicability test: the first
+# that applies renders the kernel (the depthwise ones take what the GEMM-based ones leave).
 TEMPLATES: tuple[tuple[Callable[[Kernel, int], bool], type[gemm.GemmEmitter]], ...] = (
     (gemm.applies, gemm.GemmEmitter), (gemv.applies, gemv.SplitKGemv),
     (conv_winograd.winograd_applies, conv_winograd.WinogradConv),
     (conv_implicit.implicit_applies, conv_implicit.ImplicitConvGemm),
     (conv_gemm.pixel_applies, conv_gemm.PixelConvGemm), (conv_gemm.applies, conv_gemm.ConvGemm),
-    (conv_depthwise.applies, conv_depthwise.DepthwiseConv),
     (conv_implicit.weight_grad_applies, conv_implicit.ImplicitWeightGrad),
     (conv_grads.weight_grad_applies, conv_grads.WeightGradGemm),
-    (conv_grads.transpose_applies, conv_grads.TransposedConvGemm))
+    (conv_grads.transpose_applies, conv_grads.TransposedConvGemm),
+    (conv_depthwise.applies, conv_depthwise.DepthwiseConv),
+    (conv_depthwise.weight_grad_applies, conv_depthwise.DepthwiseWeightGrad))
 
 
 def template_for(kernel: Kernel, vector_bits: int) -> type[gemm.GemmEmitter] | None:

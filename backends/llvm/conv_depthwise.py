@@ -18,6 +18,12 @@ layer: 3x onnxruntime's time). Here, for each output plane (n, o):
 3. the kernel IR's fused epilogue runs over the plane while it is in cache.
 
 The threads split the (image, output channel) planes, as the loop nest's parallel loop does.
+
+The same kernel computes the input gradient (conv_transpose) of such a layer: the convolution,
+at stride 1, of dy "stuffed" by the stride (value i at position i * stride, zeros between) and
+padded by dilation * (kernel - 1) - pad, with the flipped weights. ``DepthwiseWeightGrad``
+computes the weight gradient from the same scratch. Both had run numpy's reference (8 x 64 x
+56 x 56, 3x3: 43 and 48 ms; now 0.37 and 0.40 ms on two threads).
 (MLAS and XNNPACK also run depthwise convolutions as direct, register-blocked kernels over a
 padded input, rather than as a GEMM: each input value meets only k_h x k_w weights.)
 """
@@ -29,7 +35,6 @@ from typing import TYPE_CHECKING
 
 from graphnn.backends.kernel.ir import Kernel, Loop, geometry
 from graphnn.backends.llvm.conv_gemm import ConvGemm
-from graphnn.backends.llvm.gemm import _prod
 from llvmlite import ir
 
 from graphnn.dtypes import DType
@@ -42,37 +47,58 @@ ROWS, COLS = 2, 4  # a register block: output rows x vectors (8 independent FMA 
 MAX_SCRATCH = 1 << 22  # values of a thread's padded input channels, at most (16 MiB float32)
 
 
-def applies(kernel: Kernel, bits: int = 128) -> bool:
-    """Float 2-D convolutions that no GEMM template takes (fewer than MR output channels per
-    group, or too little work: ``conv_gemm.applies``) with at most MAX_STEPS (input channel,
-    tap) pairs per output value, strides up to 4 and a scratch of at most MAX_SCRATCH values:
-    depthwise layers, and narrow groups. Rows shorter than a vector take one masked vector
-    (a 1x960x7x7 depthwise layer: 0.49x the loop nest's time)."""
-    from graphnn.backends.llvm import conv_gemm
+def weight_grad_applies(kernel: Kernel, bits: int = 128) -> bool:
+    """The weight gradients of the convolutions ``applies`` takes."""
+    return kernel.schedule[:1] == ("conv_weight_grad",) and _takes(kernel, bits)
 
-    if kernel.schedule[:1] != ("conv",) or conv_gemm.applies(kernel, bits):
+
+def applies(kernel: Kernel, bits: int = 128) -> bool:
+    """conv and conv_transpose kernels this template takes (``_takes``)."""
+    return kernel.schedule[:1] in (("conv",), ("conv_transpose",)) and _takes(kernel, bits)
+
+
+def _takes(kernel: Kernel, bits: int) -> bool:
+    """Float 2-D convolutions, conv_transposes (a convolution's input gradient) and weight
+    gradients that no GEMM template takes (fewer than MR output channels per group, or too
+    little work: ``codegen.TEMPLATES`` lists this template after those) with at most MAX_STEPS
+    (input channel, tap) pairs per output value, strides up to 4, a conv_transpose's padding at
+    most dilation * (kernel - 1), and a scratch of at most MAX_SCRATCH values: depthwise layers,
+    and narrow groups. Rows shorter than a vector take one masked vector (a 1x960x7x7 depthwise
+    layer: 0.49x the loop nest's time)."""
+    if len(kernel.params[0].shape) != 4 or \
+            kernel.params[-1].dtype not in (DType.float32, DType.float64):
         return False
-    x, w, out = (kernel.params[int(kernel.schedule[1])], kernel.params[int(kernel.schedule[2])],
-                 kernel.params[-1])
-    if len(x.shape) != 4 or out.dtype not in (DType.float32, DType.float64):
-        return False
-    stride = geometry(kernel.schedule, 2)[0]
-    lanes = bits // (32 if out.dtype is DType.float32 else 64)
-    return _prod(tuple(w.shape[1:])) <= MAX_STEPS and \
-        _Plan(kernel, lanes).scratch <= MAX_SCRATCH and max(stride) <= 4
+    plan = _Plan(kernel, bits // (32 if kernel.params[-1].dtype is DType.float32 else 64))
+    return plan.cg * plan.kh * plan.kw <= MAX_STEPS and plan.scratch <= MAX_SCRATCH and \
+        max(plan.sy, plan.sx, plan.uy, plan.ux) <= 4 and min(plan.py, plan.px) >= 0
 
 
 class _Plan:
-    """The static layout of one thread's scratch: per input channel of the group, ``stride``
-    phases of ``rows`` rows of ``pitch`` values, and which of them hold data."""
+    """What the kernel convolves, seen as a convolution of a source plane: conv's input x;
+    conv_transpose's input dy, "stuffed" (value i at position i * stride) and padded by
+    dilation * (kernel - 1) - pad, against the flipped weights at stride 1; the weight
+    gradient's x, against dy. And the static layout of one thread's scratch: per input channel
+    of the group, ``sx`` column phases of ``rows`` rows of ``pitch`` values."""
 
     def __init__(self, kernel: Kernel, lanes: int) -> None:
-        x, w, out = (kernel.params[int(kernel.schedule[1])],
-                     kernel.params[int(kernel.schedule[2])], kernel.params[-1])
-        (self.sy, self.sx), (self.dy, self.dx), (self.py, self.px) = geometry(kernel.schedule, 2)
-        self.cg, self.kh, self.kw = w.shape[1:]
-        self.h, self.w = x.shape[2:]
-        self.oh, self.ow = out.shape[2:]
+        self.kind = str(kernel.schedule[0])
+        out = kernel.params[-1]
+        (sy, sx), (self.dy, self.dx), (py, px) = geometry(kernel.schedule, 2)
+        if self.kind == "conv_weight_grad":
+            self.src, self.groups = 0, int(kernel.schedule[3])
+            x, dy = kernel.params[0], kernel.params[1]
+            self.c_out, self.cg, self.kh, self.kw = out.shape
+            self.oh, self.ow = dy.shape[2:]
+        else:
+            self.src, self.groups = int(kernel.schedule[1]), int(kernel.schedule[4])
+            x, w = kernel.params[self.src], kernel.params[int(kernel.schedule[2])]
+            self.c_out, self.oh, self.ow = out.shape[1], out.shape[2], out.shape[3]
+            self.cg, self.kh, self.kw = x.shape[1] // self.groups, w.shape[2], w.shape[3]
+        self.c_src, (self.h, self.w) = x.shape[1], x.shape[2:]
+        (self.sy, self.sx), (self.uy, self.ux), (self.py, self.px) = (sy, sx), (1, 1), (py, px)
+        if self.kind == "conv_transpose":  # stride 1 over the stuffed, re-padded input
+            (self.sy, self.sx), (self.uy, self.ux) = (1, 1), (sy, sx)
+            self.py, self.px = self.dy * (self.kh - 1) - py, self.dx * (self.kw - 1) - px
         # padded rows read: the last output row's last tap (the end padding may be negative)
         self.rows = (self.oh - 1) * self.sy + (self.kh - 1) * self.dy + 1
         # a phase's columns: whole vectors of output columns past the widest tap offset
@@ -80,9 +106,13 @@ class _Plan:
         self.pitch = vectors * lanes + (self.kw - 1) * self.dx // self.sx
         self.scratch = self.cg * self.sx * self.rows * self.pitch
 
+    def source_rows(self) -> tuple[int, int]:
+        """The source rows [lo, hi) that land inside the scratch's rows."""
+        return 0, max(0, min(self.h, (self.rows - 1 - self.py) // self.uy + 1))
+
     def phase_columns(self, q: int) -> tuple[int, int]:
         """Phase q's columns [lo, hi) that hold input (padded column j * sx + q - px in
-        [0, w)) and lie inside the pitch."""
+        [0, w)) and lie inside the pitch (no stuffing)."""
         lo = max(0, -(-(self.px - q) // self.sx))
         hi = min(self.pitch, (self.w - 1 + self.px - q) // self.sx + 1)
         return lo, max(lo, hi)
@@ -110,36 +140,78 @@ class DepthwiseConv(ConvGemm):
         with for_range(b, hi, "no", start=lo) as no:
             img = b.sdiv(no, self.c(self.c_out))
             o = b.srem(no, self.c(self.c_out))
-            first = b.mul(b.sdiv(o, self.c(self.og)), self.c(self.cg))  # the group's channel 0
-            for c in range(self.cg):
-                ch = b.add(b.mul(img, self.c(self.cg * self.groups)), b.add(first, self.c(c)))
-                self.fill(scratch, c, ch)
+            self.fill_group(scratch, img, o)
             self.convolve(scratch, no, o)
             if len(planes) > 1:  # the fused epilogue, over the plane while it is in cache
                 self.plane(planes[1], no, b.add(no, self.c(1)))
         self.free(scratch)
 
+    def weight_index(self, o: ir.Value, c: int, ty: int, tx: int) -> ir.Value:
+        """Where w's value for output channel o, the group's input channel c and tap (ty, tx)
+        is: conv's w[o, c, ty, tx]; conv_transpose's w[g * cg + c, o mod cog] at the flipped
+        tap."""
+        b, plan = self.b, self.plan
+        if plan.kind == "conv":
+            return b.add(b.mul(o, self.c(plan.cg * plan.kh * plan.kw)),
+                         self.c((c * plan.kh + ty) * plan.kw + tx))
+        cog = plan.c_out // plan.groups
+        g, o_in = b.sdiv(o, self.c(cog)), b.srem(o, self.c(cog))
+        row = b.add(b.mul(b.add(b.mul(g, self.c(plan.cg)), self.c(c)), self.c(cog)), o_in)
+        tap = (plan.kh - 1 - ty) * plan.kw + plan.kw - 1 - tx
+        return b.add(b.mul(row, self.c(plan.kh * plan.kw)), self.c(tap))
+
+    def fill_group(self, scratch: ir.Value, img: ir.Value, o: ir.Value) -> None:
+        """The group of output channel o's input channels of image img into the scratch."""
+        b, plan = self.b, self.plan
+        first = b.mul(b.sdiv(o, self.c(plan.c_out // plan.groups)), self.c(plan.cg))
+        for c in range(plan.cg):
+            ch = b.add(b.mul(img, self.c(plan.c_src)), b.add(first, self.c(c)))
+            self.fill(scratch, c, ch)
+
     # -- 1. the padded, phase-split input --------------------------------------------------------
     def fill(self, scratch: ir.Value, c: int, ch: ir.Value) -> None:
-        """Input channel ``ch`` (flat over images and channels) into the scratch's channel c."""
+        """Source channel ``ch`` (flat over images and channels) into the scratch's channel c:
+        each row split into the column phases, or stuffed (conv_transpose)."""
         from graphnn.backends.llvm.codegen import for_range
 
         b, plan = self.b, self.plan
-        last = min(plan.h, plan.rows - plan.py)  # input rows the convolution reads
-        if last <= 0:
+        r_lo, r_hi = plan.source_rows()
+        if r_hi <= r_lo:
             return
         src_plane = b.mul(ch, self.c(plan.h * plan.w))
-        with for_range(b, last, "fr", start=self.c(max(0, -plan.py))) as r:
+        with for_range(b, r_hi, "fr", start=self.c(r_lo)) as r:
             src = b.add(src_plane, b.mul(r, self.c(plan.w)))
-            for q in range(plan.sx):
-                j_lo, j_hi = plan.phase_columns(q)
-                if j_hi <= j_lo:
-                    continue
-                row = b.add(self.c((c * plan.sx + q) * plan.rows + plan.py), r)
-                dst = b.add(b.mul(row, self.c(plan.pitch)), self.c(j_lo))
-                first = j_lo * plan.sx + q - plan.px  # the input column of j_lo
-                self.strided_copy(scratch, dst, b.add(src, self.c(first)), j_hi - j_lo,
-                                  plan.w - first)
+            prow = b.add(b.mul(r, self.c(plan.uy)), self.c(plan.py))
+            if plan.ux > 1:
+                self.stuff(scratch, b.mul(b.add(self.c(c * plan.rows), prow),
+                                          self.c(plan.pitch)), src)
+            else:
+                self.phases(scratch, c, prow, src)
+
+    def phases(self, scratch: ir.Value, c: int, prow: ir.Value, src: ir.Value) -> None:
+        """One source row (from x[src]) into padded row ``prow`` of each column phase."""
+        b, plan = self.b, self.plan
+        for q in range(plan.sx):
+            j_lo, j_hi = plan.phase_columns(q)
+            if j_hi <= j_lo:
+                continue
+            row = b.add(self.c((c * plan.sx + q) * plan.rows), prow)
+            dst = b.add(b.mul(row, self.c(plan.pitch)), self.c(j_lo))
+            first = j_lo * plan.sx + q - plan.px  # the input column of j_lo
+            self.strided_copy(scratch, dst, b.add(src, self.c(first)), j_hi - j_lo,
+                              plan.w - first)
+
+    def stuff(self, scratch: ir.Value, dst: ir.Value, src: ir.Value) -> None:
+        """scratch[dst + px + i * ux] = x[src + i] for the row's values that land inside the
+        pitch (the zeros between them stay from the scratch's clearing)."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, plan = self.b, self.plan
+        count = min(plan.w, (plan.pitch - 1 - plan.px) // plan.ux + 1)
+        with for_range(b, count, "fs") as i:
+            at = b.add(dst, b.add(b.mul(i, self.c(plan.ux)), self.c(plan.px)))
+            b.store(b.load(self.ptr(plan.src, b.add(src, i)), typ=self.ty),
+                    self.at_scratch(scratch, at, self.c(0)))
 
     def strided_copy(self, scratch: ir.Value, dst: ir.Value, src: ir.Value, count: int,
                      avail: int) -> None:
@@ -171,7 +243,8 @@ class DepthwiseConv(ConvGemm):
         parts = []
         for v in range(s):
             mask = self.lane_mask([v * width + i < avail for i in range(width)])
-            parts.append(self.load_vec(self.ptr(self.xb, b.add(base, self.c(v * width))), mask))
+            at = self.ptr(self.plan.src, b.add(base, self.c(v * width)))
+            parts.append(self.load_vec(at, mask))
         if s == 1:
             return parts[0]
         # lane i takes element i * s of the concatenation: the first shuffle from the first
@@ -194,9 +267,10 @@ class DepthwiseConv(ConvGemm):
         from graphnn.backends.llvm.codegen import for_range
 
         b, plan, width = self.b, self.plan, self.width
-        w_base = b.mul(o, self.c(plan.cg * plan.kh * plan.kw))
-        weights = [self.splat(b.load(self.ptr(self.wb, b.add(w_base, self.c(i))), typ=self.ty))
-                   for i in range(plan.cg * plan.kh * plan.kw)]
+        weights = [self.splat(b.load(self.ptr(self.wb, self.weight_index(o, c, ty, tx)),
+                                     typ=self.ty))
+                   for c, ty, tx in itertools.product(range(plan.cg), range(plan.kh),
+                                                      range(plan.kw))]
         bias = self.splat(b.load(self.ptr(self.bias, o), typ=self.ty)) if self.bias >= 0 else \
             ir.Constant(self.vec, [0.0] * width)
         whole = plan.ow // width  # unmasked vectors of a row
@@ -246,3 +320,79 @@ class DepthwiseConv(ConvGemm):
             for v in range(nvec):
                 self.store_vec(accs[r][v], self.ptr(self.o, b.add(base, self.c(v * width))),
                                mask)
+
+
+class DepthwiseWeightGrad(DepthwiseConv):
+    """conv_weight_grad of the same convolutions: dW[o, c, t] = sum over images n and output
+    pixels y of dy[n, o, y] * x[n, g(o) + c, y * stride + t * dilation - pad]. The threads split
+    the output channels o (so no two write one weight); per image, the group's input channels
+    are copied into the scratch as for the forward pass, and one vector accumulator per
+    (channel, tap) gathers dy's row vector times the tap's shifted row (both masked past the
+    row's end), summed across its lanes once every image is done."""
+
+    def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
+        self.em, self.b, self.k = em, em.b, kernel
+        self.types(kernel.params[-1].dtype, bits)
+        self.plan = _Plan(kernel, self.width)
+
+    def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, plan, width = self.b, self.plan, self.width
+        lo, hi = bounds if bounds is not None else (self.c(0), self.c(plan.c_out))
+        steps = list(itertools.product(range(plan.cg), range(plan.kh), range(plan.kw)))
+        accs = [self.slot(self.vec, f"acc{i}") for i in range(len(steps))]
+        zero = ir.Constant(self.vec, [0.0] * width)
+        scratch = self.malloc(plan.scratch)
+        self.zero(scratch, plan.scratch)
+        images = self.k.params[1].shape[0]
+        whole, tail = plan.ow // width, plan.ow % width
+        with for_range(b, hi, "o", start=lo) as o:
+            for acc in accs:
+                b.store(zero, acc)
+            with for_range(b, images, "img") as img:
+                self.fill_group(scratch, img, o)
+                dy_plane = b.mul(b.add(b.mul(img, self.c(plan.c_out)), o),
+                                 self.c(plan.oh * plan.ow))
+                with for_range(b, plan.oh, "gy") as y:
+                    if whole:
+                        with for_range(b, whole, "gv") as v:
+                            self.accumulate(scratch, accs, steps, dy_plane, y,
+                                            b.mul(v, self.c(width)), None)
+                    if tail:
+                        self.accumulate(scratch, accs, steps, dy_plane, y,
+                                        self.c(whole * width),
+                                        self.lane_mask([i < tail for i in range(width)]))
+            base = b.mul(o, self.c(len(steps)))
+            for i, acc in enumerate(accs):
+                total = self.hsum(b.load(acc, typ=self.vec))
+                b.store(total, self.ptr(2, b.add(base, self.c(i))))
+        self.free(scratch)
+
+    def accumulate(self, scratch: ir.Value, accs: list[ir.AllocaInstr],
+                   steps: list[tuple[int, int, int]], dy_plane: ir.Value, y: ir.Value,
+                   j0: ir.Value, mask: ir.Constant | None) -> None:
+        """accs[i] += dy[.., y, j0 + lanes] * the scratch's row for step i at y."""
+        b, plan = self.b, self.plan
+        grad = self.load_vec(self.ptr(1, b.add(dy_plane, b.add(b.mul(y, self.c(plan.ow)), j0))),
+                             mask)
+        for acc, (c, ty, tx) in zip(accs, steps):
+            q, off = (tx * plan.dx) % plan.sx, (tx * plan.dx) // plan.sx
+            row = b.add(b.mul(y, self.c(plan.sy)),
+                        self.c((c * plan.sx + q) * plan.rows + ty * plan.dy))
+            at = b.add(b.add(b.mul(row, self.c(plan.pitch)), j0), self.c(off))
+            x = self.load_vec(self.at_scratch(scratch, at, self.c(0)), mask)
+            b.store(self.em._call(self.fma_vec, self.vec, grad, x, b.load(acc, typ=self.vec)),
+                    acc)
+
+    def hsum(self, v: ir.Value) -> ir.Value:
+        """The sum of v's lanes (a tree of halves: the lanes' partial sums of the pixels)."""
+        b, width = self.b, self.width
+        while width > 1:
+            half = width // 2
+            lo = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), half),
+                                                    list(range(half))))
+            hi = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), half),
+                                                    list(range(half, width))))
+            v, width = b.fadd(lo, hi), half
+        return b.extract_element(v, ir.Constant(ir.IntType(32), 0))

@@ -828,6 +828,51 @@ def test_depthwise_convolution(xs: tuple, ws: tuple, kw: dict, threads: int, dty
         assert body and not re.search(r"\bv(p?gather|scatter)", body.group(2))
 
 
+@pytest.mark.parametrize(("xs", "ws", "kw"), [
+    ((2, 16, 20, 20), (16, 1, 3, 3), {"padding": 1}),
+    ((2, 16, 17, 23), (16, 1, 3, 3), {"stride": 2, "padding": 1}),  # stuffed dy, odd sizes
+    ((2, 12, 30, 30), (12, 1, 7, 7), {"stride": 2, "padding": 3}),
+    ((3, 4, 9, 37), (4, 1, 3, 3), {"stride": 4, "padding": 1}),
+    ((1, 6, 19, 45), (6, 1, 3, 3), {"padding": 2, "dilation": 2}),
+    ((2, 8, 16, 16), (32, 1, 3, 3), {"padding": 1}),  # x4 multiplier
+    ((2, 8, 16, 15), (16, 2, 3, 3), {"padding": (1, 0), "groups": 4}),  # narrow groups
+    ((2, 8, 7, 7), (8, 1, 3, 3), {"padding": 1})])  # rows shorter than a vector
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_depthwise_convolution_gradients(xs: tuple, ws: tuple, kw: dict, threads: int,
+                                         dtype: type) -> None:
+    """A depthwise layer's input gradient (conv_transpose: the direct kernel over dy stuffed by
+    the stride, flipped weights) and weight gradient (per-(channel, tap) vector accumulators
+    over every image, the threads splitting output channels) run natively, not as numpy's
+    reference, and match the reference backend."""
+    from graphnn.backends.llvm import gemm
+    from graphnn.backends.llvm.codegen import template_for
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(xs).astype(dtype)
+    dt = gn.float32 if dtype == np.float32 else gn.float64
+    kw = dict(kw)  # (the parametrised dict is shared between runs)
+    groups = kw.pop("groups", xs[1])
+    with gn.Graph() as g:
+        p = gn.placeholder(xs, dt, name="x")
+        w = gn.variable(rng.standard_normal(ws).astype(dtype), name="w")
+        y = gn.relu(gn.conv(p, w, groups=groups, **kw))
+        grads = gn.gradients(gn.sum(y * y), [p, w])
+    sess = gn.Session(g, backend=LLVMBackend(cache=False, threads=threads))
+    got = sess.run(grads, {p: x})
+    for a, want in zip(got, gn.Session(g, "reference").run(grads, {p: x})):
+        tol = (1e-5 if dtype == np.float32 else 1e-12) * float(np.abs(want).max())
+        np.testing.assert_allclose(a, want, rtol=tol, atol=tol)
+    exe = next(iter(sess._cache.values())).exe
+    bits = gemm.vector_bits(sess.backend.target.features)
+    chosen = {(getattr(template_for(k, bits), "__name__", None), k.schedule[:1])
+              for k in exe.kernels}
+    assert ("DepthwiseWeightGrad", ("conv_weight_grad",)) in chosen
+    assert not exe.fallback_ops & {"conv_transpose", "conv_weight_grad"}
+    if ws[0] == xs[1]:  # one output channel per input channel: the transpose is depthwise too
+        assert ("DepthwiseConv", ("conv_transpose",)) in chosen
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_winograd_weights_are_transformed_again_when_variables_change(threads: int) -> None:
     """The transformed weights are computed once per module only for constant weights: with a
