@@ -33,7 +33,7 @@ from graphnn.backends.aot.header import render_header
 from graphnn.backends.aot.program import Program, TensorSpec, build_program
 from graphnn.backends.llvm.gemm import vector_bits
 from graphnn.backends.llvm.jit import host_features
-from graphnn.backends.llvm.runtime import RUNTIME_IR
+from graphnn.backends.llvm.runtime import AOT_RUNTIME_IR
 
 from graphnn.dtypes import as_dtype
 from graphnn.errors import GraphError, GraphnnError, ShapeError
@@ -217,7 +217,7 @@ def object_code(program: Program, tm: llvm.TargetMachine, triple: str, cpu: str,
     api = render_api(program.name, program.arena_bytes, program.weights, embedded,
                      _weights_id(program.weights), json.dumps(metadata), triple, features)
     module = llvm.parse_assembly(program.llvm_ir)
-    for text in (api, RUNTIME_IR):
+    for text in (api, AOT_RUNTIME_IR):
         module.link_in(llvm.parse_assembly(text))
     module.triple, module.data_layout = triple, str(tm.target_data)
     exported = set(api_functions(program.name))
@@ -225,7 +225,7 @@ def object_code(program: Program, tm: llvm.TargetMachine, triple: str, cpu: str,
         if not fn.is_declaration and fn.name not in exported:
             fn.linkage = "internal"
     for gv in module.global_variables:
-        if not gv.is_declaration:
+        if not gv.is_declaration and not gv.name.startswith("llvm."):  # (llvm.global_dtors)
             gv.linkage = "internal"
     module.verify()
     pto = llvm.create_pipeline_tuning_options(speed_level=3)

@@ -30,8 +30,8 @@ their own and a kernel's calls reuse them. Plain malloc and free churned: glibc 
 freed top of the heap to the system past its trim threshold, and every call then faulted its
 pages in again (221 page faults a call, 2.2x the time, for a Winograd convolution whose 1 MiB of
 buffers went back to the system after each call, in a process that had also run another
-model). The cache keeps, at most, each slot's largest buffer until the process ends (an AOT
-library unloaded with dlclose leaves its cached buffers allocated: they are freed by no one).
+model). The cache keeps, at most, each slot's largest buffer until the process ends, or, in an
+AOT library (``AOT_RUNTIME_IR``), until it is unloaded: its destructor frees them.
 """
 
 from __future__ import annotations
@@ -264,6 +264,32 @@ untracked:
 done:
   ret void
 }
+""".replace("SLOTS", str(SCRATCH_SLOTS))
+
+# An ahead-of-time library's destructor (run by dlclose, or at exit): its cached scratch
+# buffers back to free, so loading and unloading a library leaks nothing. (The JIT's cache lives
+# as long as the process: its pool module is never unloaded.)
+AOT_RUNTIME_IR = RUNTIME_IR + r"""
+define internal void @gs_release_all() {
+entry:
+  br label %loop
+loop:
+  %i = phi i64 [0, %entry], [%i1, %loop]
+  %pp = getelementptr [SLOTS x ptr], ptr @gs_ptr, i64 0, i64 %i
+  %p = load ptr, ptr %pp
+  call void @free(ptr %p)
+  store ptr null, ptr %pp
+  %sp = getelementptr [SLOTS x i64], ptr @gs_size, i64 0, i64 %i
+  store i64 0, ptr %sp
+  %i1 = add i64 %i, 1
+  %more = icmp ult i64 %i1, SLOTS
+  br i1 %more, label %loop, label %done
+done:
+  ret void
+}
+
+@llvm.global_dtors = appending global [1 x { i32, ptr, ptr }]
+    [{ i32, ptr, ptr } { i32 65535, ptr @gs_release_all, ptr null }]
 """.replace("SLOTS", str(SCRATCH_SLOTS))
 
 # The JIT modules' own part of the runtime: the thread count; graphnn_parallel_for resolves to
