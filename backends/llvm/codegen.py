@@ -128,9 +128,11 @@ def for_range(builder: ir.IRBuilder, stop: int | ir.Value, name: str,
 
 
 # Hand-written templates for kernel IR schedules, each behind its applicability test: the first
-# that applies renders the kernel (the depthwise ones take what the GEMM-based ones leave).
+# that applies renders the kernel (the depthwise ones take what the GEMM-based ones leave, and
+# one-input-channel convolutions first).
 TEMPLATES: tuple[tuple[Callable[[Kernel, int], bool], type[gemm.GemmEmitter]], ...] = (
     (gemm.applies, gemm.GemmEmitter), (gemv.applies, gemv.SplitKGemv),
+    (conv_depthwise.single_channel_applies, conv_depthwise.DepthwiseConv),
     (conv_winograd.winograd_applies, conv_winograd.WinogradConv),
     (conv_implicit.implicit_applies, conv_implicit.ImplicitConvGemm),
     (conv_gemm.pixel_applies, conv_gemm.PixelConvGemm), (conv_gemm.applies, conv_gemm.ConvGemm),

@@ -71,19 +71,20 @@ def test_col2im_rows_are_vectorised_without_gathers() -> None:
 
 
 def test_implicit_conv_copy_out_is_vectorised_without_gathers() -> None:
-    """A one-channel 3x3 convolution + ReLU (W2's first layer: the GEMM is 9 deep, so copying
-    the wide columns out with the bias and epilogue is most of the work) copies each output
-    line with vector loads and stores: LLVM had unrolled the 26-pixel line and vectorised the
-    loop over lines with gathers and scatters (2.5x the time)."""
+    """A two-channel 3x3 convolution + ReLU (the GEMM is 18 deep, so copying the wide columns
+    out with the bias and epilogue is much of the work) copies each output line with vector
+    loads and stores: LLVM had unrolled the 26-pixel line and vectorised the loop over lines
+    with gathers and scatters (2.5x the time, for W2's first layer, which has one input channel
+    and now runs the direct kernel of conv_depthwise.py)."""
     from graphnn.backends.llvm import codegen, conv_implicit, gemm
 
     rng = np.random.default_rng(0)
-    wv = rng.standard_normal((32, 1, 3, 3)).astype(np.float32)
+    wv = rng.standard_normal((32, 2, 3, 3)).astype(np.float32)
     with gn.Graph() as g:
-        x = gn.placeholder((4, 1, 28, 28), name="x")
+        x = gn.placeholder((4, 2, 28, 28), name="x")
         y = gn.relu(gn.conv2d(x, gn.constant(wv), gn.constant(np.ones(32, np.float32))))
     sess = gn.Session(g, backend=LLVMBackend(cache=False), opt_level=2)
-    xv = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
+    xv = rng.standard_normal((4, 2, 28, 28)).astype(np.float32)
     np.testing.assert_allclose(sess.run(y, {x: xv}), gn.Session(g, "reference").run(y, {x: xv}),
                                rtol=1e-5, atol=1e-5)
     (exe,) = [entry.exe for entry in sess._cache.values()]
@@ -786,16 +787,19 @@ def test_winograd_choice_for_constant_weights(xs: tuple, og: int, pad: int,
     ((1, 8, 20, 33), (16, 1, 5, 5), {"padding": ((1, 2), (0, 3))}),  # x2 multiplier, uneven
     ((2, 8, 16, 16), (16, 2, 3, 3), {"padding": 1, "groups": 4}),  # narrow groups: 2 -> 4
     ((1, 24, 7, 7), (24, 1, 3, 3), {"padding": 1}),  # rows shorter than a vector
-    ((1, 5, 11, 70), (5, 1, 3, 2), {"padding": (1, 0), "stride": (1, 2)})])  # mixed strides
+    ((1, 5, 11, 70), (5, 1, 3, 2), {"padding": (1, 0), "stride": (1, 2)}),  # mixed strides
+    ((3, 1, 28, 28), (32, 1, 3, 3), {}),  # W2's first layer: one input channel, 32 out
+    ((2, 4, 20, 20), (24, 1, 3, 3), {"padding": 1})])  # a x6 multiplier: 6 planes a group
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_depthwise_convolution(xs: tuple, ws: tuple, kw: dict, threads: int, dtype: type
                                ) -> None:
     """2-D convolutions with fewer than MR output channels per group (depthwise layers, with
-    a channel multiplier or narrow groups) run as the direct register-blocked kernel
-    (conv_depthwise.py): strides 1-4, dilation, uneven padding, rows shorter than a vector
-    and odd sizes, the bias and a fused residual + ReLU epilogue; its strided reads are
-    shuffles, not gathers."""
+    a channel multiplier or narrow groups) or one input channel per group run as the direct
+    register-blocked kernel (conv_depthwise.py): strides 1-4, dilation, uneven padding, rows
+    shorter than a vector and odd sizes, the bias and a fused residual + ReLU epilogue, the
+    threads' planes starting anywhere in a group (its input copied once per group and run);
+    its strided reads are shuffles, not gathers."""
     from graphnn.backends.llvm import gemm
     from graphnn.backends.llvm.codegen import SHORT_ROW, template_for
 
