@@ -37,6 +37,7 @@ from graphnn.backends.llvm import (
     conv_winograd,
     gemm,
     gemv,
+    pool_fusion,
 )
 from llvmlite import ir
 
@@ -144,7 +145,11 @@ TEMPLATES: tuple[tuple[Callable[[Kernel, int], bool], type[gemm.GemmEmitter]], .
 
 
 def template_for(kernel: Kernel, vector_bits: int) -> type[gemm.GemmEmitter] | None:
-    """The template that renders ``kernel`` at this vector width, or None (the loop nest)."""
+    """The template that renders ``kernel`` at this vector width, or None (the loop nest). A
+    convolution writing its pooled output (``pool_fusion.py``) has Winograd's or none."""
+    if pool_fusion.is_pooled(kernel):
+        return conv_winograd.WinogradConv \
+            if conv_winograd.winograd_applies(kernel, vector_bits) else None
     for applies, template in TEMPLATES:
         if applies(kernel, vector_bits):
             return template

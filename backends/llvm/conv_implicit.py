@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from graphnn.backends.kernel.ir import Kernel, Loop, Stmt, geometry
 from graphnn.backends.llvm.conv_gemm import gemm_sized
 from graphnn.backends.llvm.gemm import I64, NR_TILE, PTR, GemmEmitter, _prod, innermost
+from graphnn.backends.llvm.pool_fusion import is_pooled
 from llvmlite import ir
 
 if TYPE_CHECKING:
@@ -96,8 +97,10 @@ class Shape:
         else:  # tap t of the transposed convolution is tap (taps - 1 - t) of a convolution
             cg, og = x.shape[1] // groups, w.shape[1]
             pads = tuple(dil[d] * (taps[d] - 1) - pads[d] for d in range(nd))
+        # a convolution writing its 2x2 max-pooled output: the convolution's is twice as big
+        scale = 2 if is_pooled(kernel) else 1
         return Shape(kind == "conv_transpose", groups, cg, og, taps, stride, dil,
-                     tuple(x.shape[2:]), tuple(out.shape[2:]), pads)
+                     tuple(x.shape[2:]), tuple(scale * d for d in out.shape[2:]), pads)
 
     @property
     def pitches(self) -> tuple[int, ...]:

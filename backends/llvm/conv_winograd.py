@@ -59,9 +59,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from graphnn.backends.kernel.ir import Kernel
+from graphnn.backends.kernel.ir import Kernel, Stmt
 from graphnn.backends.llvm.conv_implicit import Shape, conv_epilogue
 from graphnn.backends.llvm.gemm import MR, GemmEmitter, _lanes
+from graphnn.backends.llvm.pool_fusion import is_pooled
 from llvmlite import ir
 
 from graphnn.dtypes import DType
@@ -188,6 +189,9 @@ class WinogradConv(GemmEmitter):
         self.h, self.w = shape.out_sz
         self.h_in, self.w_in = shape.in_sz
         self.pad_top, self.pad_left = shape.pads_begin
+        # writing the 2x2 max-pooled output (pool_fusion.py): its tiles are the pool's windows
+        self.pooled, self.relu = is_pooled(kernel), "relu" in kernel.source
+        assert not self.pooled or (self.h % 2 == 0 and self.w % 2 == 0)
 
     @staticmethod
     def parallel_extent(kernel: Kernel, bits: int) -> int | None:
@@ -394,7 +398,8 @@ class WinogradConv(GemmEmitter):
     def transform_output(self, blk: ir.Value, r_lo: ir.Value, r_hi: ir.Value,
                          m: ir.Value) -> None:
         """out[img, o, 2 ty + i, 2 tx + j] = (A^T M A)[i, j] + bias[o], then the epilogue, for
-        the block's tile rows and the output channels [r_lo, r_hi)."""
+        the block's tile rows and the output channels [r_lo, r_hi); a pooled kernel's
+        out[img, o, ty, tx] = the tile's maximum + bias[o], then the ReLU."""
         from graphnn.backends.llvm.codegen import for_range
 
         b, lay, em = self.b, self.lay, self.em
@@ -411,34 +416,10 @@ class WinogradConv(GemmEmitter):
                 em.vars["no"] = no
                 col0 = b.mul(b.sub(tr, first), self.c(lay.pitch))
                 y0 = b.mul(ty, self.c(2))
-
-                def tiles(both_rows: bool) -> None:
-                    self.vector_tiles(m, o, no, col0, whole, y0, bias, both_rows)
-                    if whole < lay.tile_cols:  # an odd width: the last tile's first column
-                        self.output_tile(m, o, no, col0, self.c(whole), y0, bias, both_rows,
-                                         False)
-
-                def rows(count: int) -> None:
-                    tiles(count == 2)
-                    if epilogue is None:
-                        return
-                    # the epilogue over whole output lines: in the tile loop, its load of each
-                    # value just stored became gathers and scatters
-                    for i in range(count):
-                        em.vars["y0"] = b.add(y0, self.c(i))
-                        with for_range(b, self.w, "ox") as x:
-                            em.vars["y1"] = x
-                            em.stmt(epilogue)
-
-                if self.h % 2 == 0:
-                    rows(2)
-                else:  # an odd height: the last tile row has one output row
-                    with b.if_else(b.icmp_signed("<", b.add(y0, self.c(1)), self.c(self.h))) \
-                            as (then, otherwise):
-                        with then:
-                            rows(2)
-                        with otherwise:
-                            rows(1)
+                if self.pooled:
+                    self.pooled_tiles(m, o, no, col0, ty, bias)
+                else:
+                    self.pixel_tiles(m, o, no, col0, ty, y0, bias, whole, epilogue)
 
     def vector_tiles(self, m: ir.Value, o: ir.Value, no: ir.Value, col0: ir.Value,
                      whole: int, y0: ir.Value, bias: ir.Value, both_rows: bool) -> None:
@@ -475,6 +456,75 @@ class WinogradConv(GemmEmitter):
 
         full = whole // width
         with for_range(b, full, "otx") as k:
+            chunk(b.mul(k, self.c(width)), width)
+        if full * width < whole:
+            chunk(self.c(full * width), whole - full * width)
+
+    def pixel_tiles(self, m: ir.Value, o: ir.Value, no: ir.Value, col0: ir.Value,
+                    ty: ir.Value, y0: ir.Value, bias: ir.Value, whole: int,
+                    epilogue: Stmt | None) -> None:
+        """Tile row ty's output pixels (rows y0 and y0 + 1, one where the height is odd) with
+        the bias, then the fused epilogue over those output lines."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, em, lay = self.b, self.em, self.lay
+
+        def tiles(both_rows: bool) -> None:
+            self.vector_tiles(m, o, no, col0, whole, y0, bias, both_rows)
+            if whole < lay.tile_cols:  # an odd width: the last tile's first column
+                self.output_tile(m, o, no, col0, self.c(whole), y0, bias, both_rows, False)
+
+        def rows(count: int) -> None:
+            tiles(count == 2)
+            if epilogue is None:
+                return
+            # the epilogue over whole output lines: in the tile loop, its load of each value
+            # just stored became gathers and scatters
+            for i in range(count):
+                em.vars["y0"] = b.add(y0, self.c(i))
+                with for_range(b, self.w, "ox") as x:
+                    em.vars["y1"] = x
+                    em.stmt(epilogue)
+
+        if self.h % 2 == 0:
+            rows(2)
+        else:  # an odd height: the last tile row has one output row
+            with b.if_else(b.icmp_signed("<", b.add(y0, self.c(1)), self.c(self.h))) \
+                    as (then, otherwise):
+                with then:
+                    rows(2)
+                with otherwise:
+                    rows(1)
+
+    def pooled_tiles(self, m: ir.Value, o: ir.Value, no: ir.Value, col0: ir.Value,
+                     ty: ir.Value, bias: ir.Value) -> None:
+        """Tile row ty's pooled outputs, a vector of tiles at a time: the maximum of each tile's
+        four pixels (NaN-propagating, as max_pool), then the bias and the ReLU (monotone, so
+        the same values as pooling after them)."""
+        from graphnn.backends.llvm.codegen import for_range
+
+        b, width, n = self.b, self.width, self.n
+        whole = self.w // 2
+        row = b.add(b.mul(no, self.c(self.h // 2 * whole)), b.mul(ty, self.c(whole)))
+        biases, zero = self.splat(bias), ir.Constant(self.vec, [0.0] * width)
+        maximum = f"llvm.maximum.v{width}f32"
+
+        def chunk(tx: ir.Value, lanes: int) -> None:
+            mask = self.lane_mask([e < lanes for e in range(width)])
+            col = b.add(b.mul(o, self.c(n)), b.add(col0, tx))
+            t = [[self.load_vec(self.at_in(m, self.c((4 * r + s) * self.og * n), col, 1), mask)
+                  for s in range(4)] for r in range(4)]
+            z = [self.at_transform(*[t[r][s] for r in range(4)]) for s in range(4)]  # A^T M
+            y = [self.at_transform(*[z[s][i] for s in range(4)]) for i in range(2)]  # .. A
+            top = self.em._call(maximum, self.vec, self.em._call(maximum, self.vec, *y[0]),
+                                self.em._call(maximum, self.vec, *y[1]))
+            value = b.fadd(top, biases)
+            if self.relu:
+                value = self.em._call(maximum, self.vec, value, zero)
+            self.store_vec(value, self.ptr(self.o, b.add(row, tx)), mask)
+
+        full = whole // width
+        with for_range(b, full, "ptx") as k:
             chunk(b.mul(k, self.c(width)), width)
         if full * width < whole:
             chunk(self.c(full * width), whole - full * width)

@@ -23,6 +23,7 @@ from graphnn.backends.kernel.lower import lower
 from graphnn.backends.llvm.codegen import PTR, KernelEmitter, template_for
 from graphnn.backends.llvm.gemm import vector_bits
 from graphnn.backends.llvm.jit import Compiled, Target, cache_key, default_threads
+from graphnn.backends.llvm.pool_fusion import candidates, pooled_kernel
 from graphnn.backends.llvm.tuning import Tuner
 from graphnn.backends.reference import _evaluate, flagged_error
 from graphnn.passes.memory import plan_buffers
@@ -75,9 +76,24 @@ class LLVMExecutable:
         # nodes whose kernels check their data, in order; the k-th one's flag is
         # self._status[k]. Slots past the nodes' hold the run counter, then those flags.
         self._checked: list[Node] = []
+        # a convolution whose 2x2 max-pool follows may write the pooled output itself
+        # (pool_fusion.py): {pool node: its kernel}, and the convolution's inputs it reads
+        fusable = candidates(order, self.fetches)
+        pooled: dict[Node, Kernel] = {}
+        self._inputs: dict[Node, tuple[Node, ...]] = {}
         for n in order:
             if n.op in SOURCES or get_op(n.op).no_value:
                 continue
+            if n in pooled:
+                kernel = pooled.pop(n)
+                segment.append((kernel, n))
+                self.kernels.append(kernel)
+                continue
+            if n in fusable:
+                fused = pooled_kernel(n, fusable[n], f"k{len(self.kernels)}_conv_max_pool")
+                if fused is not None and template_for(fused, self._bits) is not None:
+                    pooled[fusable[n]], self._inputs[fusable[n]] = fused, tuple(n.inputs)
+                    continue  # computed by the pool's step
             kernel = lower(n, f"k{len(self.kernels)}_{n.op}")
             if kernel is not None and skip & set(kernel.source) and \
                     template_for(kernel, self._bits) is None:
@@ -133,7 +149,8 @@ class LLVMExecutable:
         self._calls.append([])
         checks = False
         for kernel, node in segment:
-            slots = [self.slot[buf] for buf in [*node.inputs, node]]
+            inputs = self._inputs.get(node, node.inputs)  # a pooled convolution's: its own
+            slots = [self.slot[buf] for buf in [*inputs, node]]
             if kernel.random:
                 slots.append(len(self.order))
             if kernel.checks:

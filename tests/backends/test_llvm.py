@@ -877,6 +877,61 @@ def test_depthwise_convolution_gradients(xs: tuple, ws: tuple, kw: dict, threads
         assert ("DepthwiseConv", ("conv_transpose",)) in chosen
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_conv_max_pool_fusion(batch: int, threads: int) -> None:
+    """W2's conv + ReLU + 2x2 max-pool pairs run as one Winograd kernel writing the pooled
+    output (pool_fusion.py): no max_pool kernel, the same values as the reference (NaN
+    propagated as max_pool does), and Session.profile names the pool's node."""
+    from graphnn.backends.llvm import gemm
+    from graphnn.backends.llvm.codegen import template_for
+
+    rng = np.random.default_rng(9)
+    xv = rng.standard_normal((batch, 32, 26, 26)).astype(np.float32)
+    xv[0, 3, 5, 7] = np.nan  # one tile's pixel: its pooled value, and what it feeds, are NaN
+    with gn.Graph() as g:
+        x = gn.placeholder(xv.shape, name="x")
+        h = gn.max_pool2d(gn.relu(gn.conv2d(
+            x, gn.constant((rng.standard_normal((64, 32, 3, 3)) / 17).astype(np.float32)),
+            gn.constant(rng.standard_normal(64).astype(np.float32)))), 2)
+        h = gn.max_pool2d(gn.conv2d(
+            h, gn.constant((rng.standard_normal((128, 64, 3, 3)) / 24).astype(np.float32))), 2)
+    sess = gn.Session(g, backend=LLVMBackend(cache=False, threads=threads), opt_level=2)
+    got, want = sess.run(h, {x: xv}), gn.Session(g, "reference").run(h, {x: xv})
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(want).any() and not np.isnan(want).all()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    exe = next(iter(sess._cache.values())).exe
+    bits = gemm.vector_bits(sess.backend.target.features)
+    assert [(k.source, getattr(template_for(k, bits), "__name__", None)) for k in exe.kernels] \
+        == [(("conv", "relu", "max_pool"), "WinogradConv"), (("conv", "max_pool"), "WinogradConv")]
+    prof = sess.profile(h, {x: xv}, repeat=2)
+    assert [k.op for k in prof.kernels] == ["max_pool", "max_pool"]
+
+
+@pytest.mark.parametrize("case", ["fetched", "shared", "odd", "padded", "stride_2"])
+def test_conv_max_pool_not_fused(case: str) -> None:
+    """A pair stays two kernels where the convolution's output is needed (fetched, or read by
+    another node), the pool's windows are not the Winograd tiles (an odd output, padding), or
+    no Winograd kernel computes the convolution (stride 2)."""
+    rng = np.random.default_rng(10)
+    size = 25 if case == "odd" else 26
+    xv = rng.standard_normal((1, 32, size, size)).astype(np.float32)
+    with gn.Graph() as g:
+        x = gn.placeholder(xv.shape, name="x")
+        c = gn.relu(gn.conv2d(x, gn.constant(rng.standard_normal((64, 32, 3, 3)).astype(
+            np.float32)), stride=2 if case == "stride_2" else 1))
+        p = gn.max_pool2d(c, 2, padding=1 if case == "padded" else 0)
+        fetches = [p, c] if case == "fetched" else [p + gn.mean(c)] if case == "shared" else [p]
+    sess = gn.Session(g, backend=LLVMBackend(cache=False), opt_level=2)
+    for a, b in zip(sess.run(fetches, {x: xv}), gn.Session(g, "reference").run(fetches,
+                                                                               {x: xv})):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    exe = next(iter(sess._cache.values())).exe
+    assert not any("max_pool" in k.source and "conv" in k.source for k in exe.kernels)
+    assert any(k.source == ("max_pool",) for k in exe.kernels)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_winograd_weights_are_transformed_again_when_variables_change(threads: int) -> None:
     """The transformed weights are computed once per module only for constant weights: with a
