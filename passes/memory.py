@@ -13,7 +13,7 @@ own buffer) and after.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from graphnn.passes.rewrite import PassError, consumers
@@ -81,20 +81,23 @@ def plan_memory(graph: Graph, alignment: int = 64) -> Graph:
     return graph
 
 
-def plan_buffers(order: Sequence[Node], planned: Collection[Node], alignment: int = 64
+def plan_buffers(order: Sequence[Node], planned: Collection[Node], alignment: int = 64,
+                 also_reads: Mapping[Node, Sequence[Node]] | None = None
                  ) -> tuple[dict[Node, tuple[int, int]], int]:
     """Byte (offset, size) in one arena for each node of ``planned``, over the execution order
     ``order`` (which holds their consumers that run): a value lives from its node to its last
     consumer in ``order``, and its block is free for later values after that; no value is put
-    in place of an input (the JIT's kernels keep their no-alias facts). Returns the offsets and
-    the arena's size in bytes. The JIT's executables plan their intermediates this way.
+    in place of an input (the JIT's kernels keep their no-alias facts). ``also_reads``: values
+    a node's kernel reads besides its inputs (the LLVM backend's pooled convolution, computed
+    at the pool's node, reads the convolution's inputs). Returns the offsets and the arena's
+    size in bytes. The JIT's executables plan their intermediates this way.
 
     Raises:
         PassError: a planned node's shape is not static."""
     index = {n: i for i, n in enumerate(order)}
     last_use = {n: index[n] for n in planned}
     for n in order:
-        for x in n.inputs:
+        for x in (*n.inputs, *(also_reads or {}).get(n, ())):
             if x in last_use:
                 last_use[x] = max(last_use[x], index[n])
     dying: dict[int, list[Node]] = {}

@@ -121,7 +121,8 @@ class LLVMExecutable:
         self._writers = writers
         planned = [n for n in order if n.op not in SOURCES and not get_op(n.op).no_value
                    and n not in writers and n not in self.fetches]
-        offsets, self.arena_bytes = plan_buffers(order, planned)
+        # (a pooled convolution reads its inputs at the pool's step: they live until then)
+        offsets, self.arena_bytes = plan_buffers(order, planned, also_reads=self._inputs)
         self.unplanned_bytes = sum(size for _, size in offsets.values())
         self._arena = np.empty(self.arena_bytes + 64, np.uint8)
         base = -self._arena.ctypes.data % 64  # cache-line aligned, as the plan's blocks

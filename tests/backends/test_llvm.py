@@ -909,6 +909,28 @@ def test_conv_max_pool_fusion(batch: int, threads: int) -> None:
     assert [k.op for k in prof.kernels] == ["max_pool", "max_pool"]
 
 
+def test_conv_max_pool_fusion_keeps_the_convolution_input_alive() -> None:
+    """W2's chain, where the pooled convolutions' inputs are intermediates in the arena: the
+    memory plan keeps each alive until the pool's step, which reads it (the pool's output had
+    taken the freed block of the input it was computed from: wrong results)."""
+    rng = np.random.default_rng(11)
+    xv = rng.standard_normal((2, 1, 28, 28)).astype(np.float32)
+    with gn.Graph() as g:
+        x = gn.placeholder(xv.shape, name="x")
+        h = gn.relu(gn.conv2d(x, gn.constant(rng.standard_normal((32, 1, 3, 3)).astype(
+            np.float32))))
+        for c_in, c_out in ((32, 64), (64, 128)):
+            w = (rng.standard_normal((c_out, c_in, 3, 3)) / np.sqrt(9 * c_in)).astype(np.float32)
+            h = gn.max_pool2d(gn.relu(gn.conv2d(h, gn.constant(w))), 2)
+        y = gn.mean(h, axis=(2, 3))
+    sess = gn.Session(g, backend=LLVMBackend(cache=False), opt_level=2)
+    want = gn.Session(g, "reference").run(y, {x: xv})
+    for _ in range(2):
+        np.testing.assert_allclose(sess.run(y, {x: xv}), want, rtol=1e-4, atol=1e-5)
+    exe = next(iter(sess._cache.values())).exe
+    assert sum("max_pool" in k.source for k in exe.kernels) == 2
+
+
 @pytest.mark.parametrize("case", ["fetched", "shared", "odd", "padded", "stride_2"])
 def test_conv_max_pool_not_fused(case: str) -> None:
     """A pair stays two kernels where the convolution's output is needed (fetched, or read by
