@@ -7,8 +7,8 @@ windows when the output's height and width are even: the output transform's four
 vectors (one lane a tile) reduce to the pooled row with three maxima, before the bias and the
 ReLU (both are monotone, so max(relu(a + b), ...) = relu(max(a, ...) + b), bit for bit). That
 saves the convolution's output store, the pooling kernel's pass over it and its threads' start
-(W2, whose two pools follow such convolutions: batch 1 0.96x the time, batch 64 0.94x, same
-process, interleaved, 2-core Xeon). Only the LLVM backend's Winograd template
+(W2, whose two pools follow such convolutions: batch 1 0.95-0.96x the time, batch 64
+0.90-0.94x, same process, interleaved, 2-core Xeon). Only the LLVM backend's Winograd template
 renders such a kernel (``fusable`` checks that it takes it), so the graph keeps its nodes and
 every other backend, and ``Session.profile``, see the pool's node computed by the fused kernel.
 
