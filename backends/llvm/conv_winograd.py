@@ -421,6 +421,19 @@ class WinogradConv(GemmEmitter):
                 else:
                     self.pixel_tiles(m, o, no, col0, ty, y0, bias, whole, epilogue)
 
+    def tile_pixels(self, m: ir.Value, o: ir.Value, col0: ir.Value, tx: ir.Value,
+                    lanes: int) -> list[list[ir.Value]]:
+        """A^T M A for output channel o's tiles [tx, tx + lanes) of a tile row (M's columns
+        from col0): y[i][j], the vector of the tiles' pixel (i, j); lanes past ``lanes``
+        masked off in the loads."""
+        b, n = self.b, self.n
+        mask = self.lane_mask([e < lanes for e in range(self.width)])
+        col = b.add(b.mul(o, self.c(n)), b.add(col0, tx))
+        t = [[self.load_vec(self.at_in(m, self.c((4 * r + s) * self.og * n), col, 1), mask)
+              for s in range(4)] for r in range(4)]
+        z = [self.at_transform(*[t[r][s] for r in range(4)]) for s in range(4)]  # A^T M
+        return [self.at_transform(*[z[s][i] for s in range(4)]) for i in range(2)]  # .. A
+
     def vector_tiles(self, m: ir.Value, o: ir.Value, no: ir.Value, col0: ir.Value,
                      whole: int, y0: ir.Value, bias: ir.Value, both_rows: bool) -> None:
         """The tiles [0, whole) of a tile row (both columns in the output), a vector of tiles
@@ -430,19 +443,14 @@ class WinogradConv(GemmEmitter):
         off."""
         from graphnn.backends.llvm.codegen import for_range
 
-        b, width, n = self.b, self.width, self.n
+        b, width = self.b, self.width
         low, high = (self.lane_order([h * width // 2 + e // 2 + (width if e % 2 else 0)
                                       for e in range(width)]) for h in range(2))
         plane = b.mul(no, self.c(self.h * self.w))
         biases = self.splat(bias)
 
         def chunk(tx: ir.Value, lanes: int) -> None:
-            mask = self.lane_mask([e < lanes for e in range(width)])
-            col = b.add(b.mul(o, self.c(n)), b.add(col0, tx))
-            t = [[self.load_vec(self.at_in(m, self.c((4 * r + s) * self.og * n), col, 1), mask)
-                  for s in range(4)] for r in range(4)]
-            z = [self.at_transform(*[t[r][s] for r in range(4)]) for s in range(4)]  # A^T M
-            y = [self.at_transform(*[z[s][i] for s in range(4)]) for i in range(2)]  # .. A
+            y = self.tile_pixels(m, o, col0, tx, lanes)
             for i in range(2 if both_rows else 1):
                 row = b.add(plane, b.mul(b.add(y0, self.c(i)), self.c(self.w)))
                 at = self.ptr(self.o, b.add(row, b.mul(tx, self.c(2))))
@@ -503,7 +511,7 @@ class WinogradConv(GemmEmitter):
         the same values as pooling after them)."""
         from graphnn.backends.llvm.codegen import for_range
 
-        b, width, n = self.b, self.width, self.n
+        b, width = self.b, self.width
         whole = self.w // 2
         row = b.add(b.mul(no, self.c(self.h // 2 * whole)), b.mul(ty, self.c(whole)))
         biases, zero = self.splat(bias), ir.Constant(self.vec, [0.0] * width)
@@ -511,11 +519,7 @@ class WinogradConv(GemmEmitter):
 
         def chunk(tx: ir.Value, lanes: int) -> None:
             mask = self.lane_mask([e < lanes for e in range(width)])
-            col = b.add(b.mul(o, self.c(n)), b.add(col0, tx))
-            t = [[self.load_vec(self.at_in(m, self.c((4 * r + s) * self.og * n), col, 1), mask)
-                  for s in range(4)] for r in range(4)]
-            z = [self.at_transform(*[t[r][s] for r in range(4)]) for s in range(4)]  # A^T M
-            y = [self.at_transform(*[z[s][i] for s in range(4)]) for i in range(2)]  # .. A
+            y = self.tile_pixels(m, o, col0, tx, lanes)
             top = self.em._call(maximum, self.vec, self.em._call(maximum, self.vec, *y[0]),
                                 self.em._call(maximum, self.vec, *y[1]))
             value = b.fadd(top, biases)
