@@ -931,6 +931,38 @@ def test_conv_max_pool_fusion_keeps_the_convolution_input_alive() -> None:
     assert sum("max_pool" in k.source for k in exe.kernels) == 2
 
 
+@pytest.mark.parametrize(("cpu", "features"), [("haswell", "+avx2,+fma,+avx,+sse4.2"),
+                                              ("x86-64", "")])
+def test_depthwise_and_pooled_templates_at_narrower_vectors(cpu: str, features: str) -> None:
+    """The depthwise kernels (forward, stride 2 and 3, both gradients) and the conv + max-pool
+    kernel with AVX2's 8 and SSE's 4 float lanes: their masks, shuffles and tails follow the
+    target's vector width."""
+    backend = LLVMBackend(cpu=cpu, features=features, cache=False, threads=2)
+    if backend.target.triple.split("-")[0] != "x86_64":
+        pytest.skip("the x86 targets need an x86-64 host")
+    rng = np.random.default_rng(12)
+    for xs, kw in (((2, 8, 17, 23), {"stride": 2, "padding": 1}), ((2, 8, 31, 40), {"stride": 3})):
+        x = rng.standard_normal(xs).astype(np.float32)
+        with gn.Graph() as g:
+            p = gn.placeholder(xs, name="x")
+            w = gn.variable(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), name="w")
+            y = gn.relu(gn.conv2d(p, w, groups=8, **kw))
+            fetches = [y, *gn.gradients(gn.sum(y * y), [p, w])]
+        for a, b in zip(gn.Session(g, backend=backend).run(fetches, {p: x}),
+                        gn.Session(g, "reference").run(fetches, {p: x})):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
+    xv = rng.standard_normal((2, 32, 26, 26)).astype(np.float32)
+    with gn.Graph() as g:
+        x = gn.placeholder(xv.shape, name="x")
+        h = gn.max_pool2d(gn.relu(gn.conv2d(x, gn.constant(
+            (rng.standard_normal((64, 32, 3, 3)) / 17).astype(np.float32)))), 2)
+    sess = gn.Session(g, backend=backend, opt_level=2)
+    np.testing.assert_allclose(sess.run(h, {x: xv}), gn.Session(g, "reference").run(h, {x: xv}),
+                               rtol=1e-4, atol=1e-4)
+    assert [k.source for k in next(iter(sess._cache.values())).exe.kernels] == \
+        [("conv", "relu", "max_pool")]
+
+
 @pytest.mark.parametrize("case", ["fetched", "shared", "odd", "padded", "stride_2"])
 def test_conv_max_pool_not_fused(case: str) -> None:
     """A pair stays two kernels where the convolution's output is needed (fetched, or read by
