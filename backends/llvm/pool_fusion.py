@@ -8,13 +8,16 @@ vectors (one lane a tile) reduce to the pooled row with three maxima, before the
 ReLU (both are monotone, so max(relu(a + b), ...) = relu(max(a, ...) + b), bit for bit). That
 saves the convolution's output store, the pooling kernel's pass over it and its threads' start
 (W2, whose two pools follow such convolutions: batch 1 0.95-0.96x the time, batch 64
-0.90-0.94x, same process, interleaved, 2-core Xeon). Only the LLVM backend's Winograd template
-renders such a kernel (``fusable`` checks that it takes it), so the graph keeps its nodes and
-every other backend, and ``Session.profile``, see the pool's node computed by the fused kernel.
+0.90-0.94x, same process, interleaved, 2-core Xeon).
 
-The kernel is the convolution's (``lower``), its output parameter the pool's (the pooled shape)
-and ``source`` ending in ``"max_pool"`` (``is_pooled``): template code reads the convolution's
-output shape as twice the parameter's.
+Only the LLVM backend's Winograd template renders such a kernel: the executable fuses a pair
+only where ``codegen.template_for`` gives it that template, and the graph keeps both nodes (every
+other backend pools as before; ``Session.profile`` shows the pool's node computed by the fused
+kernel). The kernel is the convolution's (``lower``) with the pool's output parameter (the
+pooled shape) and ``source`` ending in ``"max_pool"`` (``is_pooled``); template code reads the
+convolution's output shape as twice the parameter's. It runs at the pool's step and reads the
+convolution's inputs there, so the memory plan keeps them alive until then (``plan_buffers``'
+``also_reads``: the pool's output had taken the freed block of the input it was computed from).
 """
 
 from __future__ import annotations
@@ -49,9 +52,8 @@ def _conv_relu(node: Node) -> bool:
 
 def candidates(order: Sequence[Node], fetches: Sequence[Node]) -> dict[Node, Node]:
     """{conv node: pool node} for each pair that may fuse: the pool right after the
-    convolution in ``order`` (so no other value's buffer can take the convolution's inputs'
-    in between), its only consumer, the convolution not fetched, its output's height and width
-    even."""
+    convolution in ``order`` (no other node runs between them), its only consumer, the
+    convolution not fetched, its output's height and width even."""
     users: dict[Node, int] = {}
     for n in order:
         for i in n.inputs:
