@@ -117,9 +117,9 @@ class _Plan:
         self.pitch = vectors * lanes + (self.kw - 1) * self.dx // self.sx
         self.scratch = self.cg * self.sx * self.rows * self.pitch
 
-    def source_rows(self) -> tuple[int, int]:
-        """The source rows [lo, hi) that land inside the scratch's rows."""
-        return 0, max(0, min(self.h, (self.rows - 1 - self.py) // self.uy + 1))
+    def source_rows(self) -> int:
+        """How many of the source's rows (from the first) land inside the scratch's rows."""
+        return max(0, min(self.h, (self.rows - 1 - self.py) // self.uy + 1))
 
     def phase_columns(self, q: int) -> tuple[int, int]:
         """Phase q's columns [lo, hi) that hold input (padded column j * sx + q - px in
@@ -192,11 +192,11 @@ class DepthwiseConv(ConvGemm):
         from graphnn.backends.llvm.codegen import for_range
 
         b, plan = self.b, self.plan
-        r_lo, r_hi = plan.source_rows()
-        if r_hi <= r_lo:
+        rows = plan.source_rows()
+        if rows == 0:
             return
         src_plane = b.mul(ch, self.c(plan.h * plan.w))
-        with for_range(b, r_hi, "fr", start=self.c(r_lo)) as r:
+        with for_range(b, rows, "fr") as r:
             src = b.add(src_plane, b.mul(r, self.c(plan.w)))
             prow = b.add(b.mul(r, self.c(plan.uy)), self.c(plan.py))
             if plan.ux > 1:
@@ -237,42 +237,23 @@ class DepthwiseConv(ConvGemm):
         row's end), then one masked vector for the tail."""
         from graphnn.backends.llvm.codegen import for_range
 
-        b, width, s = self.b, self.width, self.plan.sx
+        b, width, plan = self.b, self.width, self.plan
+        s = plan.sx
         whole = count // width
         # whole vectors whose s * width values all lie inside the row
         safe = min(whole, avail // (s * width))
         if safe > 0:
             with for_range(b, safe, "fv") as v:
                 j = b.mul(v, self.c(width))
-                self.store_vec(self.gather(src, j, s * width), self.at_scratch(scratch, dst, j),
-                               None)
+                self.store_vec(self.strided_load(plan.src, b.add(src, b.mul(j, self.c(s))), s,
+                                                 s * width),
+                               self.at_scratch(scratch, dst, j), None)
         for j0 in range(safe * width, count, width):  # the rest: masked vectors
             n = min(width, count - j0)
-            value = self.gather(src, self.c(j0), min(s * width, avail - j0 * s))
+            value = self.strided_load(plan.src, b.add(src, self.c(j0 * s)), s,
+                                      min(s * width, avail - j0 * s))
             self.store_vec(value, self.at_scratch(scratch, dst, self.c(j0)),
                            self.lane_mask([i < n for i in range(width)]))
-
-    def gather(self, src: ir.Value, j: ir.Value, avail: int) -> ir.Value:
-        """The vector x[src + (j + i) * sx] for its lanes i, from sx contiguous vectors of
-        which only the first ``avail`` values are read (the rest masked off)."""
-        b, width, s = self.b, self.width, self.plan.sx
-        base = b.add(src, b.mul(j, self.c(s)))
-        parts = []
-        for v in range(s):
-            mask = self.lane_mask([v * width + i < avail for i in range(width)])
-            at = self.ptr(self.plan.src, b.add(base, self.c(v * width)))
-            parts.append(self.load_vec(at, mask))
-        if s == 1:
-            return parts[0]
-        # lane i takes element i * s of the concatenation: the first shuffle from the first
-        # two vectors, each later one from the next vector where i * s reaches into it
-        out = b.shuffle_vector(parts[0], parts[1], self.lane_order(
-            [i * s if i * s < 2 * width else 0 for i in range(width)]))
-        for v in range(2, s):
-            out = b.shuffle_vector(out, parts[v], self.lane_order(
-                [width + i * s - v * width if v * width <= i * s < (v + 1) * width else i
-                 for i in range(width)]))
-        return out
 
     def at_scratch(self, scratch: ir.Value, dst: ir.Value, j: ir.Value) -> ir.Value:
         return self.b.gep(scratch, [self.b.add(dst, j)], inbounds=True, source_etype=self.ty)

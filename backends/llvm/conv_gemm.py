@@ -204,18 +204,36 @@ class ConvGemm(GemmEmitter):
         from graphnn.backends.llvm.codegen import for_range
 
         b, width = self.b, self.width
-        even = self.lane_order(list(range(0, 2 * width, 2)))
-        last_off = self.lane_mask([e < width - 1 for e in range(width)])
         count = b.sdiv(b.sub(stop, start), self.c(width))
         count = b.select(b.icmp_signed(">", count, self.c(0)), count, self.c(0))  # none left
         with for_range(b, count, "xv") as v:
             xx = b.add(start, b.mul(v, self.c(width)))
-            at = b.add(src0, b.mul(xx, self.c(2)))
-            lo = self.load_vec(self.ptr(self.xb, at), None)
-            hi = self.load_vec(self.ptr(self.xb, b.add(at, self.c(width))), last_off)
-            self.store_vec(b.shuffle_vector(lo, hi, even), b.gep(
-                cols, [b.add(dst0, xx)], inbounds=True, source_etype=self.ty), None)
+            value = self.strided_load(self.xb, b.add(src0, b.mul(xx, self.c(2))), 2,
+                                      2 * width - 1)
+            self.store_vec(value, b.gep(cols, [b.add(dst0, xx)], inbounds=True,
+                                        source_etype=self.ty), None)
         return b.add(start, b.mul(count, self.c(width)))
+
+    def strided_load(self, buf: int, at: ir.Value, stride: int, avail: int) -> ir.Value:
+        """The vector of params[buf][at + i * stride] for its lanes i: ``stride`` contiguous
+        vector loads of which only the first ``avail`` values are read (the rest masked off, so
+        no read passes a row's last used value), then shuffles picking every stride-th value
+        (LLVM had made stride-2 reads gathers)."""
+        b, width = self.b, self.width
+        parts = [self.load_vec(self.ptr(buf, b.add(at, self.c(v * width))),
+                               self.lane_mask([v * width + i < avail for i in range(width)]))
+                 for v in range(stride)]
+        if stride == 1:
+            return parts[0]
+        # lane i takes value i * stride of the concatenation: the first shuffle from the first
+        # two vectors, each later one from the next vector where i * stride reaches into it
+        out = b.shuffle_vector(parts[0], parts[1], self.lane_order(
+            [i * stride if i * stride < 2 * width else 0 for i in range(width)]))
+        for v in range(2, stride):
+            out = b.shuffle_vector(out, parts[v], self.lane_order(
+                [width + i * stride - v * width if v * width <= i * stride < (v + 1) * width
+                 else i for i in range(width)]))
+        return out
 
 CHUNK_VALUES = 1 << 17  # a chunk's columns at most (512 KiB of float32), PixelConvGemm
 
