@@ -92,6 +92,7 @@ MIN_MACS, MIN_FILL_TILES = 1 << 22, 0.7
 # output channels 0.96-0.99x from 16 tiles on, 0.82x for 1x64x12x12 -> 128)
 MIN_PIXEL_SHARE, WIDE_CHANNELS, MIN_TILES_NARROW = 0.85, 128, 96
 BLOCK_BYTES = 1 << 20  # a block's V and M: 16 x (cg + og) x columns float32 values, in L2
+SKEW_PAGE, SKEW_LINE = 1024, 16  # float32 values: 4 KiB and a 64-byte cache line
 SPLIT_BELOW = 4  # fewer blocks than this: each block's output channels split in two items
 # ... unless SPLIT_BELOW blocks use this much of their GEMM columns at least (1x64x28x28 -> 64:
 # 4 blocks of 60 of 64 columns 0.80x the time of 2 blocks of 105 of 128, split in halves;
@@ -135,6 +136,17 @@ def winograd_applies(kernel: Kernel, bits: int = 128) -> bool:
             and (shape.og >= WIDE_CHANNELS or lay.tiles >= MIN_TILES_NARROW)
     least = MIN_TILES if shape.cg < DEEP_CHANNELS else MIN_TILES_DEEP
     return lay.tiles >= least
+
+
+def _skewed(values: int) -> int:
+    """The stride (float32 values) between two of V's or M's 16 matrices of ``values`` each:
+    a whole number of 4 KiB pages and one cache line, so the 16 values of a tile, stored and
+    loaded together by the transforms, fall in 16 consecutive cache sets. (Unskewed, W2's
+    32 x 160 and 64 x 160 matrices are multiples of 4 KiB apart: the 16 values of a tile
+    shared one set of the 12-way L1, and the input transform took 39% of the 32 -> 64 layer's
+    time. Skewed, against unskewed, interleaved, 2 threads: W2 batch 1 0.90-0.93x the time,
+    batch 64 0.92x, ResNet-18 0.95x, W6 0.98x.)"""
+    return -(-values // SKEW_PAGE) * SKEW_PAGE + SKEW_LINE
 
 
 class _Layout:
@@ -186,6 +198,8 @@ class WinogradConv(GemmEmitter):
         self.lay = _Layout(kernel, shape, bits)
         self.cg, self.og = shape.cg, shape.og
         self.m, self.kk, self.n = self.og, self.cg, self.lay.columns
+        # V's and M's 16 matrices, skewed so a tile's 16 values fall in different cache sets
+        self.v_pos, self.m_pos = _skewed(self.cg * self.n), _skewed(self.og * self.n)
         self.h, self.w = shape.out_sz
         self.h_in, self.w_in = shape.in_sz
         self.pad_top, self.pad_left = shape.pads_begin
@@ -209,12 +223,13 @@ class WinogradConv(GemmEmitter):
         if bounds is None:  # the kernel unsplit, no wrapper (constant weights): U is not ready
             self.prepare()
         self.slots()
-        u, v, m = self.weights_buffer(), self.malloc(16 * cg * n), self.malloc(16 * og * n)
+        u, v, m = self.weights_buffer(), self.malloc(16 * self.v_pos), self.malloc(16 * self.m_pos)
         zeros = self.malloc(self.w_in)
         self.zero(zeros, self.w_in)
         if lay.unwritten:  # V's columns past the last block's tiles: finite, for the GEMMs
-            with for_range(b, 16 * cg, "vrow") as row:
-                self.zero(self.at_in(v, row, self.c(n - lay.unwritten), n), lay.unwritten)
+            with for_range(b, 16, "vxi") as xi, for_range(b, cg, "vrow") as row:
+                self.zero(self.position(v, self.v_pos, xi, row, self.c(n - lay.unwritten)),
+                          lay.unwritten)
         done = self.slot(ir.IntType(64), "done_block")  # the block now in V
         b.store(self.c(-1), done)
         per = -(-og // lay.splits)
@@ -227,9 +242,8 @@ class WinogradConv(GemmEmitter):
                 b.store(blk, done)
             with for_range(b, 16, "xi") as xi:
                 self.a_at = lambda row, k: self.at_in(u, b.add(b.mul(xi, self.c(og)), row), k, cg)
-                self.b_at = lambda k, col: self.at_in(v, b.add(b.mul(xi, self.c(cg)), k), col, n)
-                self.out_at = lambda row, col: self.at_in(m, b.add(b.mul(xi, self.c(og)), row),
-                                                          col, n)
+                self.b_at = lambda k, col: self.position(v, self.v_pos, xi, k, col)
+                self.out_at = lambda row, col: self.position(m, self.m_pos, xi, row, col)
                 full = b.mul(b.sdiv(b.sub(r_hi, r_lo), self.c(self.mr)), self.c(self.mr))
                 self.rows(r_lo, r_hi, full, b.add(r_lo, full), accumulate=False)
             self.transform_output(blk, r_lo, r_hi, m)
@@ -239,6 +253,14 @@ class WinogradConv(GemmEmitter):
 
     def at_in(self, buffer: ir.Value, row: ir.Value, col: ir.Value, pitch: int) -> ir.Value:
         return self.b.gep(buffer, [self.at(row, col, pitch)], inbounds=True, source_etype=self.ty)
+
+    def position(self, buffer: ir.Value, stride: int, xi: ir.Value, row: ir.Value,
+                 col: ir.Value) -> ir.Value:
+        """Element (row, col) of position xi's matrix in V or M (``stride`` values apart, rows
+        of ``n`` columns)."""
+        b = self.b
+        at = b.add(b.mul(xi, self.c(stride)), b.add(b.mul(row, self.c(self.n)), col))
+        return b.gep(buffer, [at], inbounds=True, source_etype=self.ty)
 
     # -- U = G g G^T -----------------------------------------------------------------------------
     @staticmethod
@@ -304,7 +326,7 @@ class WinogradConv(GemmEmitter):
         for rows in the padding), a vector of tiles at a time (``tiles_in``)."""
         from graphnn.backends.llvm.codegen import for_range
 
-        b, lay, cg, n = self.b, self.lay, self.cg, self.n
+        b, lay, cg = self.b, self.lay, self.cg
         first, last = self.block(blk, lay.rows, lay.total)
         x = self.k.params[self.xb]
         plane = self.h_in * self.w_in
@@ -322,7 +344,7 @@ class WinogradConv(GemmEmitter):
                     row = self.ptr(self.xb, b.add(base, b.mul(y, self.c(self.w_in))))
                     rows.append(b.select(ok, row, zeros))
                 def dest(xi: int, t: ir.Value) -> ir.Value:
-                    return self.at_in(v, b.add(self.c(xi * cg), c), b.add(q0, t), n)
+                    return self.position(v, self.v_pos, self.c(xi), c, b.add(q0, t))
 
                 self.tile_row_in(rows, dest)
 
@@ -426,10 +448,10 @@ class WinogradConv(GemmEmitter):
         """A^T M A for output channel o's tiles [tx, tx + lanes) of a tile row (M's columns
         from col0): y[i][j], the vector of the tiles' pixel (i, j); lanes past ``lanes``
         masked off in the loads."""
-        b, n = self.b, self.n
+        b = self.b
         mask = self.lane_mask([e < lanes for e in range(self.width)])
-        col = b.add(b.mul(o, self.c(n)), b.add(col0, tx))
-        t = [[self.load_vec(self.at_in(m, self.c((4 * r + s) * self.og * n), col, 1), mask)
+        col = b.add(col0, tx)
+        t = [[self.load_vec(self.position(m, self.m_pos, self.c(4 * r + s), o, col), mask)
               for s in range(4)] for r in range(4)]
         z = [self.at_transform(*[t[r][s] for r in range(4)]) for s in range(4)]  # A^T M
         return [self.at_transform(*[z[s][i] for s in range(4)]) for i in range(2)]  # .. A
@@ -538,8 +560,8 @@ class WinogradConv(GemmEmitter):
                     both_cols: bool) -> None:
         b = self.b
         col = b.add(col0, tx)
-        t = [[b.load(self.at_in(m, self.c((4 * r + s) * self.og * self.n), b.add(b.mul(
-            o, self.c(self.n)), col), 1), typ=self.ty) for s in range(4)] for r in range(4)]
+        t = [[b.load(self.position(m, self.m_pos, self.c(4 * r + s), o, col), typ=self.ty)
+              for s in range(4)] for r in range(4)]
         z = [self.at_transform(*[t[r][s] for r in range(4)]) for s in range(4)]  # A^T M
         y = [self.at_transform(*[z[s][i] for s in range(4)]) for i in range(2)]  # (A^T M) A
         x0 = b.mul(tx, self.c(2))

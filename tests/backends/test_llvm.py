@@ -777,6 +777,19 @@ def test_winograd_choice_for_constant_weights(xs: tuple, og: int, pad: int,
     assert kernel is not None and winograd_applies(kernel, 512) == taken
 
 
+@pytest.mark.parametrize("values", [32 * 160, 64 * 160, 1, 1000, 4096 * 3 + 7])
+def test_winograd_matrices_are_skewed_across_cache_sets(values: int) -> None:
+    """V's and M's 16 matrices sit a whole number of 4 KiB pages plus one cache line apart, so
+    the 16 values of a tile (one from each) map to 16 different sets of a 4 KiB-indexed L1
+    (W2 batch 1's 32 x 160 and 64 x 160 matrices had all shared one set)."""
+    from graphnn.backends.llvm.conv_winograd import _skewed
+
+    stride = _skewed(values)
+    assert stride >= values
+    sets = {(xi * stride * 4) % 4096 // 64 for xi in range(16)}
+    assert len(sets) == 16
+
+
 @pytest.mark.parametrize(("xs", "ws", "kw"), [
     ((1, 32, 112, 112), (32, 1, 3, 3), {"padding": 1}),  # MobileNet's first depthwise layer
     ((2, 16, 17, 23), (16, 1, 3, 3), {"stride": 2, "padding": 1}),  # odd sizes, stride 2
