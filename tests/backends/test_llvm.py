@@ -288,6 +288,22 @@ def test_threaded_kernels_match_the_reference(threads: int) -> None:
     assert "graphnn_parallel_for" in big.llvm_ir
 
 
+@pytest.mark.parametrize(("build", "interleaved"), [
+    (lambda x: gn.gelu(x * 1.5 + 0.5, approximate="tanh") * gn.sigmoid(x), True),  # W5
+    (lambda x: gn.exp(x), True), (lambda x: x / 3.0, True),
+    (lambda x: x * 2.0 + 1.0, False),  # cheap: LLVM's cost model picks the interleave
+    (lambda x: gn.sum(gn.exp(x), axis=1), True)])  # a reduction's too (64 x 65536: 1.00x)
+def test_transcendental_loops_take_two_vectors_an_iteration(build: Any, interleaved: bool
+                                                              ) -> None:
+    """Long innermost loops computing exp, tanh, erf, a division (codegen.HEAVY_OPS) carry
+    LLVM's interleave-count hint of INTERLEAVE_HEAVY; other loops are left to LLVM."""
+    from graphnn.backends.llvm.codegen import INTERLEAVE_HEAVY
+
+    exe = compile_one(build, (64, 4096))
+    hint = re.search(r'!"llvm.loop.interleave.count", i32 (\d+)', exe.llvm_ir)
+    assert (hint is not None and int(hint.group(1)) == INTERLEAVE_HEAVY) == interleaved
+
+
 def _pool_graph() -> tuple[gn.Graph, gn.Node, gn.Node, np.ndarray]:
     x = np.random.default_rng(0).standard_normal((4, 250_001)).astype(np.float32)
     with gn.Graph() as g:
