@@ -2,7 +2,8 @@
 
 ``fuse_epilogue``: a matmul, gemm or convolution absorbs the chain of elementwise ops that
 consumes it (bias add, activation, residual add, scaling), while each link has one consumer and
-keeps the output shape: the backend applies them in the kernel's write-back.
+keeps the output shape, and the elementwise ops of that shape that compute the chain's other
+operands for it alone: the backend applies them in the kernel's write-back.
 
 ``fuse_elementwise``: maximal groups of elementwise ops, and reductions (sum, mean, softmax, ...)
 together with the elementwise ops that produce their input, become one kernel each.
@@ -54,9 +55,31 @@ def fuse_epilogue(graph: Graph) -> Graph:
             members.append(nxt)
             root = nxt
         if len(members) > 1:
-            groups.append(("epilogue", members))
-            taken.update(members)
+            inside = _with_producers(members, users, outputs | taken)
+            groups.append(("epilogue", [n] + [m for m in graph.nodes if m in inside and m != n]))
+            taken.update(inside)
     return _apply(graph, groups)
+
+
+def _with_producers(chain: list[Node], users: dict[Node, list[Node]],
+                    excluded: set[Node]) -> set[Node]:
+    """The epilogue chain (anchor first) and the elementwise nodes of the chain's shape whose
+    every consumer is in it: side operands computed just for the epilogue, such as a ReLU
+    gradient's mask ``cast(greater(x, 0))``, are computed in the write-back instead of as a
+    kernel of their own (W6: ``conv_transpose + mul`` reads x instead of a mask that one more
+    pass wrote). The anchor's own inputs stay outside: the template reads them."""
+    anchor, shape = chain[0], chain[-1].shape
+    inside = set(chain)
+    changed = True
+    while changed:
+        changed = False
+        for m in list(inside - {anchor}):
+            for p in m.inputs:
+                if (p not in inside and p not in excluded and p.shape == shape
+                        and _elementwise(p) and all(u in inside for u in users[p])):
+                    inside.add(p)
+                    changed = True
+    return inside
 
 
 def fuse_elementwise(graph: Graph) -> Graph:

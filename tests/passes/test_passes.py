@@ -169,7 +169,7 @@ def test_training_graph_fuses_conv_and_relu() -> None:
 
 def test_fuse_elementwise_groups_and_boundaries() -> None:
     with gn.Graph() as g:
-        x = gn.placeholder((4, 5), name="x")
+        x = gn.placeholder((4, 5), gn.float64, name="x")
         shared = gn.exp(x)                 # used twice: its own kernel output
         a = gn.tanh(shared * 2.0 + 1.0)
         b = gn.sum(gn.sigmoid(shared) * x, axis=1)  # reduction with elementwise producers
@@ -190,6 +190,38 @@ def test_fuse_epilogue_stops_at_shared_values_and_outputs() -> None:
     out = fuse_epilogue(g)
     assert ops(out) == ["fused", "relu"]
     assert out.nodes[-1].op == "relu" or ops(out)[0] == "fused"
+
+
+def test_fuse_epilogue_takes_the_producers_of_its_side_operands() -> None:
+    """A ReLU gradient's mask cast(greater(h, 0)), computed for the epilogue alone, is computed in
+    the write-back (the fused node reads h); a producer with another consumer, of another shape
+    or among the anchor's inputs stays outside."""
+    rng = np.random.default_rng(0)
+    with gn.Graph() as g:
+        dy = gn.placeholder((2, 4, 6, 6), gn.float64, name="dy")
+        h = gn.placeholder((2, 3, 8, 8), gn.float64, name="h")
+        x = gn.placeholder((4, 5), gn.float64, name="x")
+        w = gn.constant(rng.standard_normal((4, 3, 3, 3)))
+        mask = gn.cast(h > 0.0, gn.float64)
+        dx = gn.conv_transpose(dy, w) * mask
+        shared = gn.exp(x)  # also fetched: not taken into the epilogue
+        row = gn.tanh(gn.placeholder((6,), gn.float64, name="r"))  # broadcast: another shape
+        y = gn.matmul(gn.abs(x), gn.placeholder((5, 6), gn.float64, name="v")) * row + shared[:, :1]
+        g.outputs = (dx, y, shared)
+    out = fuse_epilogue(g)
+    bodies = [n.attrs["body"].ops for n in out.nodes if n.op == "fused"]
+    assert ["conv_transpose", "greater", "cast", "mul"] in bodies
+    assert ["matmul", "mul", "add"] in bodies
+    assert {"greater", "cast"}.isdisjoint(ops(out)) and {"exp", "abs", "tanh"} <= set(ops(out))
+    feeds = {"dy": rng.standard_normal((2, 4, 6, 6)), "h": rng.standard_normal((2, 3, 8, 8)),
+             "x": rng.standard_normal((4, 5)), "r": rng.standard_normal(6),
+             "v": rng.standard_normal((5, 6))}
+    same_results(g, out, feeds, exact=False)
+    for backend in ("llvm", "opencl"):
+        got = gn.Session(out, backend=backend, opt_level=0).run(list(out.outputs), feeds)
+        want = gn.Session(g, backend="reference").run(list(g.outputs), feeds)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_memory_plan_reuses_and_works_in_place() -> None:
