@@ -20,7 +20,7 @@ Rules that keep fusion legal and cheap:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import networkx as nx
 from graphnn.passes.rewrite import SKIP, PassError, consumers, origin_of, rewrite
@@ -68,18 +68,25 @@ def _with_producers(chain: list[Node], users: dict[Node, list[Node]],
     gradient's mask ``cast(greater(x, 0))``, are computed in the write-back instead of as a
     kernel of their own (W6: ``conv_transpose + mul`` reads x instead of a mask that one more
     pass wrote). The anchor's own inputs stay outside: the template reads them."""
-    anchor, shape = chain[0], chain[-1].shape
-    inside = set(chain)
+    shape = chain[-1].shape
+    return _absorb(set(chain), users, lambda p: p not in excluded and p.shape == shape,
+                   anchor=chain[0])
+
+
+def _absorb(members: set[Node], users: dict[Node, list[Node]], admit: Callable[[Node], bool],
+            anchor: Node | None = None) -> set[Node]:
+    """``members`` and, transitively, the elementwise producers of their inputs (but not of the
+    anchor's) whose every consumer is among them and that ``admit`` lets in."""
     changed = True
     while changed:
         changed = False
-        for m in list(inside - {anchor}):
+        for m in list(members - {anchor}):
             for p in m.inputs:
-                if (p not in inside and p not in excluded and p.shape == shape
-                        and _elementwise(p) and all(u in inside for u in users[p])):
-                    inside.add(p)
+                if (p not in members and _elementwise(p) and admit(p)
+                        and all(u in members for u in users[p])):
+                    members.add(p)
                     changed = True
-    return inside
+    return members
 
 
 def fuse_elementwise(graph: Graph) -> Graph:
@@ -89,20 +96,11 @@ def fuse_elementwise(graph: Graph) -> Graph:
     for n in reversed(graph.nodes):
         if n in grouped or n.op == "fused" or not (_elementwise(n) or n.op in REDUCTIONS):
             continue
-        members = {n}
-        changed = True
-        while changed:  # absorb producers whose every consumer is already in the group
-            changed = False
-            for m in list(members):
-                for p in m.inputs:
-                    if (p not in members and p not in grouped and p not in outputs
-                            and _elementwise(p) and all(u in members for u in users[p])):
-                        members.add(p)
-                        changed = True
+        members = _absorb({n}, users, lambda p: p not in grouped and p not in outputs)
         if len(members) > 1:
             order = [m for m in graph.nodes if m in members]
             groups.append(("reduction" if n.op in REDUCTIONS else "elementwise", order))
-            grouped |= members
+            grouped.update(members)
     return _apply(graph, groups)
 
 
