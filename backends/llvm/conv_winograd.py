@@ -1,5 +1,6 @@
 """The LLVM backend's Winograd convolution F(2x2, 3x3) for 3x3, stride-1, dilation-1,
-one-group float32 convolutions with many output tiles.
+one-group float32 convolutions (and transposed convolutions: conv's data gradient) with many
+output tiles (the weight gradient's is ``winograd_weight_grad.py``).
 
 Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016): each 2x2 block
 of output pixels ("tile") of channel o is
@@ -46,10 +47,12 @@ GEMM, constant weights): W2 batch 64's 26x26x32 -> 64 0.76-0.89x, 12x12x64 -> 12
 26x26x32 -> 64 (144 tiles) 0.96x and 12x12x64 -> 128 (25 tiles) 0.81x, taken since (``MIN_MACS``,
 ``MIN_FILL_TILES``); small ones still lose (1x128x7x7 -> 128, 16 tiles in 32 columns: 1.38x).
 With the weights transformed per thread and call, before ``prepare``, ResNet-18's 28x28x128
-had been 0.99-1.05x. conv_transpose (the convolution with flipped weights) measured 1.2-1.8x
-slower than col2im on W6's data gradients, 0.96x and 1.28x with the vector transforms (their
-output has more pixels than their input, and Winograd computes per output pixel), so it is not
-taken. Rounding differs from the
+had been 0.99-1.05x. A stride-1 conv_transpose is the convolution of its input, padded by
+2 - pad, with the weights flipped and their channels swapped (``weight``): W6's data gradients
+against GEMM + col2im, in the step (interleaved, disk cache off), 64x64x24x24 -> 32x26x26 with
+its ReLU mask 4.12 -> 3.57 ms, 64x128x10x10 -> 64x12x12 2.87 -> 2.89; the step 0.945-0.96x.
+(Measured earlier at 1.2-1.8x and 0.96-1.28x, before the skewed matrices; an A/B of the step
+then reused the disk cache's code for both sides.) Rounding differs from the
 direct sum (the transforms add and halve): about 1e-6 of the output's scale for unit-scale
 data.
 """
@@ -101,11 +104,12 @@ MIN_FILL = 0.875
 
 
 def winograd_shape(kernel: Kernel) -> Shape | None:
-    """The kernel's convolution shape where F(2x2, 3x3) takes it, else None."""
+    """The kernel's convolution shape (a conv_transpose's as the convolution with flipped
+    weights) where F(2x2, 3x3) takes it, else None."""
     shape = Shape.of(kernel)
     if shape is None or not shape.fits() or kernel.params[-1].dtype is not DType.float32:
         return None
-    if shape.transposed or shape.groups != 1 or shape.taps != (3, 3) or \
+    if shape.groups != 1 or shape.taps != (3, 3) or \
             shape.dilation != (1, 1):
         return None
     constant = kernel.params[int(kernel.schedule[2])].constant
@@ -294,7 +298,10 @@ class WinogradConv(GemmEmitter):
     def weight(self, o: ir.Value, c: ir.Value, t: int) -> ir.Value:
         """Tap t (row-major 3x3) of output channel o and input channel c: w[o, c, t]."""
         b = self.b
-        at = b.add(b.mul(b.add(b.mul(o, self.c(self.cg)), c), self.c(9)), self.c(t))
+        if self.shape.transposed:  # w[c, o, 2 - r, 2 - s]: flipped, channels swapped
+            at = b.add(b.mul(b.add(b.mul(c, self.c(self.og)), o), self.c(9)), self.c(8 - t))
+        else:
+            at = b.add(b.mul(b.add(b.mul(o, self.c(self.cg)), c), self.c(9)), self.c(t))
         return b.load(self.ptr(self.wb, at), typ=self.ty)
 
     def transform_weights(self, u: ir.Value) -> None:

@@ -729,15 +729,16 @@ def test_implicit_gemm_convolution(xs: tuple, ws: tuple, kw: dict, by_columns: b
     ((1, 160, 14, 14), (160, 160, 3, 3), {"padding": 1}, False),  # constant weights: 160^2
     ((2, 16, 24, 70), (16, 16, 3, 3), {"padding": 1}, False),  # rows of several vectors
     ((2, 16, 6, 310), (16, 16, 3, 3), {"padding": 1}, False),  # a loop over inner vectors
-    ((3, 24, 30, 30), (24, 16, 3, 3), {"padding": 1}, True)])  # conv_transpose: not taken
+    ((3, 24, 30, 30), (24, 16, 3, 3), {"padding": 1}, True),  # conv_transpose
+    ((2, 32, 23, 29), (32, 24, 3, 3), {"padding": 0}, True)])  # grows 2 pixels: odd, 25x31
 @pytest.mark.parametrize("threads", [1, 3])
 def test_winograd_convolution(xs: tuple, ws: tuple, kw: dict, transposed: bool,
                               threads: int) -> None:
     """3x3 stride-1 float32 convolutions with enough tiles run as Winograd F(2x2, 3x3): the
     16 GEMMs of the transformed tiles, the bias and a fused residual + ReLU epilogue in the
     output transform; odd output sizes, uneven padding, blocks of tile rows across images,
-    output channels split where blocks are few. conv_transpose keeps its other templates (it
-    measured slower as Winograd: conv_winograd.py)."""
+    output channels split where blocks are few; stride-1 conv_transpose as the convolution with
+    flipped weights."""
     from graphnn.backends.llvm import gemm
     from graphnn.backends.llvm.codegen import template_for
 
@@ -761,15 +762,12 @@ def test_winograd_convolution(xs: tuple, ws: tuple, kw: dict, transposed: bool,
     bits = gemm.vector_bits(sess.backend.target.features)
     chosen = [k for k in kernels
               if getattr(template_for(k, bits), "__name__", None) == "WinogradConv"]
-    if transposed:
-        assert not chosen
-    else:
-        assert len(chosen) == 1 and len(chosen[0].source) > 1  # the epilogue fused in
-        # the transforms' stride-2 reads and writes are shuffles, not gathers and scatters
-        # (the weights' transform, before the threads start, may gather its stride-9 taps)
-        asm = next(iter(sess._cache.values())).exe.compiled.assembly
-        body = re.search(rf"^{chosen[0].name}_impl:(.*?)^\.Lfunc_end", asm, re.M | re.S)
-        assert body and not re.search(r"\bv(p?gather|scatter)", body.group(1))
+    assert len(chosen) == 1 and len(chosen[0].source) > 1  # the epilogue fused in
+    # the transforms' stride-2 reads and writes are shuffles, not gathers and scatters
+    # (the weights' transform, before the threads start, may gather its stride-9 taps)
+    asm = next(iter(sess._cache.values())).exe.compiled.assembly
+    body = re.search(rf"^{chosen[0].name}_impl:(.*?)^\.Lfunc_end", asm, re.M | re.S)
+    assert body and not re.search(r"\bv(p?gather|scatter)", body.group(1))
 
 
 @pytest.mark.parametrize(("xs", "og", "pad", "taken"), [
