@@ -39,6 +39,7 @@ from graphnn.backends.llvm import (
     gemm,
     gemv,
     pool_fusion,
+    winograd_weight_grad,
 )
 from llvmlite import ir
 
@@ -166,6 +167,7 @@ TEMPLATES: tuple[tuple[Callable[[Kernel, int], bool], type[gemm.GemmEmitter]], .
     (conv_winograd.winograd_applies, conv_winograd.WinogradConv),
     (conv_implicit.implicit_applies, conv_implicit.ImplicitConvGemm),
     (conv_gemm.pixel_applies, conv_gemm.PixelConvGemm), (conv_gemm.applies, conv_gemm.ConvGemm),
+    (winograd_weight_grad.winograd_grad_applies, winograd_weight_grad.WinogradWeightGrad),
     (conv_implicit.weight_grad_applies, conv_implicit.ImplicitWeightGrad),
     (conv_grads.weight_grad_applies, conv_grads.WeightGradGemm),
     (conv_grads.transpose_applies, conv_grads.TransposedConvGemm),

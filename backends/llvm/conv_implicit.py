@@ -581,41 +581,12 @@ class ImplicitWeightGrad(ImplicitConvGemm):
             self.release()
 
     def transpose_dy(self, img: ir.Value) -> None:
-        """dy^T[p, o] = dy[img, o, p]: 8 x 8 blocks transposed in registers (``transpose8``),
-        the edges past the last whole block one value at a time. (Scalar throughout, the
-        transpose took 0.4-0.7 ms of W6's 4.7 ms 32 -> 64-channel weight gradient.)"""
-        from graphnn.backends.llvm.codegen import for_range
-
-        b, og, pixels = self.b, self.og, self.pixels
-        base = b.mul(img, self.c(og * pixels))
-        dyt = self.dyt
-        assert dyt is not None
-        vec8 = ir.VectorType(self.ty, 8)
-
-        def move(o: ir.Value, p: ir.Value) -> None:
-            value = b.load(self.ptr(1, b.add(base, self.at(o, p, pixels))), typ=self.ty)
-            b.store(value, b.gep(dyt, [self.at(p, o, og)], inbounds=True, source_etype=self.ty))
-
-        o8, p8 = og // 8 * 8, pixels // 8 * 8
-        with for_range(b, o8 // 8, "to") as ob:
-            o0 = b.mul(ob, self.c(8))
-            with for_range(b, p8 // 8, "tp") as pb:
-                p0 = b.mul(pb, self.c(8))
-                rows = [b.load(self.ptr(1, b.add(base, self.at(b.add(o0, self.c(r)), p0,
-                                                                 pixels))),
-                               typ=vec8, align=self.align) for r in range(8)]
-                for r, column in enumerate(transpose8(b, rows)):
-                    at = self.at(b.add(p0, self.c(r)), o0, og)
-                    b.store(column, b.gep(dyt, [at], inbounds=True, source_etype=self.ty),
-                            align=self.align)
-            if p8 < pixels:  # the pixels past the last whole block
-                with for_range(b, 8, "tr") as r:
-                    with for_range(b, pixels, "tq", start=self.c(p8)) as p:
-                        move(b.add(o0, r), p)
-        if o8 < og:  # the channels past the last whole block
-            with for_range(b, og, "tro", start=self.c(o8)) as o:
-                with for_range(b, pixels, "trp") as p:
-                    move(o, p)
+        """dy^T[p, o] = dy[img, o, p] in 8 x 8 register transposes (``transpose_rows``; done one
+        value at a time, it had taken 0.4-0.7 ms of W6's 4.7 ms 32 -> 64-channel weight
+        gradient)."""
+        assert self.dyt is not None
+        transpose_rows(self, 1, self.b.mul(img, self.c(self.og * self.pixels)), self.og,
+                       self.pixels, self.dyt)
 
     def finish(self) -> None:
         """dw[o, q] = the sum over the threads' partials of partial[q, o] (in slot order)."""
@@ -633,6 +604,44 @@ class ImplicitWeightGrad(ImplicitConvGemm):
                                              source_etype=self.ty), typ=self.ty)
                         b.store(b.fadd(b.load(dst, typ=self.ty), value), dst)
                 self.free(part)
+
+
+def transpose_rows(t: GemmEmitter, buf: int, base: ir.Value, rows: int, cols: int,
+                   dst: ir.Value) -> None:
+    """dst[c * rows + r] = param ``buf``[base + r * cols + c] for a rows x cols block: 8 x 8
+    blocks transposed in registers (``transpose8``), the edges past the last whole block one
+    value at a time (a weight gradient's output gradient, pixel-major: ``ImplicitWeightGrad``,
+    ``WinogradWeightGrad``)."""
+    from graphnn.backends.llvm.codegen import for_range
+
+    b = t.b
+    vec8 = ir.VectorType(t.ty, 8)
+
+    def src(r: ir.Value, c: ir.Value) -> ir.Value:
+        return t.ptr(buf, b.add(base, t.at(r, c, cols)))
+
+    def move(r: ir.Value, c: ir.Value) -> None:
+        b.store(b.load(src(r, c), typ=t.ty),
+                b.gep(dst, [t.at(c, r, rows)], inbounds=True, source_etype=t.ty))
+
+    r8, c8 = rows // 8 * 8, cols // 8 * 8
+    with for_range(b, r8 // 8, "to") as rb:
+        r0 = b.mul(rb, t.c(8))
+        with for_range(b, c8 // 8, "tp") as cb:
+            c0 = b.mul(cb, t.c(8))
+            lines = [b.load(src(b.add(r0, t.c(k)), c0), typ=vec8, align=t.align)
+                     for k in range(8)]
+            for k, column in enumerate(transpose8(b, lines)):
+                b.store(column, b.gep(dst, [t.at(b.add(c0, t.c(k)), r0, rows)], inbounds=True,
+                                      source_etype=t.ty), align=t.align)
+        if c8 < cols:  # the columns past the last whole block
+            with for_range(b, 8, "tr") as k:
+                with for_range(b, cols, "tq", start=t.c(c8)) as c:
+                    move(b.add(r0, k), c)
+    if r8 < rows:  # the rows past the last whole block
+        with for_range(b, rows, "tro", start=t.c(r8)) as r:
+            with for_range(b, cols, "trp") as c:
+                move(r, c)
 
 
 def transpose8(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:

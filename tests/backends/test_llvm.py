@@ -770,6 +770,47 @@ def test_winograd_convolution(xs: tuple, ws: tuple, kw: dict, transposed: bool,
     assert body and not re.search(r"\bv(p?gather|scatter)", body.group(1))
 
 
+@pytest.mark.parametrize(("xs", "og", "pad"), [
+    ((4, 32, 26, 26), 64, 0),  # W6's 32 -> 64 layer, 4 images: a block an image
+    ((8, 64, 12, 12), 128, 0),  # W6's 64 -> 128: two images a block, a short last block
+    ((3, 16, 13, 11), 16, 1),  # odd output height and width: half tiles
+    ((5, 20, 9, 14), 24, (2, 0)),  # uneven padding; 24 channels out: a masked vector
+    ((2, 16, 6, 40), 12, 1)])  # 12 channels out: a 12-column GEMM edge
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize(("cpu", "features"), [(None, None), ("x86-64", "")])
+def test_winograd_weight_gradient(xs: tuple, og: int, pad: Any, threads: int, cpu: Any,
+                                  features: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """3x3 stride-1 weight gradients run as F(2x2, 3x3) (winograd_weight_grad.py): blocks of
+    images, the input's and the output gradient's transforms, 16 GEMMs into the threads'
+    partials, G^T M G once; at the host's vector width and SSE's 4 lanes."""
+    from graphnn.backends.llvm import gemm, winograd_weight_grad
+    from graphnn.backends.llvm.codegen import template_for
+
+    monkeypatch.setattr(winograd_weight_grad, "MIN_TILES", 1)  # small cases too
+    backend = LLVMBackend(cache=False, threads=threads) if cpu is None else \
+        LLVMBackend(cpu=cpu, features=features, cache=False, threads=threads)
+    if cpu is not None and backend.target.triple.split("-")[0] != "x86_64":
+        pytest.skip("the x86 target needs an x86-64 host")
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal(xs).astype(np.float32)
+    with gn.Graph() as g:
+        p = gn.placeholder(xs, name="x")
+        w = gn.variable((rng.standard_normal((og, xs[1], 3, 3)) / 10).astype(np.float32), name="w")
+        y = gn.conv(p, w, padding=pad)
+        r = gn.placeholder(y.shape, name="r")
+        (dw,) = gn.gradients(gn.sum(y * r), [w])
+    feeds = {p: x, r: rng.standard_normal(y.shape).astype(np.float32)}
+    sess = gn.Session(g, backend=backend, opt_level=2)
+    got = sess.run(dw, feeds)
+    want = gn.Session(g, "reference").run(dw, feeds)
+    # the transforms round differently from the direct sum: ~1e-6 of the gradient's scale
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+    bits = gemm.vector_bits(backend.target.features)
+    names = [getattr(template_for(k, bits), "__name__", None)
+             for k in next(iter(sess._cache.values())).exe.kernels]
+    assert "WinogradWeightGrad" in names
+
+
 @pytest.mark.parametrize(("xs", "og", "pad", "taken"), [
     ((1, 32, 26, 26), 64, 0, True),  # W2 batch 1's second layer: 144 tiles
     ((1, 64, 12, 12), 128, 0, True),  # its third: 25 tiles, 128 channels out
