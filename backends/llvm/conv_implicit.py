@@ -607,8 +607,9 @@ class ImplicitWeightGrad(ImplicitConvGemm):
 
 
 def transpose_rows(t: GemmEmitter, buf: int, base: ir.Value, rows: int, cols: int,
-                   dst: ir.Value) -> None:
-    """dst[c * rows + r] = param ``buf``[base + r * cols + c] for a rows x cols block: 8 x 8
+                   dst: ir.Value, pitch: int | None = None) -> None:
+    """dst[c * rows + r] = param ``buf``[base + r * pitch + c] for a rows x cols block (``pitch``
+    defaults to ``cols``): 8 x 8
     blocks transposed in registers (``transpose8``), the edges past the last whole block one
     value at a time (a weight gradient's output gradient, pixel-major: ``ImplicitWeightGrad``,
     ``WinogradWeightGrad``)."""
@@ -618,7 +619,7 @@ def transpose_rows(t: GemmEmitter, buf: int, base: ir.Value, rows: int, cols: in
     vec8 = ir.VectorType(t.ty, 8)
 
     def src(r: ir.Value, c: ir.Value) -> ir.Value:
-        return t.ptr(buf, b.add(base, t.at(r, c, cols)))
+        return t.ptr(buf, b.add(base, t.at(r, c, cols if pitch is None else pitch)))
 
     def move(r: ir.Value, c: ir.Value) -> None:
         b.store(b.load(src(r, c), typ=t.ty),

@@ -10,23 +10,30 @@ so, by the chain rule through the linear maps, the gradient of the 3x3 weights g
     dg_oc = G^T [ sum over images and tiles of (A dY_o A^T) * V_c ] G
 
 with dY_o the tile's 2x2 output gradient, V_c the forward's transformed 4x4 input patch and
-``*`` the elementwise product (Lavin and Gray, "Fast Algorithms for Convolutional Neural
-Networks", CVPR 2016, section 5, do the same for the data gradient). Per position xi of the 4x4
-tile that is one GEMM over all tiles:
+``*`` the elementwise product (the forward is Lavin and Gray's, "Fast Algorithms for
+Convolutional Neural Networks", CVPR 2016; the gradient transposes its linear maps). Per
+position xi of the 4x4 tile that is one GEMM over all tiles:
 
     M[xi] (cg x og) += V[xi] (cg x tiles) @ D[xi] (tiles x og),   D = A dY A^T,
 
 16 multiply-adds per tile and channel pair where the direct sum does 36 (9 taps x 4 pixels);
 then dg_oc = G^T M_oc G (4x4 -> 3x3) once, after the sum.
 
-The threads share out blocks of whole images (enough of them that a block has about
-``BLOCK_TILES`` tiles, the GEMMs' depth). For a block a thread transforms the input with the
-forward's code (``WinogradConv.transform_input``: V[xi, c, tile], tiles contiguous, the a
-operand), transposes each image's dy to pixel-major (``conv_implicit.transpose_rows``) so the
-output gradient's transform runs on vectors of output channels and D[xi, tile, o] has the
-channels contiguous (the b operand), then runs the 16 GEMMs into its own partial M. The
-wrapper adds the threads' partials and applies G^T . G (``finish``), as the implicit weight
-gradient does. Rounding differs from the direct sum (the transforms add and halve).
+The threads share out blocks of about ``BLOCK_TILES`` tiles (whole tile rows, numbered image
+by image: the GEMMs' depth; their V and D stay in L2). For a block a thread transforms the input
+with the forward's code (``WinogradConv.transform_input``: V[xi, c, tile], tiles contiguous, the
+a operand), transposes each tile row's two lines of dy to pixel-major
+(``conv_implicit.transpose_rows``) so the output gradient's transform runs on vectors of output
+channels and D[xi, tile, o] has the channels contiguous (the b operand), then runs the 16 GEMMs
+into its own partial M. The wrapper adds the threads' partials and applies G^T . G
+(``finish``), as the implicit weight gradient does. Rounding differs from the direct sum (the
+transforms add and halve).
+
+Measured against the implicit weight gradient (2 threads, AVX-512 Xeon, each kernel alone,
+interleaved): W6's 64x32x26x26 -> 64 0.65-0.69x the time, 64x64x12x12 -> 128 0.65-0.73x;
+16x32x58x58 -> 32 0.83x (blocks of whole images, 784 tiles each, had been 1.36x: V and D
+outgrew L2), 4x128x16x16 -> 128 0.93-1.00x, 8x16x34x34 -> 16 0.49x. Blocks of 96 or 128
+tiles measured the same or slower.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from graphnn.dtypes import DType
 if TYPE_CHECKING:
     from graphnn.backends.llvm.codegen import KernelEmitter
 
-BLOCK_TILES = 48  # tiles a block at least (whole images): the depth of its 16 GEMMs
+BLOCK_TILES = 48  # tiles a block, about (whole tile rows): the depth of its 16 GEMMs
 MIN_TILES = 512  # tiles in all at least
 
 
@@ -70,26 +77,24 @@ def winograd_grad_applies(kernel: Kernel, bits: int = 128) -> bool:
 
 
 class _GradLayout:
-    """Blocks of ``images`` whole images: ``rows`` tile rows (``columns`` tiles) a block."""
+    """Blocks of ``rows`` tile rows (of all images, numbered image by image: a block may end in
+    the next image), ``columns`` tiles a block; the last block's tiles ``short``."""
 
     def __init__(self, kernel: Kernel, shape: Shape) -> None:
         images = kernel.params[0].shape[0]
         h, w = shape.out_sz
         self.tile_rows, self.tile_cols = -(-h // 2), -(-w // 2)
-        per_image = self.tile_rows * self.tile_cols
-        self.tiles = images * per_image
-        self.images = min(images, -(-BLOCK_TILES // per_image))
-        self.blocks = -(-images // self.images)
-        self.rows, self.total, self.pitch = self.images * self.tile_rows, \
-            images * self.tile_rows, self.tile_cols
-        self.columns = self.images * per_image
-        # the last block's tiles, where it has fewer images
-        self.short = (images - (self.blocks - 1) * self.images) * per_image
+        self.tiles = images * self.tile_rows * self.tile_cols
+        self.total, self.pitch = images * self.tile_rows, self.tile_cols
+        self.rows = min(self.total, max(1, round(BLOCK_TILES / self.tile_cols)))
+        self.blocks = -(-self.total // self.rows)
+        self.columns = self.rows * self.tile_cols
+        self.short = (self.total - (self.blocks - 1) * self.rows) * self.tile_cols
 
 
 class WinogradWeightGrad(WinogradConv):
     """conv_weight_grad as F(2x2, 3x3) (see the module docstring); the threads split blocks of
-    images, each summing a partial M of its own."""
+    tile rows, each summing a partial M of its own."""
 
     def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
         shape = winograd_grad_shape(kernel)
@@ -156,7 +161,7 @@ class WinogradWeightGrad(WinogradConv):
                 b.store(ir.Constant(PTR, None), self.table(s))
             self.slots()
             v, d = self.malloc(16 * self.v_pos), self.malloc(16 * self.d_pos)
-            self.dyt = self.malloc(self.pixels * og)
+            self.dyt = self.malloc(2 * self.w * og)  # a tile row's two lines of dy
             zeros = self.malloc(self.w_in)
             self.zero(zeros, self.w_in)
             with for_range(b, hi, "item", start=lo) as blk:
@@ -182,27 +187,37 @@ class WinogradWeightGrad(WinogradConv):
 
     # -- D = A dY A^T ----------------------------------------------------------------------------
     def transform_dy(self, blk: ir.Value, d: ir.Value) -> None:
-        """D[xi, q, o] for the block's tiles q and every output channel o: per image, dy
-        transposed pixel-major, then per tile its 2x2 output gradients as vectors of channels
-        (zero past the output's last row or column) through A (y0, y1) = (y0, y0 + y1,
-        y0 - y1, -y1) down and across."""
+        """D[xi, q, o] for the block's tiles q and every output channel o: per tile row, its two
+        lines of dy transposed pixel-major (one where the height is odd and the row is the
+        last), then per tile its 2x2 output gradients as vectors of channels (zero past the
+        output's last row or column) through A (y0, y1) = (y0, y0 + y1, y0 - y1, -y1) down and
+        across."""
         from graphnn.backends.llvm.codegen import for_range
 
-        b, lay, og, width = self.b, self.lay, self.og, self.width
-        first, _ = self.block(blk, lay.rows, lay.total)
-        img0 = b.sdiv(first, self.c(lay.tile_rows))
-        images = self.k.params[0].shape[0]
-        count = self.min(self.c(lay.images), b.sub(self.c(images), img0))
+        b, lay, og, width, w = self.b, self.lay, self.og, self.width, self.w
+        first, last = self.block(blk, lay.rows, lay.total)
         zero = ir.Constant(self.vec, [0.0] * width)
         dyt = self.dyt
         assert dyt is not None
-        with for_range(b, count, "dimg") as k:
-            img = b.add(img0, k)
-            transpose_rows(self, 1, b.mul(img, self.c(og * self.pixels)), og, self.pixels, dyt)
-            q_img = b.mul(k, self.c(lay.tile_rows * lay.tile_cols))
-            with for_range(b, lay.tile_rows, "dty") as ty, \
-                    for_range(b, lay.tile_cols, "dtx") as tx:
-                q = b.add(q_img, b.add(b.mul(ty, self.c(lay.tile_cols)), tx))
+        with for_range(b, last, "dtr", start=first) as tr:
+            img, ty = b.sdiv(tr, self.c(lay.tile_rows)), b.srem(tr, self.c(lay.tile_rows))
+            base = b.add(b.mul(img, self.c(og * self.pixels)), b.mul(ty, self.c(2 * w)))
+
+            def lines(count: int) -> None:
+                transpose_rows(self, 1, base, og, count * w, dyt, pitch=self.pixels)
+
+            if self.h % 2:
+                with b.if_else(b.icmp_signed("<", b.add(b.mul(ty, self.c(2)), self.c(1)),
+                                             self.c(self.h))) as (both, one):
+                    with both:
+                        lines(2)
+                    with one:
+                        lines(1)
+            else:
+                lines(2)
+            q_row = b.mul(b.sub(tr, first), self.c(lay.pitch))
+            with for_range(b, lay.tile_cols, "dtx") as tx:
+                q = b.add(q_row, tx)
                 for o0 in range(0, og, width):
                     lanes = min(width, og - o0)
                     mask = self.lane_mask([e < lanes for e in range(width)])
@@ -216,18 +231,19 @@ class WinogradWeightGrad(WinogradConv):
 
     def dy_vec(self, dyt: ir.Value, ty: ir.Value, tx: ir.Value, i: int, j: int, o0: int,
                mask: ir.Constant | None, zero: ir.Constant) -> ir.Value:
-        """dy[img, o0:o0 + width, 2 ty + i, 2 tx + j] from the transposed plane; zero past the
-        output's edge (only an odd height or width has one)."""
+        """dy[img, o0:o0 + width, 2 ty + i, 2 tx + j] from the tile row's transposed lines;
+        zero past the output's edge (only an odd height or width has one)."""
         b = self.b
-        y, x = b.add(b.mul(ty, self.c(2)), self.c(i)), b.add(b.mul(tx, self.c(2)), self.c(j))
+        x = b.add(b.mul(tx, self.c(2)), self.c(j))
         inside = ir.Constant(ir.IntType(1), 1)
+        line = self.c(i)
         if i and self.h % 2:
-            inside = b.and_(inside, b.icmp_signed("<", y, self.c(self.h)))
-            y = b.select(inside, y, self.c(0))
+            inside = b.icmp_signed("<", b.add(b.mul(ty, self.c(2)), self.c(1)), self.c(self.h))
+            line = b.select(inside, line, self.c(0))
         if j and self.w % 2:
             ok = b.icmp_signed("<", x, self.c(self.w))
             inside, x = b.and_(inside, ok), b.select(ok, x, self.c(0))
-        p = b.add(b.mul(y, self.c(self.w)), x)
+        p = b.add(b.mul(line, self.c(self.w)), x)
         value = self.load_vec(b.gep(dyt, [b.add(b.mul(p, self.c(self.og)), self.c(o0))],
                                     inbounds=True, source_etype=self.ty), mask)
         return value if (i == 0 or self.h % 2 == 0) and (j == 0 or self.w % 2 == 0) \
