@@ -32,8 +32,11 @@ transforms add and halve).
 Measured against the implicit weight gradient (2 threads, AVX-512 Xeon, each kernel alone,
 interleaved): W6's 64x32x26x26 -> 64 0.65-0.69x the time, 64x64x12x12 -> 128 0.65-0.73x;
 16x32x58x58 -> 32 0.83x (blocks of whole images, 784 tiles each, had been 1.36x: V and D
-outgrew L2), 4x128x16x16 -> 128 0.93-1.00x, 8x16x34x34 -> 16 0.49x. Blocks of 96 or 128
-tiles measured the same or slower.
+outgrew L2); 8x16x34x34 -> 16 0.49x, 2x64x26x26 -> 64 (288 tiles) 0.49x, 4x128x16x16 -> 128
+(196 tiles) 0.69x, one 1x32x34x34 image (256 tiles; against the im2col GEMM) 0.50x; but with
+fewer tiles than MIN_TILES the partials' zeroing, sum and transform outweigh the saving:
+8x32x8x8 -> 32 (72 tiles) 1.38x, 2x16x14x14 -> 16 (72) 1.65x, 1x64x9x9 -> 64 (16) 2.7x,
+4x16x10x10 -> 16 (64) 0.93x. Blocks of 96 or 128 tiles measured the same or slower than 48.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ if TYPE_CHECKING:
     from graphnn.backends.llvm.codegen import KernelEmitter
 
 BLOCK_TILES = 48  # tiles a block, about (whole tile rows): the depth of its 16 GEMMs
-MIN_TILES = 512  # tiles in all at least
+MIN_TILES = 128  # tiles (2x2 pixels of dy) in all at least
 
 
 def winograd_grad_shape(kernel: Kernel) -> Shape | None:

@@ -811,6 +811,30 @@ def test_winograd_weight_gradient(xs: tuple, og: int, pad: Any, threads: int, cp
     assert "WinogradWeightGrad" in names
 
 
+@pytest.mark.parametrize(("xs", "og", "taken"), [
+    ((1, 32, 34, 34), 32, True),  # one image of 256 tiles
+    ((4, 128, 16, 16), 128, True),  # 196 tiles
+    ((8, 32, 8, 8), 32, False),  # 72 tiles: the partials' overhead outweighs the saving
+    ((4, 8, 34, 34), 16, False),  # 8 input channels: shallow
+    ((4, 256, 16, 16), 128, False)])  # 256 x 128 pairs: a partial of 2 MiB a thread
+def test_winograd_weight_gradient_choice(xs: tuple, og: int, taken: bool) -> None:
+    """conv_weight_grad takes Winograd from MIN_TILES output tiles, MIN_CHANNELS input channels
+    and up to MAX_WEIGHTS channel pairs (winograd_weight_grad.py's measurements)."""
+    from graphnn.backends.kernel.lower import lower
+    from graphnn.backends.llvm.winograd_weight_grad import winograd_grad_applies
+
+    from graphnn.ops.registry import make_node
+
+    dys = (xs[0], og, xs[2] - 2, xs[3] - 2)
+    attrs = {"stride": (1, 1), "dilation": (1, 1), "groups": 1, "pads": (0, 0, 0, 0),
+             "kernel_size": (3, 3)}
+    with gn.Graph():
+        dw = make_node("conv_weight_grad", [gn.placeholder(xs, name="x"),
+                                            gn.placeholder(dys, name="dy")], attrs)
+    kernel = lower(dw, "k")
+    assert kernel is not None and winograd_grad_applies(kernel, 512) == taken
+
+
 @pytest.mark.parametrize(("xs", "og", "pad", "taken"), [
     ((1, 32, 26, 26), 64, 0, True),  # W2 batch 1's second layer: 144 tiles
     ((1, 64, 12, 12), 128, 0, True),  # its third: 25 tiles, 128 channels out
