@@ -97,7 +97,9 @@ class _GradLayout:
 
 class WinogradWeightGrad(WinogradConv):
     """conv_weight_grad as F(2x2, 3x3) (see the module docstring); the threads split blocks of
-    tile rows, each summing a partial M of its own."""
+    tile rows, each summing a partial M of its own. A ``WinogradConv`` for the forward's input
+    transform (``transform_input`` and its helpers, writing V through ``position``) and the
+    GEMM machinery; its own fields are set here, not by the forward's constructor."""
 
     def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
         shape = winograd_grad_shape(kernel)
@@ -146,6 +148,7 @@ class WinogradWeightGrad(WinogradConv):
 
     def matrix(self, buffer: ir.Value, stride: int, xi: ir.Value, row: ir.Value,
                col: ir.Value, pitch: int) -> ir.Value:
+        """Element (row, col) of position xi's matrix in D or M (rows of ``pitch`` values)."""
         b = self.b
         at = b.add(b.mul(xi, self.c(stride)), b.add(b.mul(row, self.c(pitch)), col))
         return b.gep(buffer, [at], inbounds=True, source_etype=self.ty)
