@@ -493,7 +493,6 @@ class ImplicitWeightGrad(ImplicitConvGemm):
         self.m, self.n, self.kk = self.cg * self.ntaps, self.og, self.pixels
         self.types(dw.dtype, bits)
         self.images = x.shape[0]
-        self.workspace_at = len(kernel.params)
         self.lines = _prod(self.osz[:-1])  # output lines (all dims but the last)
         self.lines_per_block = max(1, LINES_PIXELS // self.osz[-1])
         self.src: ir.Value | None = None
@@ -507,11 +506,6 @@ class ImplicitWeightGrad(ImplicitConvGemm):
     def workspace(kernel: Kernel, bits: int) -> int:
         """One pointer per image (the threads' partials), in values of dw's dtype."""
         return int(kernel.params[0].shape[0]) * 8 // kernel.params[-1].dtype.np.itemsize
-
-    def table(self, img: ir.Value) -> ir.Value:
-        """The workspace's pointer slot of image img."""
-        return self.b.gep(self.em.params[self.workspace_at], [img], inbounds=True,
-                          source_etype=PTR)
 
     # -- the depth: output pixels, line by line --------------------------------------------
     def k_blocks(self) -> int:
@@ -559,11 +553,7 @@ class ImplicitWeightGrad(ImplicitConvGemm):
         b = self.b
         lo, hi = bounds if bounds is not None else (self.c(0), self.c(self.images))
         with b.if_then(b.icmp_signed("<", lo, hi)):  # a thread past the last image: idle
-            part = self.malloc(self.m * self.n)
-            self.zero(part, self.m * self.n)
-            b.store(part, self.table(lo))
-            with for_range(b, hi, "slot", start=b.add(lo, self.c(1))) as s:
-                b.store(ir.Constant(PTR, None), self.table(s))
+            part = claim_partial(self, lo, hi, self.m * self.n)
             self.slots()
             self.dyt = self.malloc(self.pixels * self.og)
             xpad = self.padded_buffer()
@@ -594,16 +584,50 @@ class ImplicitWeightGrad(ImplicitConvGemm):
 
         b, m, n = self.b, self.m, self.n
         self.zero(self.ptr(self.o, self.c(0)), m * n)
-        with for_range(b, self.images, "part") as s:
-            part = b.load(self.table(s), typ=PTR)
-            with b.if_then(b.icmp_unsigned("!=", part, ir.Constant(PTR, None))):
-                with for_range(b, n, "fo") as o:
-                    with for_range(b, m, "fq") as q:
-                        dst = self.ptr(self.o, self.at(o, q, m))
-                        value = b.load(b.gep(part, [self.at(q, o, n)], inbounds=True,
-                                             source_etype=self.ty), typ=self.ty)
-                        b.store(b.fadd(b.load(dst, typ=self.ty), value), dst)
-                self.free(part)
+
+        def add(part: ir.Value) -> None:
+            with for_range(b, n, "fo") as o:
+                with for_range(b, m, "fq") as q:
+                    dst = self.ptr(self.o, self.at(o, q, m))
+                    value = b.load(b.gep(part, [self.at(q, o, n)], inbounds=True,
+                                         source_etype=self.ty), typ=self.ty)
+                    b.store(b.fadd(b.load(dst, typ=self.ty), value), dst)
+
+        each_partial(self, 0, self.images, add)
+
+
+def partial_slot(t: GemmEmitter, item: ir.Value) -> ir.Value:
+    """The workspace's pointer slot of parallel item ``item`` (``claim_partial``)."""
+    return t.b.gep(t.em.params[len(t.k.params)], [item], inbounds=True, source_etype=PTR)
+
+
+def claim_partial(t: GemmEmitter, lo: ir.Value, hi: ir.Value, size: int) -> ir.Value:
+    """A thread's zeroed partial sum of ``size`` values for its items [lo, hi): its address in
+    the slot of item lo, null in the others, for the wrapper's ``finish`` to add up
+    (``each_partial``; the weight-gradient templates split their sum over the threads so)."""
+    from graphnn.backends.llvm.codegen import for_range
+
+    b = t.b
+    part = t.malloc(size)
+    t.zero(part, size)
+    b.store(part, partial_slot(t, lo))
+    with for_range(b, hi, "slot", start=b.add(lo, t.c(1))) as s:
+        b.store(ir.Constant(PTR, None), partial_slot(t, s))
+    return part
+
+
+def each_partial(t: GemmEmitter, start: int, items: int,
+                 use: Callable[[ir.Value], None]) -> None:
+    """``use(part)`` on each thread's partial in the slots [start, items), in slot order, then
+    frees it."""
+    from graphnn.backends.llvm.codegen import for_range
+
+    b = t.b
+    with for_range(b, items, "part", start=t.c(start)) as s:
+        part = b.load(partial_slot(t, s), typ=PTR)
+        with b.if_then(b.icmp_unsigned("!=", part, ir.Constant(PTR, None))):
+            use(part)
+            t.free(part)
 
 
 def transpose_rows(t: GemmEmitter, buf: int, base: ir.Value, rows: int, cols: int,

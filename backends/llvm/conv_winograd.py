@@ -202,6 +202,7 @@ class WinogradConv(GemmEmitter):
         self.lay = _Layout(kernel, shape, bits)
         self.cg, self.og = shape.cg, shape.og
         self.m, self.kk, self.n = self.og, self.cg, self.lay.columns
+        self.v_pitch = self.n  # V's and M's rows
         # V's and M's 16 matrices, skewed so a tile's 16 values fall in different cache sets
         self.v_pos, self.m_pos = _skewed(self.cg * self.n), _skewed(self.og * self.n)
         self.h, self.w = shape.out_sz
@@ -259,11 +260,12 @@ class WinogradConv(GemmEmitter):
         return self.b.gep(buffer, [self.at(row, col, pitch)], inbounds=True, source_etype=self.ty)
 
     def position(self, buffer: ir.Value, stride: int, xi: ir.Value, row: ir.Value,
-                 col: ir.Value) -> ir.Value:
-        """Element (row, col) of position xi's matrix in V or M (``stride`` values apart, rows
-        of ``n`` columns)."""
+                 col: ir.Value, pitch: int | None = None) -> ir.Value:
+        """Element (row, col) of position xi's matrix (``stride`` values apart) in V or M: rows
+        of ``pitch`` values, by default ``v_pitch`` (V's and, here, M's: the GEMM columns)."""
         b = self.b
-        at = b.add(b.mul(xi, self.c(stride)), b.add(b.mul(row, self.c(self.n)), col))
+        rows = self.v_pitch if pitch is None else pitch
+        at = b.add(b.mul(xi, self.c(stride)), b.add(b.mul(row, self.c(rows)), col))
         return b.gep(buffer, [at], inbounds=True, source_etype=self.ty)
 
     # -- U = G g G^T -----------------------------------------------------------------------------

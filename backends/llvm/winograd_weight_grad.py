@@ -44,7 +44,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from graphnn.backends.kernel.ir import Kernel
-from graphnn.backends.llvm.conv_implicit import Shape, transpose_rows, weight_grad_shape
+from graphnn.backends.llvm.conv_implicit import (
+    Shape,
+    claim_partial,
+    each_partial,
+    partial_slot,
+    transpose_rows,
+    weight_grad_shape,
+)
 from graphnn.backends.llvm.conv_winograd import MAX_WEIGHTS, MIN_CHANNELS, WinogradConv, _skewed
 from graphnn.backends.llvm.gemm import MR, PTR
 from llvmlite import ir
@@ -98,7 +105,8 @@ class _GradLayout:
 class WinogradWeightGrad(WinogradConv):
     """conv_weight_grad as F(2x2, 3x3) (see the module docstring); the threads split blocks of
     tile rows, each summing a partial M of its own. A ``WinogradConv`` for the forward's input
-    transform (``transform_input`` and its helpers, writing V through ``position``) and the
+    transform (``transform_input`` and its helpers, writing V through ``position`` at
+    ``v_pitch``) and the
     GEMM machinery; its own fields are set here, not by the forward's constructor."""
 
     def __init__(self, em: KernelEmitter, kernel: Kernel, bits: int) -> None:
@@ -113,12 +121,11 @@ class WinogradWeightGrad(WinogradConv):
         self.h_in, self.w_in = shape.in_sz
         self.pad_top, self.pad_left = shape.pads_begin
         self.pooled, self.relu = False, False
-        self.cols = self.lay.columns  # V's row pitch: a block's tiles
+        self.cols = self.v_pitch = self.lay.columns  # V's rows: a block's tiles
         self.m, self.kk, self.n = self.cg, self.cols, self.og  # GEMM: M[xi] += V[xi] @ D[xi]
         self.v_pos, self.d_pos = _skewed(self.cg * self.cols), _skewed(self.cols * self.og)
         self.m_pos = _skewed(self.cg * self.og)
         self.pixels = self.h * self.w
-        self.workspace_at = len(kernel.params)
         self.dyt: ir.Value | None = None
 
     @staticmethod
@@ -130,28 +137,12 @@ class WinogradWeightGrad(WinogradConv):
     @staticmethod
     def workspace(kernel: Kernel, bits: int) -> int:
         """One pointer per block (the threads' partials), in float32 values."""
-        return WinogradWeightGrad.parallel_extent(kernel, bits) * 2  # type: ignore[operator]
-
-    def table(self, item: ir.Value) -> ir.Value:
-        return self.b.gep(self.em.params[self.workspace_at], [item], inbounds=True,
-                          source_etype=PTR)
+        shape = winograd_grad_shape(kernel)
+        assert shape is not None
+        return _GradLayout(kernel, shape).blocks * 2
 
     def prepare(self) -> None:
         """Nothing before the threads start (the weights are the output)."""
-
-    def position(self, buffer: ir.Value, stride: int, xi: ir.Value, row: ir.Value,
-                 col: ir.Value) -> ir.Value:
-        """V[xi, row, col]: rows of a block's tiles (``transform_input`` writes through it)."""
-        b = self.b
-        at = b.add(b.mul(xi, self.c(stride)), b.add(b.mul(row, self.c(self.cols)), col))
-        return b.gep(buffer, [at], inbounds=True, source_etype=self.ty)
-
-    def matrix(self, buffer: ir.Value, stride: int, xi: ir.Value, row: ir.Value,
-               col: ir.Value, pitch: int) -> ir.Value:
-        """Element (row, col) of position xi's matrix in D or M (rows of ``pitch`` values)."""
-        b = self.b
-        at = b.add(b.mul(xi, self.c(stride)), b.add(b.mul(row, self.c(pitch)), col))
-        return b.gep(buffer, [at], inbounds=True, source_etype=self.ty)
 
     def emit(self, bounds: tuple[ir.Value, ir.Value] | None) -> None:
         from graphnn.backends.llvm.codegen import for_range
@@ -160,11 +151,7 @@ class WinogradWeightGrad(WinogradConv):
         assert bounds is not None  # a workspace: always through the wrapper
         lo, hi = bounds
         with b.if_then(b.icmp_signed("<", lo, hi)):  # a thread past the last block: idle
-            part = self.malloc(16 * self.m_pos)
-            self.zero(part, 16 * self.m_pos)
-            b.store(part, self.table(lo))
-            with for_range(b, hi, "slot", start=b.add(lo, self.c(1))) as s:
-                b.store(ir.Constant(PTR, None), self.table(s))
+            part = claim_partial(self, lo, hi, 16 * self.m_pos)
             self.slots()
             v, d = self.malloc(16 * self.v_pos), self.malloc(16 * self.d_pos)
             self.dyt = self.malloc(2 * self.w * og)  # a tile row's two lines of dy
@@ -177,14 +164,15 @@ class WinogradWeightGrad(WinogradConv):
                             with for_range(b, cg, "zc") as c:
                                 self.zero(self.position(v, self.v_pos, xi, c, self.c(lay.short)),
                                           cols - lay.short)
-                            self.zero(self.matrix(d, self.d_pos, xi, self.c(lay.short),
-                                                  self.c(0), og), (cols - lay.short) * og)
+                            self.zero(self.position(d, self.d_pos, xi, self.c(lay.short),
+                                                    self.c(0), pitch=og), (cols - lay.short) * og)
                 self.transform_input(blk, v, zeros)
                 self.transform_dy(blk, d)
                 with for_range(b, 16, "xi") as xi:
                     self.a_at = lambda row, k: self.position(v, self.v_pos, xi, row, k)
-                    self.b_at = lambda k, col: self.matrix(d, self.d_pos, xi, k, col, og)
-                    self.out_at = lambda row, col: self.matrix(part, self.m_pos, xi, row, col, og)
+                    self.b_at = lambda k, col: self.position(d, self.d_pos, xi, k, col, og)
+                    self.out_at = lambda row, col: self.position(part, self.m_pos, xi, row, col,
+                                                                 og)
                     full = self.c(cg // self.mr * self.mr)
                     self.rows(self.c(0), self.c(cg), full, full, accumulate=True)
             for buffer in (v, d, self.dyt, zeros):
@@ -232,8 +220,9 @@ class WinogradWeightGrad(WinogradConv):
                     down = [self.a_transform(y[0][j], y[1][j]) for j in range(2)]  # A dY
                     for r in range(4):
                         for s, value in enumerate(self.a_transform(down[0][r], down[1][r])):
-                            self.store_vec(value, self.matrix(d, self.d_pos, self.c(4 * r + s), q,
-                                                              self.c(o0), og), mask)
+                            at = self.position(d, self.d_pos, self.c(4 * r + s), q,
+                                               self.c(o0), og)
+                            self.store_vec(value, at, mask)
 
     def dy_vec(self, dyt: ir.Value, ty: ir.Value, tx: ir.Value, i: int, j: int, o0: int,
                mask: ir.Constant | None, zero: ir.Constant) -> ir.Value:
@@ -268,20 +257,19 @@ class WinogradWeightGrad(WinogradConv):
 
         b, cg, og = self.b, self.cg, self.og
         size = 16 * self.m_pos
-        total = b.load(self.table(self.c(0)), typ=PTR)
-        items = self.parallel_extent(self.k, 0) or 0
-        with for_range(b, items, "part", start=self.c(1)) as s:
-            part = b.load(self.table(s), typ=PTR)
-            with b.if_then(b.icmp_unsigned("!=", part, ir.Constant(PTR, None))):
-                with for_range(b, size, "fz") as z:
-                    dst = b.gep(total, [z], inbounds=True, source_etype=self.ty)
-                    value = b.load(b.gep(part, [z], inbounds=True, source_etype=self.ty),
-                                   typ=self.ty)
-                    b.store(b.fadd(b.load(dst, typ=self.ty), value), dst)
-                self.free(part)
+        total = b.load(partial_slot(self, self.c(0)), typ=PTR)  # the first thread's
+
+        def add(part: ir.Value) -> None:
+            with for_range(b, size, "fz") as z:
+                dst = b.gep(total, [z], inbounds=True, source_etype=self.ty)
+                value = b.load(b.gep(part, [z], inbounds=True, source_etype=self.ty),
+                               typ=self.ty)
+                b.store(b.fadd(b.load(dst, typ=self.ty), value), dst)
+
+        each_partial(self, 1, self.lay.blocks, add)
         half = ir.Constant(self.ty, 0.5)
         with for_range(b, og, "fo") as o, for_range(b, cg, "fc") as c:
-            m = [[b.load(self.matrix(total, self.m_pos, self.c(4 * r + s), c, o, og),
+            m = [[b.load(self.position(total, self.m_pos, self.c(4 * r + s), c, o, pitch=og),
                          typ=self.ty) for s in range(4)] for r in range(4)]
             t = [self.gt_transform(m[0][s], m[1][s], m[2][s], m[3][s], half)
                  for s in range(4)]  # G^T M: t[s][i]
